@@ -1,0 +1,61 @@
+# synthpacs: `make run` starts the service on embedded defaults, `make test` passes the whole suite.
+# Both set up everything they need: Debian packages for the real DICOM peers (dcmtk, Orthanc,
+# dicom3tools), a virtual environment with the CPU build of PyTorch, and the project.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel; on these machines pip finds it on local disk. Override for a GPU build, e.g.
+#   make TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" venv
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.synthpacs-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: run test bench demo deps venv proto clean help
+
+help:
+	@echo "make run    start synthpacs on embedded defaults (DICOM :11112, gRPC :50051, /metrics :9108)"
+	@echo "make test   install everything and run the whole test suite"
+	@echo "make bench  run the benchmarks and rewrite bench/RESULTS.md"
+	@echo "make demo   the end-to-end demo: PACS -> synthpacs -> GAN -> synthetic study -> PACS"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "synthpacs needs Python >= 3.11; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV) || { echo "python venv failed: on Debian run 'apt-get install python3-venv'"; exit 1; }
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+venv: $(STAMP)
+
+# The real peers that integration tests and benchmarks talk to. Installed when missing (Debian/Ubuntu).
+deps:
+	@missing=""; \
+	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null; then \
+			echo "installing Debian packages:$$missing"; \
+			$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+		else \
+			echo "warning: missing$$missing and no apt-get; tests that need them will be skipped"; \
+		fi; \
+	fi
+
+run: deps venv
+	$(BIN)/synthpacs serve
+
+test: deps venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: deps venv
+	$(BIN)/python -m bench
+
+demo: deps venv
+	$(BIN)/python -m service.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache

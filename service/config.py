@@ -1,0 +1,459 @@
+"""Configuration: one TOML file, ``SYNTHPACS_*`` environment variables over it, CLI flags over both.
+
+Every setting is a field of a frozen dataclass below; its environment variable is the upper-cased path
+joined by underscores (``dicom.max_pdu`` is ``SYNTHPACS_DICOM_MAX_PDU``), and the home folder is
+``SYNTHPACS_HOME``. Lists and tables in the environment are written as JSON. The defaults need no outside
+service: local folders under ``./var``, SQLite, the CPU when there is no GPU, the bundled demo model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "SYNTHPACS_"
+CONFIG_ENV = "SYNTHPACS_CONFIG"
+DEFAULT_CONFIG_FILE = "synthpacs.toml"
+SECRET_MASK = "********"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the setting and where it came from."""
+
+
+@dataclass(frozen=True)
+class DicomPeer:
+    """A remote application entity (PS3.8 §7.1): who may call us, and where we may send.
+
+    A peer without a port may only call in; with a port it is also a C-MOVE and outbox destination.
+    """
+
+    ae_title: str
+    host: str
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class DicomConfig:
+    """The one DICOM application entity: Verification, Storage and Query/Retrieve on one port."""
+
+    ae_title: str = "SYNTHPACS"
+    # Loopback by default: a hospital network is opened on purpose, by configuration.
+    bind: str = "127.0.0.1"
+    port: int = 11112
+    max_associations: int = 16
+    # Measured in bench/RESULTS.md: pynetdicom pays per PDU, so large PDUs are the fast default.
+    max_pdu: int = 4194304
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    # Any calling AE title from loopback is accepted out of the box; other hosts must be listed in peers.
+    allow_loopback: bool = True
+    peers: tuple[DicomPeer, ...] = ()
+    # Refuse associations whose Called AE Title is not ours (dcmtk storescp --require-match).
+    require_called_ae_title: bool = False
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The training store: one file per instance and an index."""
+
+    # What to do with a different instance that reuses a stored SOP Instance UID:
+    # "keep" answers success and keeps the first copy (logged), "replace" stores the new one,
+    # "reject" answers failure 0xA900-class (duplicate) and keeps the first.
+    duplicate_policy: str = "keep"
+    # Index database; empty means SQLite at <home>/store/index.sqlite.
+    index_url: str = ""
+    # Largest frame we accept, in pixels (rows x columns); guards against headers claiming 65535 x 65535.
+    max_pixels: int = 50_000_000
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    """De-identification on ingest: PS3.15 Annex E Basic Application Level Confidentiality Profile."""
+
+    enabled: bool = True
+    # Key for UID remapping and pseudonyms. Empty: a random key is made once and kept in
+    # <home>/secrets/deid.key (mode 0600), so re-sends map to the same UIDs across restarts.
+    secret: str = ""
+    # Root for remapped UIDs; "2.25" makes UUID-derived UIDs (PS3.5 §B.2) that need no registered root.
+    uid_root: str = "2.25"
+    # Retain options of PS3.15 Table E.1-1 that training needs.
+    retain_device_identity: bool = False
+    retain_patient_characteristics: bool = True  # sex, coarse age, size/weight
+    retain_longitudinal_dates: bool = False  # False: dates are shifted by a keyed per-patient offset
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    resolution: int = 256
+    # How a non-square image reaches a square: "pad" keeps the whole image, "crop" fills the frame.
+    fit: str = "pad"
+    dtype: str = "uint8"
+    # Window used when the header has no VOI LUT: percentiles of the valid pixels.
+    fallback_window_percentiles: tuple[float, float] = (0.5, 99.5)
+    workers: int = 0  # 0: every core
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    device: str = "auto"
+    # Models loaded at start ("name" or "name:version"); others load on first request.
+    preload: tuple[str, ...] = ("demo-dcgan",)
+    max_loaded_models: int = 4
+    max_batch: int = 32
+    max_queue_delay_ms: float = 5.0
+    batching: bool = True
+    max_count: int = 256
+    max_inflight: int = 64
+    half_precision: bool = True
+    # How often the registry is rescanned for new versions (seconds; 0 disables).
+    reload_interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    bind: str = "127.0.0.1"
+    port: int = 50051
+    tls_cert: str = ""
+    tls_key: str = ""
+    # With a client CA, clients must present a certificate it signed (mutual TLS).
+    tls_client_ca: str = ""
+    # Bearer tokens accepted in the "authorization" metadata; empty: no authentication.
+    tokens: tuple[str, ...] = ()
+    max_workers: int = 32
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "json"  # json or console
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """How synthetic Secondary Capture instances are written (see service/dicom/synthetic.py)."""
+
+    # Empty: UUID-derived UIDs under 2.25 (PS3.5 §B.2).
+    uid_root: str = ""
+    modality: str = "OT"
+    burn_in_label: bool = False
+    institution_name: str = "synthpacs"
+    refuse_near_copies: bool = True
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    # AE title of a peer (with a port) that synthetic studies go to; empty: keep them in our archive.
+    default_destination: str = ""
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 300.0
+    # 0: retry forever (at-least-once delivery); otherwise give up after this many attempts.
+    max_attempts: int = 0
+    concurrency_per_destination: int = 2
+
+
+@dataclass(frozen=True)
+class QueryRetrieveConfig:
+    # Only synthetic studies are visible to C-FIND/C-GET/C-MOVE.
+    synthetic_only: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    # pytorch-fid's pt_inception-2015-12-05-6726825d.pth, provided by the operator (no downloads here).
+    inception_weights: str = ""
+    # Optional in-domain feature network: a TorchScript file mapping images to feature vectors.
+    feature_network: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    home: str = "./var"
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    deid: DeidConfig = field(default_factory=DeidConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    qr: QueryRetrieveConfig = field(default_factory=QueryRetrieveConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    def peer(self, ae_title: str) -> DicomPeer | None:
+        for peer in self.dicom.peers:
+            if peer.ae_title == ae_title:
+                return peer
+        return None
+
+
+# Settings whose values never appear in `config show` or logs.
+SECRET_FIELDS = frozenset({"deid.secret", "grpc.tokens"})
+
+_VALID_CHOICES: dict[str, tuple[str, ...]] = {
+    "store.duplicate_policy": ("keep", "replace", "reject"),
+    "dataset.fit": ("pad", "crop"),
+    "dataset.dtype": ("uint8", "uint16"),
+    "log.level": ("debug", "info", "warning", "error"),
+    "log.format": ("json", "console"),
+}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective configuration.
+
+    ``path``: a TOML file; when None, ``$SYNTHPACS_CONFIG`` or ``./synthpacs.toml`` if either exists.
+    ``env``: the environment (``os.environ`` when None). ``overrides``: dotted keys from CLI flags,
+    e.g. ``{"dicom.port": 4242}``; None values are ignored so unset flags do not override.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is None:
+        path = env.get(CONFIG_ENV) or (DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).exists() else None)
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {p} is not valid TOML: {exc}") from None
+        source = str(p)
+    cfg = _build(Config, raw, source, ())
+    for dotted, value in _env_values(env).items():
+        cfg = _replace(cfg, dotted, value, f"environment variable {_env_name(dotted)}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            cfg = _replace(cfg, dotted, value, "command line")
+    _validate(cfg)
+    return cfg
+
+
+def iter_fields(cls: type = Config, prefix: tuple[str, ...] = ()):
+    """Yield (dotted path, type) of every leaf setting."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, prefix + (f.name,))
+        else:
+            yield ".".join(prefix + (f.name,)), tp
+
+
+def as_dict(cfg: Config, mask_secrets: bool = True) -> dict[str, Any]:
+    """The configuration as plain data, secrets masked (for `synthpacs config show`)."""
+    data = dataclasses.asdict(cfg)
+    if mask_secrets:
+        for dotted in SECRET_FIELDS:
+            section, key = dotted.split(".")
+            value = data[section][key]
+            if value:
+                data[section][key] = [SECRET_MASK] * len(value) if isinstance(value, (list, tuple)) else SECRET_MASK
+    return _plain(data)
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Render a configuration dictionary as TOML (the inverse of what load_config reads)."""
+    top = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    out = top + [""] if top else []
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            continue
+        scalars = {k: v for k, v in values.items() if not _is_table_list(v)}
+        out.append(f"[{section}]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+        out.append("")
+        for k, v in values.items():
+            if _is_table_list(v):
+                for item in v:
+                    out.append(f"[[{section}.{k}]]")
+                    out += [f"{ik} = {_toml_value(iv)}" for ik, iv in item.items() if iv is not None]
+                    out.append("")
+    return "\n".join(out)
+
+
+def _is_table_list(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(i, dict) for i in v)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(i) for i in v) + "]"
+    if v is None:
+        return '""'
+    raise TypeError(f"cannot render {type(v).__name__} as TOML")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, str]:
+    known = {_env_name(d): d for d, _ in iter_fields()}
+    return {known[k]: v for k, v in env.items() if k in known}
+
+
+def _build(cls: type, raw: Mapping[str, Any], source: str, prefix: tuple[str, ...]) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{'.'.join(prefix) or 'configuration'} in {source} must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = ".".join(prefix) or "top level"
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in {where} of {source}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in raw.items():
+        tp = hints[name]
+        dotted = ".".join(prefix + (name,))
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, source, prefix + (name,))
+        else:
+            kwargs[name] = _coerce(value, tp, dotted, source)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{'.'.join(prefix) or 'configuration'} in {source}: {exc}") from None
+
+
+def _replace(cfg: Any, dotted: str, value: Any, source: str) -> Any:
+    head, _, rest = dotted.partition(".")
+    hints = typing.get_type_hints(type(cfg))
+    if head not in hints:
+        raise ConfigError(f"unknown setting {dotted!r} from {source}")
+    if rest:
+        return dataclasses.replace(cfg, **{head: _replace(getattr(cfg, head), rest, value, source)})
+    return dataclasses.replace(cfg, **{head: _coerce(value, hints[head], dotted, source)})
+
+
+def _coerce(value: Any, tp: Any, dotted: str, source: str) -> Any:
+    """Turn a TOML, environment or CLI value into the field's type, or say clearly why not."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    try:
+        if origin in (types.UnionType, typing.Union):
+            if value is None or value == "":
+                if type(None) in args:
+                    return None
+            inner = [a for a in args if a is not type(None)][0]
+            return _coerce(value, inner, dotted, source)
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if tp is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError("expected a string")
+            return str(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError("expected a list")
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], dotted, source) for v in value)
+            if len(args) != len(value):
+                raise ValueError(f"expected {len(args)} values")
+            return tuple(_coerce(v, a, dotted, source) for v, a in zip(value, args))
+        if dataclasses.is_dataclass(tp):
+            if isinstance(value, tp):
+                return value
+            if isinstance(value, str):
+                value = json.loads(value)
+            return _build(tp, value, source, tuple(dotted.split(".")))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"setting {dotted} from {source}: cannot use {value!r} ({exc})") from None
+    raise ConfigError(f"setting {dotted}: unsupported type {tp}")
+
+
+def _validate(cfg: Config) -> None:
+    for dotted, choices in _VALID_CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"setting {dotted} is {value!r}; choose one of {', '.join(choices)}")
+    ae = cfg.dicom.ae_title
+    if not ae or len(ae) > 16 or ae != ae.strip() or "\\" in ae:
+        raise ConfigError(f"dicom.ae_title {ae!r} is not a valid AE title (1-16 characters, no backslash, PS3.5 §6.2)")
+    for port_key in ("dicom.port", "grpc.port", "metrics.port"):
+        section, key = port_key.split(".")
+        port = getattr(getattr(cfg, section), key)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"setting {port_key} is {port}; a TCP port is 0-65535 (0 picks a free one)")
+    if cfg.dicom.max_pdu != 0 and cfg.dicom.max_pdu < 4096:
+        raise ConfigError("dicom.max_pdu must be 0 (unlimited) or at least 4096 bytes")
+    seen = set()
+    for peer in cfg.dicom.peers:
+        if peer.ae_title in seen:
+            raise ConfigError(f"dicom.peers lists AE title {peer.ae_title!r} twice")
+        seen.add(peer.ae_title)
+    dest = cfg.outbox.default_destination
+    if dest:
+        peer = cfg.peer(dest)
+        if peer is None or peer.port is None:
+            raise ConfigError(f"outbox.default_destination {dest!r} must be a dicom.peers entry with a port")
+    if cfg.inference.max_batch < 1 or cfg.inference.max_count < 1 or cfg.inference.max_inflight < 1:
+        raise ConfigError("inference.max_batch, max_count and max_inflight must be at least 1")

@@ -1,0 +1,265 @@
+"""The DICOM SCP: one application entity for Verification, Storage and Query/Retrieve.
+
+Built the pynetdicom way: a declaratively configured AE (contexts, timeouts, PDU size) and a list of
+``(event, handler)`` pairs. Two things pynetdicom does not do on its own are added here:
+
+* an allow-list of calling AE titles *with their hosts*, checked during association negotiation so an
+  unknown peer gets an A-ASSOCIATE-RJ "calling AE title not recognized" (PS3.8 §9.3.4);
+* TCP_NODELAY on every accepted socket: with Nagle and delayed ACK, each C-STORE response waits
+  40-80 ms on loopback (../shared/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import structlog
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.acse import ACSE
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from service import metrics
+from service.config import Config
+from service.dicom import status
+from service.dicom.store import Store, StoreError
+from service.logs import get_logger
+
+log = get_logger("scp")
+
+# Transfer syntaxes accepted for storage (PS3.5 §10 and Annex A). Instances are stored as received.
+STORAGE_TRANSFER_SYNTAXES = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Lossy (Near-Lossless)
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Image Compression (Lossless Only)
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000 Image Compression
+    "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.202",  # High-Throughput JPEG 2000 with RPCL Options (Lossless Only)
+    "1.2.840.10008.1.2.4.203",  # High-Throughput JPEG 2000
+)
+UNCOMPRESSED_TRANSFER_SYNTAXES = STORAGE_TRANSFER_SYNTAXES[:3]
+
+_assoc_ids = itertools.count(1)
+
+
+def storage_sop_classes() -> list[str]:
+    """Every Storage SOP Class pynetdicom knows (PS3.4 Annex B.5)."""
+    return sorted(set(_STORAGE_CLASSES.values()))
+
+
+def storage_contexts() -> list:
+    return [build_context(uid, list(STORAGE_TRANSFER_SYNTAXES)) for uid in storage_sop_classes()]
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """Which peers may open an association: listed (AE title, host) pairs, plus anyone on loopback."""
+
+    peers: frozenset[tuple[str, str]]
+    allow_loopback: bool
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "AllowList":
+        pairs = set()
+        for peer in cfg.dicom.peers:
+            for host in _resolve(peer.host):
+                pairs.add((peer.ae_title.strip(), host))
+        return cls(frozenset(pairs), cfg.dicom.allow_loopback)
+
+    def allows(self, calling_ae: str, host: str) -> bool:
+        host = _normalize_host(host)
+        if self.allow_loopback and ipaddress.ip_address(host).is_loopback:
+            return True
+        return (calling_ae.strip(), host) in self.peers
+
+
+def _normalize_host(host: str) -> str:
+    addr = ipaddress.ip_address(host)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _resolve(host: str) -> set[str]:
+    try:
+        return {_normalize_host(host)}
+    except ValueError:
+        pass
+    try:
+        return {_normalize_host(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        log.warning("peer_host_unresolvable", host=host)
+        return set()
+
+
+class _AllowListACSE(ACSE):
+    """ACSE that rejects callers not on the allow-list before any other negotiation."""
+
+    allow_list: AllowList
+
+    def _negotiate_as_acceptor(self) -> None:
+        calling = self.requestor.primitive.calling_ae_title  # type: ignore[union-attr]
+        host = self.assoc.requestor.address
+        if not self.allow_list.allows(calling, host):
+            log.warning("association_rejected", reason="peer not allowed", calling_ae=calling, host=host)
+            metrics.ASSOCIATIONS.labels(outcome="rejected_not_allowed").inc()
+            # Rejected (permanent), service-user, calling AE title not recognized (PS3.8 Table 9-21).
+            self.send_reject(0x01, 0x01, 0x03)
+            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+            self.assoc.kill()
+            return
+        super()._negotiate_as_acceptor()
+
+
+def _request_handler(allow_list: AllowList) -> type[RequestHandler]:
+    class Handler(RequestHandler):
+        def _create_association(self):  # type: ignore[override]
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            assoc = super()._create_association()
+            acse = _AllowListACSE(assoc)
+            acse.allow_list = allow_list
+            assoc.acse = acse
+            return assoc
+
+    return Handler
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        # Error Comment (0000,0902) is at most 64 characters (PS3.7 Annex C).
+        ds.ErrorComment = comment[:64]
+    return ds
+
+
+class StorageSCP:
+    """The running AE. ``start()`` listens in background threads; ``stop()`` ends it."""
+
+    def __init__(self, cfg: Config, store: Store, extra_handlers: list[tuple[Any, Callable]] | None = None, extra_contexts: list | None = None):
+        self.cfg = cfg
+        self.store = store
+        self.ae = AE(ae_title=cfg.dicom.ae_title)
+        self.ae.maximum_associations = cfg.dicom.max_associations
+        self.ae.maximum_pdu_size = cfg.dicom.max_pdu
+        self.ae.acse_timeout = cfg.dicom.acse_timeout
+        self.ae.dimse_timeout = cfg.dicom.dimse_timeout
+        self.ae.network_timeout = cfg.dicom.network_timeout
+        self.ae.require_called_aet = cfg.dicom.require_called_ae_title
+        self.contexts = [build_context(Verification, list(UNCOMPRESSED_TRANSFER_SYNTAXES))] + storage_contexts()
+        self.contexts += extra_contexts or []
+        self.handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ] + (extra_handlers or [])
+        self.server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ids: dict[int, int] = {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self.server is None:
+            raise RuntimeError("the SCP is not running")
+        host, port = self.server.server_address[:2]
+        return host, port
+
+    def start(self) -> tuple[str, int]:
+        server = ThreadedAssociationServer(
+            self.ae,
+            (self.cfg.dicom.bind, self.cfg.dicom.port),
+            self.cfg.dicom.ae_title,
+            self.contexts,
+            evt_handlers=self.handlers,
+            request_handler=_request_handler(AllowList.from_config(self.cfg)),
+        )
+        self.ae._servers.append(server)
+        self._thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
+        self._thread.start()
+        self.server = server
+        host, port = self.address
+        log.info("scp_listening", ae_title=self.cfg.dicom.ae_title, bind=host, port=port, max_pdu=self.cfg.dicom.max_pdu)
+        return host, port
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            if self.server in self.ae._servers:
+                self.ae._servers.remove(self.server)
+            self.server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        log.info("scp_stopped")
+
+    # -- handlers ------------------------------------------------------------------------------------
+
+    def assoc_id(self, assoc: Any) -> int:
+        return self._ids.get(id(assoc), 0)
+
+    def _bind(self, event: evt.Event) -> None:
+        structlog.contextvars.bind_contextvars(association=self.assoc_id(event.assoc))
+
+    def _on_established(self, event: evt.Event) -> None:
+        assoc_id = next(_assoc_ids)
+        self._ids[id(event.assoc)] = assoc_id
+        metrics.ASSOCIATIONS.labels(outcome="accepted").inc()
+        metrics.ACTIVE_ASSOCIATIONS.inc()
+        log.info(
+            "association_accepted", association=assoc_id, calling_ae=event.assoc.requestor.ae_title,
+            host=event.assoc.requestor.address, max_pdu=event.assoc.requestor.maximum_length,
+        )
+
+    def _on_closed(self, event: evt.Event) -> None:
+        metrics.ACTIVE_ASSOCIATIONS.dec()
+        log.info("association_released", association=self._ids.pop(id(event.assoc), 0))
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        if id(event.assoc) in self._ids:
+            metrics.ACTIVE_ASSOCIATIONS.dec()
+        metrics.ASSOCIATIONS.labels(outcome="aborted").inc()
+        log.warning("association_aborted", association=self._ids.pop(id(event.assoc), 0))
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        log.info("association_rejected_sent", calling_ae=event.assoc.requestor.ae_title, host=event.assoc.requestor.address)
+
+    def _on_echo(self, event: evt.Event) -> int:
+        self._bind(event)
+        log.info("c_echo", association=self.assoc_id(event.assoc))
+        return status.SUCCESS
+
+    def _on_store(self, event: evt.Event) -> Dataset | int:
+        """C-STORE (PS3.4 Annex B): success only once the instance is durable and indexed."""
+        self._bind(event)
+        try:
+            data = event.encoded_dataset()
+        except Exception as exc:  # the bytes could not even be framed as a dataset
+            metrics.STORE_FAILURES.labels(reason="malformed").inc()
+            log.warning("instance_refused", reason="malformed", detail=f"{type(exc).__name__}")
+            return _status(status.CANNOT_UNDERSTAND, "the dataset could not be decoded")
+        try:
+            self.store.put_bytes(data, source="cstore", source_ae=event.assoc.requestor.ae_title)
+        except StoreError as exc:
+            return _status(exc.status, str(exc))
+        except Exception as exc:  # never a silent success, never a dead server
+            metrics.STORE_FAILURES.labels(reason="internal").inc()
+            log.exception("instance_store_crashed", error=type(exc).__name__)
+            return _status(status.OUT_OF_RESOURCES, "internal error while storing")
+        return status.SUCCESS

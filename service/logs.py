@@ -1,0 +1,80 @@
+"""Structured logs: one JSON object per line on stdout, never any patient data.
+
+Every line carries ``component`` and ``event``; network work adds an association or request id.
+Patient names, IDs and birth dates are never logged; UIDs are logged only through :func:`uid_hash`,
+and :func:`configure` installs a processor that drops keys that look like patient attributes, so a
+careless ``log.info(..., patient_name=...)`` cannot leak.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+import sys
+from typing import Any
+
+import structlog
+
+# Keys that must never reach a log line, whatever the caller passes.
+_PHI_KEYS = frozenset(
+    {
+        "patient_name", "patientname", "patient_id", "patientid", "patient_birth_date", "patientbirthdate",
+        "birth_date", "other_patient_ids", "accession_number", "accessionnumber", "referring_physician",
+        "institution_address", "patient_address",
+    }
+)
+
+_configured = False
+
+
+def uid_hash(uid: str | None) -> str | None:
+    """A short, stable, one-way token for a UID, so log lines can be correlated without exposing it."""
+    if not uid:
+        return None
+    return hashlib.sha256(str(uid).encode()).hexdigest()[:16]
+
+
+def _drop_phi(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key in list(event_dict):
+        if key.lower() in _PHI_KEYS:
+            event_dict[key] = "[removed]"
+    return event_dict
+
+
+def configure(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
+    """Set up structlog (and the stdlib loggers of pynetdicom and grpc) to write to ``stream``."""
+    global _configured
+    stream = stream or sys.stdout
+    lvl = getattr(logging, level.upper())
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _drop_phi,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    # pynetdicom logs whole datasets at DEBUG, and pydicom quotes element values in its warnings (names
+    # and IDs included): neither may reach stdout or stderr.
+    for noisy in ("pynetdicom", "grpc", "highdicom"):
+        logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
+    pydicom_logger = logging.getLogger("pydicom")
+    pydicom_logger.setLevel(logging.CRITICAL)
+    pydicom_logger.propagate = False
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    warnings.filterwarnings("ignore", module=r"highdicom(\..*)?")
+    _configured = True
+
+
+def get_logger(component: str) -> Any:
+    """A logger bound to a component name (``scp``, ``store``, ``grpc``, ``train``...)."""
+    if not _configured:
+        configure()
+    return structlog.get_logger().bind(component=component)

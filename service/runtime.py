@@ -1,0 +1,97 @@
+"""Starting and stopping the long-running components in one process.
+
+``synthpacs serve`` runs everything (DICOM SCP, gRPC inference, outbox sender, /metrics);
+``synthpacs scp`` and ``synthpacs inference`` run one part. Each component is an object with
+``start()`` and ``stop()``; they stop in the reverse order they started.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any, Protocol
+
+from service import metrics
+from service.config import Config
+from service.home import Home
+from service.logs import get_logger
+
+log = get_logger("runtime")
+
+
+class Component(Protocol):
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+
+class Runtime:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.home = Home.at(cfg.home_path)
+        self.components: list[tuple[str, Component]] = []
+        self._stopped = threading.Event()
+        self._store = None
+
+    @property
+    def store(self):
+        """The process's one Store (and index), made on first use."""
+        if self._store is None:
+            from service.dicom.store import Store
+
+            self._store = Store(self.cfg, self.home)
+        return self._store
+
+    def add(self, name: str, component: Component) -> Component:
+        self.components.append((name, component))
+        return component
+
+    def add_scp(self) -> Component:
+        from service.dicom.scp import StorageSCP
+
+        return self.add("dicom", StorageSCP(self.cfg, self.store))
+
+    def start(self) -> None:
+        if self.cfg.metrics.enabled:
+            bind, port = metrics.serve_metrics(self.cfg.metrics.bind, self.cfg.metrics.port)
+            log.info("metrics_listening", bind=bind, port=port, path="/metrics")
+        started: list[tuple[str, Component]] = []
+        try:
+            for name, component in self.components:
+                component.start()
+                started.append((name, component))
+        except BaseException:
+            for _name, component in reversed(started):
+                component.stop()
+            raise
+        log.info("started", home=str(self.home.root), components=[n for n, _ in self.components])
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for name, component in reversed(self.components):
+            try:
+                component.stop()
+            except Exception:
+                log.exception("stop_failed", part=name)
+        if self._store is not None:
+            self._store.index.close()
+        log.info("stopped")
+
+    def run_until_signalled(self) -> None:
+        """Block until SIGINT or SIGTERM, then stop everything."""
+        done = threading.Event()
+
+        def _handler(signum: int, _frame: Any) -> None:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            done.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _handler)
+        self.start()
+        try:
+            while not done.wait(0.5):
+                pass
+        finally:
+            self.stop()

@@ -1,0 +1,35 @@
+"""Helpers for tests: free ports, peer programs, test configurations, shared data location."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from service.config import Config, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_RADIOGRAPHS = REPO.parent / "shared" / "data" / "radiographs"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_tool(name: str, package: str) -> str:
+    """Path of a peer program, or skip with the Debian package that provides it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed (Debian package {package}; `make deps` installs it)")
+    return path
+
+
+def make_config(home: Path, **overrides) -> Config:
+    """A configuration for tests: everything under ``home``, loopback, ephemeral ports, no /metrics server."""
+    base = {"home": str(home), "dicom.port": 0, "grpc.port": 0, "metrics.enabled": False, "deid.secret": "test-secret"}
+    base.update(overrides)
+    return load_config(path=None, env={}, overrides=base)

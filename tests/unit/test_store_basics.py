@@ -1,0 +1,114 @@
+"""The store's core contract: durable, indexed, UID-validated, duplicates by policy, nothing left on failure."""
+
+import io
+import os
+
+import pydicom
+import pytest
+
+from service.data.phantom import phantom_dataset
+from service.dicom import status
+from service.dicom.store import Store, StoreError
+from tests.helpers import make_config
+
+
+def _bytes(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def store(home):
+    s = Store(make_config(home, **{"deid.enabled": False}))
+    yield s
+    s.index.close()
+
+
+def test_put_writes_file_and_index(store):
+    ds = phantom_dataset(64, 64)
+    result = store.put_bytes(_bytes(ds), source="import", source_ae="TESTSCU")
+    assert result.outcome == "stored"
+    rec = store.index.get(ds.SOPInstanceUID)
+    assert rec.study_uid == ds.StudyInstanceUID and rec.rows == 64 and rec.source_ae == "TESTSCU"
+    path = store.path_of(rec)
+    assert path.relative_to(store.root).parts == (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID + ".dcm")
+    back = pydicom.dcmread(path)
+    assert back.PixelData == ds.PixelData
+    assert not list(store.tmp.iterdir())
+
+
+def test_identical_resend_changes_nothing(store):
+    data = _bytes(phantom_dataset(32, 32))
+    first = store.put_bytes(data, source="import")
+    again = store.put_bytes(data, source="cstore")
+    assert again.outcome == "identical" and again.record.received_at == first.record.received_at
+    assert store.index.stats()["instances"] == 1
+
+
+@pytest.mark.parametrize("policy, outcome", [("keep", "kept"), ("replace", "replaced")])
+def test_different_instance_same_uid_follows_policy(home, policy, outcome):
+    store = Store(make_config(home, **{"deid.enabled": False, "store.duplicate_policy": policy}))
+    a = phantom_dataset(32, 32, seed=1)
+    b = phantom_dataset(32, 32, seed=2, sop_uid=a.SOPInstanceUID, study_uid=a.StudyInstanceUID, series_uid=a.SeriesInstanceUID)
+    store.put_bytes(_bytes(a), source="import")
+    assert store.put_bytes(_bytes(b), source="import").outcome == outcome
+    kept = pydicom.dcmread(store.path_of(store.index.get(a.SOPInstanceUID)))
+    assert kept.PixelData == (a.PixelData if policy == "keep" else b.PixelData)
+
+
+def test_reject_policy_answers_duplicate_failure(home):
+    store = Store(make_config(home, **{"deid.enabled": False, "store.duplicate_policy": "reject"}))
+    a = phantom_dataset(32, 32, seed=1)
+    b = phantom_dataset(32, 32, seed=2, sop_uid=a.SOPInstanceUID, study_uid=a.StudyInstanceUID, series_uid=a.SeriesInstanceUID)
+    store.put_bytes(_bytes(a), source="import")
+    with pytest.raises(StoreError) as err:
+        store.put_bytes(_bytes(b), source="import")
+    assert err.value.status == status.DUPLICATE_SOP_INSTANCE
+
+
+@pytest.mark.parametrize("bad", ["1.2.3/../../etc", "1.2.abc", "1." + "2" * 70, "", "1..2", "01.2"])
+def test_invalid_uids_are_refused_before_any_path_exists(store, bad):
+    ds = phantom_dataset(16, 16)
+    ds.SOPInstanceUID = bad
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    with pytest.raises(StoreError) as err:
+        store.put_bytes(_bytes(ds), source="import")
+    assert err.value.status == status.CANNOT_UNDERSTAND
+    assert store.index.stats()["instances"] == 0
+    assert [p for p in store.root.rglob("*") if p.is_file() and p.suffix == ".dcm"] == []
+
+
+def test_failing_disk_write_leaves_nothing(store, monkeypatch):
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(StoreError) as err:
+        store.put_bytes(_bytes(phantom_dataset(16, 16)), source="import")
+    assert err.value.status == status.OUT_OF_RESOURCES
+    assert store.index.stats()["instances"] == 0
+    assert not list(store.tmp.iterdir())
+    assert [p for p in store.root.rglob("*.dcm")] == []
+
+
+def test_huge_header_is_refused(store):
+    ds = phantom_dataset(16, 16)
+    ds.Rows = ds.Columns = 65535
+    with pytest.raises(StoreError, match="65535 x 65535"):
+        store.put_bytes(_bytes(ds), source="import")
+
+
+def test_garbage_bytes_are_refused(store):
+    with pytest.raises(StoreError) as err:
+        store.put_bytes(b"\x00" * 128 + b"DICM" + os.urandom(300), source="import")
+    assert err.value.status == status.CANNOT_UNDERSTAND
+    assert store.index.stats()["instances"] == 0
+
+
+def test_truncated_file_is_refused(store):
+    data = _bytes(phantom_dataset(64, 64))
+    with pytest.raises(StoreError) as err:
+        store.put_bytes(data[: len(data) // 2], source="import")
+    assert err.value.status == status.CANNOT_UNDERSTAND
+    assert store.index.stats()["instances"] == 0
