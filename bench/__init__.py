@@ -1,0 +1,1 @@
+"""Benchmarks: each ``bench_*.py`` module measures synthpacs against a peer in the same run."""
