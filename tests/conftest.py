@@ -37,3 +37,13 @@ def _no_user_config(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
     # dcmtk and Orthanc read this: without it they stall ~40 ms per message on loopback.
     monkeypatch.setenv("TCP_NODELAY", "1")
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path):
+    """Orthanc as the hospital PACS, on loopback, with temporary storage; stopped after the test."""
+    from tests.peers import start_orthanc
+
+    o = start_orthanc(tmp_path / "orthanc")
+    yield o
+    o.stop()
