@@ -1,0 +1,450 @@
+"""Dataset versions: normalized images on disk, and the loader that turns them into training tensors.
+
+Layout (DESIGN.md "Data contracts")::
+
+    <root>/<name>/v<N>/images.npy        (N, H, W) uint8 or uint16, a plain .npy file (memory-mappable)
+    <root>/<name>/v<N>/manifest.jsonl    one JSON object per image, in image order
+    <root>/<name>/v<N>/dataset.json      format, name, version, resolution, dtype, count, content_hash,
+                                         created_at, parameters, filters, counts, skipped
+
+A version never changes once written: :class:`DatasetWriter` fills a hidden temporary folder beside the
+versions and renames it to the next free ``v<N>`` only when it is complete, so a reader sees a whole
+version or none. The content hash covers the array's dtype and shape, the pixel bytes and the manifest
+bytes (and nothing that depends on when or where it was built), so the same inputs give the same hash.
+
+:class:`ImageDataset` maps item ``i`` to a float32 tensor ``(channels, H, W)`` in [-1, 1]. With
+``xflip`` the dataset is twice as long and items ``N..2N-1`` are the mirror images of ``0..N-1``, as
+StyleGAN's ``--mirror`` (Karras et al. 2020, "Training GANs with limited data", §2 and Appendix A):
+the flip is part of the index, not random, so a sampler's order alone fixes every batch and resume is
+exact. It is an ordinary map-style dataset, so ``DistributedSampler`` and ``DataLoader`` workers work
+with it; the memory map is opened lazily in each process, never pickled.
+
+This module uses numpy and torch only (no pydicom, no service code), so a researcher can use it alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+FORMAT = "synthpacs-dataset/1"
+IMAGES_FILE = "images.npy"
+MANIFEST_FILE = "manifest.jsonl"
+INFO_FILE = "dataset.json"
+DTYPES = ("uint8", "uint16")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]*)$")
+_REF_RE = re.compile(r"^(?P<name>[^@]+)(?:@v?(?P<version>[0-9]+))?$")
+# The .npy header DatasetWriter writes has this fixed size, so the final shape can be written over the
+# provisional one in place (NumPy format 1.0: 10-byte preamble + header, 64-byte aligned).
+_NPY_HEADER_BYTES = 128
+
+
+class DatasetError(Exception):
+    """A dataset folder that cannot be used; the message names the file and the problem."""
+
+
+class DatasetNotFound(DatasetError, LookupError):
+    """No dataset (or version) by that name; the message lists what exists."""
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    name: str
+    version: int
+    path: Path
+    info: dict[str, Any]  # dataset.json
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    @property
+    def resolution(self) -> int:
+        return int(self.info["resolution"])
+
+    @property
+    def count(self) -> int:
+        return int(self.info["count"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.info["dtype"])
+
+    @property
+    def content_hash(self) -> str:
+        return str(self.info["content_hash"])
+
+    @property
+    def images_path(self) -> Path:
+        return self.path / IMAGES_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_FILE
+
+    def manifest(self) -> Iterator[dict[str, Any]]:
+        """The manifest rows, in image order."""
+        with open(self.manifest_path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"dataset name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def parse_dataset_ref(ref: str) -> tuple[str, int | None]:
+    """``"NAME"`` -> (NAME, None); ``"NAME@vN"`` or ``"NAME@N"`` -> (NAME, N)."""
+    m = _REF_RE.match(ref.strip()) if isinstance(ref, str) else None
+    if m is None:
+        raise ValueError(f"dataset reference {ref!r} is not NAME, NAME@vN or NAME@N")
+    name = validate_name(m.group("name"))
+    version = m.group("version")
+    if version is not None and int(version) < 1:
+        raise ValueError(f"dataset reference {ref!r}: versions start at 1")
+    return name, (int(version) if version is not None else None)
+
+
+def read_version(path: Path) -> DatasetVersion:
+    """The dataset version stored in folder ``path`` (the one holding dataset.json)."""
+    path = Path(path)
+    info_path = path / INFO_FILE
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetNotFound(f"{path} is not a dataset version: it has no {INFO_FILE}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{info_path} is not valid JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise DatasetError(f"{info_path} is not a {FORMAT} description (format: {info.get('format') if isinstance(info, dict) else None!r})")
+    missing = [k for k in ("name", "version", "resolution", "dtype", "count", "content_hash") if k not in info]
+    if missing:
+        raise DatasetError(f"{info_path} lacks {', '.join(missing)}")
+    if info["dtype"] not in DTYPES:
+        raise DatasetError(f"{info_path}: dtype {info['dtype']!r} is not one of {', '.join(DTYPES)}")
+    return DatasetVersion(str(info["name"]), int(info["version"]), path, info)
+
+
+def list_datasets(root: Path) -> list[DatasetVersion]:
+    """Every complete version under ``root``, sorted by name then version.
+
+    A folder that is not a readable version (a foreign folder, a damaged dataset.json) is left out with
+    a warning rather than hiding every other dataset.
+    """
+    root = Path(root)
+    found: list[DatasetVersion] = []
+    if not root.is_dir():
+        return found
+    for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and _NAME_RE.match(p.name)):
+        for vdir in name_dir.iterdir():
+            if not (vdir.is_dir() and _VERSION_DIR_RE.match(vdir.name)):
+                continue
+            try:
+                found.append(read_version(vdir))
+            except DatasetError as exc:
+                warnings.warn(f"skipping {vdir}: {exc}", stacklevel=2)
+    found.sort(key=lambda d: (d.name, d.version))
+    return found
+
+
+def resolve_dataset(root: Path, ref: str | os.PathLike[str]) -> DatasetVersion:
+    """``NAME`` (its latest version), ``NAME@vN``, or the path of a version folder."""
+    if isinstance(ref, os.PathLike) or (isinstance(ref, str) and os.sep in ref):
+        return read_version(Path(ref))
+    name, version = parse_dataset_ref(str(ref))
+    versions = [d for d in list_datasets(root) if d.name == name]
+    if not versions:
+        names = sorted({d.name for d in list_datasets(root)})
+        have = ", ".join(names) if names else "none yet (build one with `synthpacs dataset build NAME`)"
+        raise DatasetNotFound(f"no dataset named {name!r} in {root}; datasets: {have}")
+    if version is None:
+        return versions[-1]
+    for d in versions:
+        if d.version == version:
+            return d
+    raise DatasetNotFound(f"dataset {name!r} has no version {version}; versions: {', '.join(f'v{d.version}' for d in versions)}")
+
+
+def load_images(dv: DatasetVersion, mmap: bool = True) -> np.ndarray:
+    """The (N, H, W) array, memory-mapped read-only by default; checked against dataset.json."""
+    try:
+        arr = np.load(dv.images_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise DatasetError(f"{dv.images_path} is missing") from None
+    except ValueError as exc:
+        raise DatasetError(f"{dv.images_path} is not a readable .npy array ({exc})") from None
+    expected = (dv.count, dv.resolution, dv.resolution)
+    if arr.shape != expected or arr.dtype != np.dtype(dv.dtype):
+        raise DatasetError(
+            f"{dv.images_path} holds {arr.dtype} {arr.shape}, but {INFO_FILE} says {dv.dtype} {expected}"
+        )
+    return arr
+
+
+class ImageDataset(Dataset):
+    """A dataset version as training tensors: float32 ``(channels, H, W)`` in [-1, 1].
+
+    ``dataset``: a :class:`DatasetVersion`, a version folder, or a reference ``NAME[@vN]`` resolved under
+    ``root``. ``xflip``: append the mirrored copies (items ``N..2N-1``). ``channels``: 1, or more to
+    repeat the gray channel (e.g. 3 for networks that expect RGB).
+    """
+
+    def __init__(self, dataset: DatasetVersion | str | Path, xflip: bool = False, channels: int = 1, root: Path | None = None):
+        if isinstance(dataset, DatasetVersion):
+            dv = dataset
+        elif root is not None and not Path(dataset).is_dir():
+            dv = resolve_dataset(Path(root), str(dataset))
+        else:
+            dv = read_version(Path(dataset))
+        if int(channels) < 1:
+            raise ValueError(f"channels must be at least 1, not {channels}")
+        self.version = dv
+        self.xflip = bool(xflip)
+        self.channels = int(channels)
+        self.count = dv.count
+        self.resolution = dv.resolution
+        self._scale = 2.0 / float(np.iinfo(np.dtype(dv.dtype)).max)
+        self._images: np.ndarray | None = None
+        load_images(dv)  # fail now, in the caller's process, if the files do not match
+
+    def __len__(self) -> int:
+        return self.count * (2 if self.xflip else 1)
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            self._images = load_images(self.version, mmap=True)
+        return self._images
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        n = len(self)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {index} is out of range for {n} items")
+        flip = i >= self.count
+        img = self.images[i - self.count if flip else i]
+        if flip:
+            img = img[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+        x.mul_(self._scale).sub_(1.0)
+        x = x.unsqueeze(0)
+        return x.expand(self.channels, -1, -1).contiguous() if self.channels > 1 else x
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_images"] = None  # each DataLoader worker maps the file itself
+        return state
+
+
+# -- writing -------------------------------------------------------------------------------------------
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    header = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (np.lib.format.dtype_to_descr(dtype), shape)
+    body_len = _NPY_HEADER_BYTES - 10
+    if len(header) + 1 > body_len:
+        raise ValueError(f"shape {shape} does not fit the fixed .npy header")
+    header = header.ljust(body_len - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + body_len.to_bytes(2, "little") + header.encode("latin1")
+
+
+class DatasetWriter:
+    """Writes one new version: images streamed into a memory map, then committed atomically.
+
+    ``capacity`` is the most images it may hold (the candidates); fewer may be written, and the array
+    is trimmed at :meth:`commit`. Use as a context manager: an exception discards the temporary folder.
+    Images must be written in order (``append``) so the version's order is the caller's order.
+    """
+
+    def __init__(self, root: Path, name: str, resolution: int, capacity: int, dtype: str = "uint8"):
+        validate_name(name)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if int(resolution) < 1 or int(capacity) < 0:
+            raise ValueError("resolution must be positive and capacity not negative")
+        self.root = Path(root)
+        self.name = name
+        self.resolution = int(resolution)
+        self.dtype = np.dtype(dtype)
+        self.capacity = int(capacity)
+        self.count = 0
+        self.name_dir = self.root / name
+        self.name_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.name_dir / f".tmp-{os.getpid()}-{time.monotonic_ns()}"
+        self.tmp.mkdir()
+        self._images_path = self.tmp / IMAGES_FILE
+        self._manifest = open(self.tmp / MANIFEST_FILE, "w", encoding="utf-8", newline="\n")
+        self._manifest_hash = hashlib.sha256()
+        shape = (self.capacity, self.resolution, self.resolution)
+        with open(self._images_path, "wb") as f:
+            f.write(_npy_header(self.dtype, shape))
+            f.truncate(_NPY_HEADER_BYTES + self.capacity * self.resolution**2 * self.dtype.itemsize)
+        self._map = (
+            np.memmap(self._images_path, dtype=self.dtype, mode="r+", offset=_NPY_HEADER_BYTES, shape=shape)
+            if self.capacity
+            else None
+        )
+        self._closed = False
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if not self._closed:
+            self.abort()
+
+    def append(self, image: np.ndarray, row: Mapping[str, Any]) -> int:
+        """Add one image (H, W) of the dataset's dtype and its manifest row; returns its index."""
+        if self._closed:
+            raise RuntimeError("this writer is closed")
+        if self.count >= self.capacity:
+            raise ValueError(f"the writer was opened for {self.capacity} images")
+        expected = (self.resolution, self.resolution)
+        if image.shape != expected or image.dtype != self.dtype:
+            raise ValueError(f"image is {image.dtype} {image.shape}; this dataset takes {self.dtype} {expected}")
+        assert self._map is not None
+        self._map[self.count] = image
+        line = json.dumps({"index": self.count, **row}, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
+        self._manifest.write(line)
+        self._manifest_hash.update(line.encode("utf-8"))
+        self.count += 1
+        return self.count - 1
+
+    def _content_hash(self) -> str:
+        h = hashlib.sha256()
+        h.update(f"{FORMAT}\n{self.dtype.str}\n{(self.count, self.resolution, self.resolution)}\n".encode())
+        if self._map is not None:
+            step = max(1, (64 << 20) // (self.resolution**2 * self.dtype.itemsize))
+            for start in range(0, self.count, step):
+                h.update(np.ascontiguousarray(self._map[start : min(self.count, start + step)]).tobytes())
+        h.update(self._manifest_hash.digest())
+        return h.hexdigest()
+
+    def commit(
+        self,
+        parameters: Mapping[str, Any] | None = None,
+        filters: Mapping[str, Any] | None = None,
+        counts: Mapping[str, Any] | None = None,
+        skipped: int = 0,
+        extra_files: Mapping[str, str] | None = None,
+    ) -> DatasetVersion:
+        """Trim, hash, describe and publish as the next version; returns it.
+
+        ``extra_files`` (file name -> text), such as a build report, are written into the version too.
+        """
+        if self._closed:
+            raise RuntimeError("this writer is closed")
+        self._manifest.close()
+        content_hash = self._content_hash()
+        if self._map is not None:
+            self._map.flush()
+            del self._map
+            self._map = None
+        with open(self._images_path, "r+b") as f:
+            f.write(_npy_header(self.dtype, (self.count, self.resolution, self.resolution)))
+            f.truncate(_NPY_HEADER_BYTES + self.count * self.resolution**2 * self.dtype.itemsize)
+            f.flush()
+            os.fsync(f.fileno())
+        for fname, text in (extra_files or {}).items():
+            if "/" in fname or fname in (IMAGES_FILE, MANIFEST_FILE, INFO_FILE):
+                raise ValueError(f"cannot write an extra file named {fname!r}")
+            (self.tmp / fname).write_text(text, encoding="utf-8")
+        info: dict[str, Any] = {
+            "format": FORMAT,
+            "name": self.name,
+            "version": 0,  # set below, once the version number is taken
+            "resolution": self.resolution,
+            "dtype": self.dtype.name,
+            "count": self.count,
+            "content_hash": content_hash,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "parameters": dict(parameters or {}),
+            "filters": dict(filters or {}),
+            "counts": dict(counts or {}),
+            "skipped": int(skipped),
+        }
+        for p in self.tmp.iterdir():
+            _fsync_file(p)
+        # Take the next version number by renaming: rename() onto a non-empty folder fails, so two
+        # writers can never publish the same number.
+        while True:
+            version = 1 + max((int(m.group(1)) for p in self.name_dir.iterdir() if (m := _VERSION_DIR_RE.match(p.name))), default=0)
+            info["version"] = version
+            (self.tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+            _fsync_file(self.tmp / INFO_FILE)
+            final = self.name_dir / f"v{version}"
+            try:
+                # Fails (ENOTEMPTY/EEXIST) when a racing writer published this number first.
+                os.rename(self.tmp, final)
+            except OSError:
+                if final.exists():
+                    continue
+                raise
+            break
+        _fsync_dir(self.name_dir)
+        self._closed = True
+        return read_version(final)
+
+    def abort(self) -> None:
+        """Discard everything written; no version appears."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._manifest.closed:
+            self._manifest.close()
+        self._map = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_dataset(
+    root: Path,
+    name: str,
+    images: np.ndarray,
+    rows: Iterable[Mapping[str, Any]] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    **commit_kwargs: Any,
+) -> DatasetVersion:
+    """Write an (N, H, W) uint8/uint16 array as the next version of ``name`` (tests, researchers' own data)."""
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be (N, H, H), not {images.shape}")
+    rows_list = list(rows) if rows is not None else [{} for _ in range(len(images))]
+    if len(rows_list) != len(images):
+        raise ValueError(f"{len(images)} images but {len(rows_list)} manifest rows")
+    with DatasetWriter(root, name, images.shape[1], len(images), images.dtype.name) as w:
+        for img, row in zip(images, rows_list):
+            w.append(img, row)
+        return w.commit(parameters=parameters, **commit_kwargs)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    _fsync_file(path)
