@@ -88,8 +88,10 @@ class DeidConfig:
     uid_root: str = "2.25"
     # Retain options of PS3.15 Table E.1-1 that training needs.
     retain_device_identity: bool = False
-    retain_patient_characteristics: bool = True  # sex, coarse age, size/weight
+    retain_patient_characteristics: bool = True  # sex and a coarse age (size and weight are removed)
     retain_longitudinal_dates: bool = False  # False: dates are shifted by a keyed per-patient offset
+    # Width of the age bins kept under retain_patient_characteristics (years; under 2 years: months).
+    age_bin_years: int = 5
 
 
 @dataclass(frozen=True)
