@@ -57,5 +57,9 @@ bench: deps venv
 demo: deps venv
 	$(BIN)/python -m service.demo
 
+# Regenerate the committed gRPC stubs after editing proto/synthpacs/v1/*.proto.
+proto: venv
+	cd proto && $(abspath $(BIN))/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. synthpacs/v1/*.proto
+
 clean:
 	rm -rf $(VENV) .pytest_cache
