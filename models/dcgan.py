@@ -1,0 +1,146 @@
+"""DCGAN generator and discriminator for 1-channel radiographs at 64, 128 and 256 px.
+
+Radford, Metz and Chintala, "Unsupervised Representation Learning with Deep Convolutional Generative
+Adversarial Networks", ICLR 2016 (arXiv 1511.06434), §3 "Approach and model architecture":
+
+- no pooling: the generator up-samples with fractionally-strided (transposed) convolutions, the
+  discriminator down-samples with strided convolutions;
+- batch normalization in both networks, except the generator's output layer and the discriminator's
+  input layer;
+- ReLU in the generator with Tanh at the output, LeakyReLU (slope 0.2) in the discriminator;
+- weights drawn from N(0, 0.02), batch-norm scales from N(1, 0.02) (§4 "Details of adversarial training").
+
+The paper's network (Fig. 1) goes from a 4x4 map to 64x64 in four doublings. Larger images get further
+doublings of the same block; channel counts double toward the 4x4 end as in the paper and are capped at
+``max_channels`` so a 256 px network stays a few tens of millions of parameters. The discriminator ends in
+a 4x4 convolution giving one logit (the Sigmoid of Fig. 1 is folded into the loss, which is numerically
+safer and what mixed precision needs). Spectral normalization (Miyato et al. 2018, ICLR, §2.1) of the
+discriminator's convolutions is optional.
+
+Both networks record their constructor arguments in ``init_kwargs`` so a model card can rebuild them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+SUPPORTED_RESOLUTIONS = (64, 128, 256)
+
+
+class UnsupportedResolution(ValueError):
+    """The network cannot be built for this image size."""
+
+
+def check_resolution(resolution: int) -> int:
+    if resolution not in SUPPORTED_RESOLUTIONS:
+        raise UnsupportedResolution(
+            f"DCGAN supports resolutions {', '.join(map(str, SUPPORTED_RESOLUTIONS))} px, not {resolution}; "
+            "build the dataset at one of them (synthpacs dataset build --resolution ...)"
+        )
+    return resolution
+
+
+def _widths(resolution: int, base: int, max_channels: int) -> list[int]:
+    """Channels of the 4x4, 8x8, ..., resolution/2 feature maps (generator order).
+
+    With ``base`` 64 at 64 px this is [512, 256, 128, 64], the paper's Fig. 1.
+    """
+    doublings = int(math.log2(resolution // 4))
+    return [min(base * 2 ** (doublings - 1 - i), max_channels) for i in range(doublings)]
+
+
+class Generator(nn.Module):
+    """z (N, z_dim) -> image (N, channels, resolution, resolution) in [-1, 1].
+
+    ``psi`` is the truncation of the latent: the generator sees ``psi * z``, i.e. z pulled linearly toward
+    the mean of its prior (the origin), the latent-space form of the truncation trick (Brock et al. 2019,
+    BigGAN §3.1; Karras et al. 2019 use the same interpolation toward the mean in W). ``psi = 1`` is the
+    plain sample, smaller values trade variety for typicality, ``psi = 0`` gives the one "mean" image.
+    The scaling is per sample, so it never couples images in a batch.
+    """
+
+    def __init__(self, z_dim: int = 100, resolution: int = 64, channels: int = 1, base_channels: int = 64, max_channels: int = 512):
+        super().__init__()
+        check_resolution(resolution)
+        if z_dim < 1 or channels < 1 or base_channels < 1 or max_channels < 1:
+            raise ValueError("z_dim, channels, base_channels and max_channels must be positive")
+        self.init_kwargs = dict(z_dim=z_dim, resolution=resolution, channels=channels, base_channels=base_channels, max_channels=max_channels)
+        self.z_dim, self.resolution, self.channels = z_dim, resolution, channels
+        widths = _widths(resolution, base_channels, max_channels)
+        layers: list[nn.Module] = [
+            # Project and reshape (Fig. 1): a 4x4 transposed convolution of a 1x1 input.
+            nn.ConvTranspose2d(z_dim, widths[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
+        ]
+        for cin, cout in zip(widths, widths[1:]):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"expected latents of shape (N, {self.z_dim}), got {tuple(z.shape)}")
+        if psi != 1.0:
+            z = z * psi
+        x = z[:, :, None, None]
+        if self.training or x.device.type != "cpu":
+            return self.main(x)
+        return _batch_invariant(self.main, x)
+
+
+def _batch_invariant(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Inference on the CPU whose every image is bit-identical whatever batch it is in.
+
+    oneDNN's transposed convolution chooses its kernel by batch size and gives results that differ in
+    the last bit for some sizes (measured here with torch 2.13: batches of 3, 5 and 13 against 1), which
+    flips 16-bit pixel values. ATen's reference kernel computes each image with the same GEMM and col2im
+    whatever the batch, so the transposed convolutions go through it directly, without touching the
+    process-wide ``torch.backends.mkldnn`` switch that serving threads share. Batch-norm in eval mode,
+    ReLU and Tanh work element by element and are already invariant.
+    """
+    for m in layers:
+        if isinstance(m, nn.ConvTranspose2d):
+            x = torch.ops.aten.slow_conv_transpose2d(x, m.weight, m.kernel_size, m.bias, m.stride, m.padding, m.output_padding, m.dilation)
+        else:
+            x = m(x)
+    return x
+
+
+class Discriminator(nn.Module):
+    """image (N, channels, resolution, resolution) -> one real/fake logit per image, shape (N,)."""
+
+    def __init__(self, resolution: int = 64, channels: int = 1, base_channels: int = 64, max_channels: int = 512, spectral_norm: bool = False):
+        super().__init__()
+        check_resolution(resolution)
+        self.init_kwargs = dict(resolution=resolution, channels=channels, base_channels=base_channels, max_channels=max_channels, spectral_norm=spectral_norm)
+        self.resolution, self.channels = resolution, channels
+        widths = list(reversed(_widths(resolution, base_channels, max_channels)))
+        sn = _spectral_norm if spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = [sn(nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, inplace=True)]
+        for cin, cout in zip(widths, widths[1:]):
+            layers += [sn(nn.Conv2d(cin, cout, 4, 2, 1, bias=False)), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [sn(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False))]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).flatten()
+
+
+def init_weights(module: nn.Module) -> None:
+    """Radford et al. §4: convolution weights ~ N(0, 0.02); batch-norm scale ~ N(1, 0.02), shift 0.
+
+    Draws from torch's global generator, so a seeded run initializes identically every time.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            # Under spectral normalization the raw weight lives in parametrizations.weight.original.
+            weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(weight, 0.0, 0.02)
+        elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,129 @@
+"""Training recipe for DCGAN (Radford et al. 2016, arXiv 1511.06434).
+
+§4 "Details of adversarial training": minibatch SGD with Adam, learning rate 0.0002 and beta1 0.5 (the
+suggested 0.001 and 0.9 were unstable), batch 128 in the paper (64 here by default, the seed's setting).
+The loss is the original GAN objective (Goodfellow et al. 2014, §3): the discriminator minimizes binary
+cross-entropy on reals and fakes; the generator maximizes log D(G(z)), the non-saturating form the same
+paper recommends (§3, last paragraph) and pytorch/examples' dcgan uses. Each step updates D once, then
+G once with the same fakes.
+
+An optional exponential moving average of G's weights (``ema_beta``, e.g. 0.999; Yazici et al. 2019,
+"The Unusual Effectiveness of Averaging in GAN Training") gives the generator that is sampled and
+exported; batch-norm running statistics are copied, not averaged. Off by default, as in the paper.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.dcgan import Discriminator, Generator, UnsupportedResolution, check_resolution, init_weights
+from models.train.recipe import Networks, Recipe, RecipeError, StepContext
+
+
+class DCGANRecipe(Recipe):
+    arch = "dcgan"
+    unit = "epoch"
+    uses_ema = False
+    supports_amp = True
+    default_batch = 64
+
+    def __init__(
+        self,
+        resolution: int,
+        channels: int = 1,
+        z_dim: int = 100,
+        g_channels: int = 64,
+        d_channels: int = 64,
+        max_channels: int = 512,
+        spectral_norm: bool = False,
+        lr: float = 2e-4,
+        beta1: float = 0.5,
+        beta2: float = 0.999,
+        ema_beta: float | None = None,
+    ):
+        try:
+            check_resolution(int(resolution))
+        except UnsupportedResolution as exc:
+            raise RecipeError(str(exc)) from None
+        if ema_beta is not None and not 0.0 < float(ema_beta) < 1.0:
+            raise RecipeError(f"ema_beta must be between 0 and 1 (e.g. 0.999), not {ema_beta}")
+        if lr <= 0:
+            raise RecipeError(f"lr must be positive, not {lr}")
+        super().__init__(
+            resolution, channels, z_dim=z_dim, g_channels=g_channels, d_channels=d_channels, max_channels=max_channels,
+            spectral_norm=spectral_norm, lr=lr, beta1=beta1, beta2=beta2, ema_beta=ema_beta,
+        )
+        self.uses_ema = ema_beta is not None  # type: ignore[misc]  # per instance: EMA is a setting here
+
+    def build(self) -> Networks:
+        h = self.hparams
+        G = Generator(z_dim=h["z_dim"], resolution=self.resolution, channels=self.channels, base_channels=h["g_channels"], max_channels=h["max_channels"])
+        D = Discriminator(resolution=self.resolution, channels=self.channels, base_channels=h["d_channels"], max_channels=h["max_channels"], spectral_norm=h["spectral_norm"])
+        init_weights(G)
+        init_weights(D)
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False) if self.uses_ema else None
+        return Networks(G=G, D=D, G_ema=G_ema)
+
+    def make_optimizers(self, nets: Networks) -> dict[str, torch.optim.Optimizer]:
+        h = self.hparams
+        betas = (h["beta1"], h["beta2"])
+        return {
+            "D": torch.optim.Adam(nets.D.parameters(), lr=h["lr"], betas=betas),
+            "G": torch.optim.Adam(nets.G.parameters(), lr=h["lr"], betas=betas),
+        }
+
+    def train_step(self, ctx: StepContext, reals: torch.Tensor) -> Mapping[str, Any]:
+        G, D = ctx.nets.G, ctx.nets.D
+        n = reals.shape[0]
+        z = ctx.randn(n, self.hparams["z_dim"])
+
+        # D: maximize log D(x) + log(1 - D(G(z))).
+        D.requires_grad_(True)
+        with ctx.autocast():
+            fakes = G(z)
+            logits_real = D(reals)
+            logits_fake = D(fakes.detach())
+            loss_real = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
+            loss_fake = F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
+            loss_D = loss_real + loss_fake
+        ctx.backward(loss_D, "D")
+        ctx.step("D")
+
+        # G: maximize log D(G(z)) (non-saturating), against the updated D. D's weights get no gradient.
+        D.requires_grad_(False)
+        with ctx.autocast():
+            logits_gen = D(fakes)
+            loss_G = F.binary_cross_entropy_with_logits(logits_gen, torch.ones_like(logits_gen))
+        ctx.backward(loss_G, "G")
+        ctx.step("G")
+        D.requires_grad_(True)
+
+        if ctx.nets.G_ema is not None:
+            _ema_update(ctx.nets.G_ema, G, float(self.hparams["ema_beta"]))
+
+        return {
+            "loss_D": loss_D.detach().float(),
+            "loss_G": loss_G.detach().float(),
+            "D_real": torch.sigmoid(logits_real.detach().float()).mean(),
+            "D_fake": torch.sigmoid(logits_fake.detach().float()).mean(),
+            "D_fake_after": torch.sigmoid(logits_gen.detach().float()).mean(),
+        }
+
+    def card(self) -> dict[str, Any]:
+        return {
+            "training_hyperparameters": dict(self.hparams),
+            "references": ["Radford, Metz, Chintala. Unsupervised Representation Learning with Deep Convolutional GANs. ICLR 2016, arXiv:1511.06434"],
+        }
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, net: nn.Module, beta: float) -> None:
+    for pe, p in zip(ema.parameters(), net.parameters()):
+        pe.lerp_(p.detach().to(pe.dtype), 1.0 - beta)
+    for be, b in zip(ema.buffers(), net.buffers()):
+        be.copy_(b)
