@@ -96,12 +96,20 @@ class DeidConfig:
 
 @dataclass(frozen=True)
 class DatasetConfig:
+    """Dataset builds (service/data/build.py); every value is recorded in the version's dataset.json."""
+
     resolution: int = 256
     # How a non-square image reaches a square: "pad" keeps the whole image, "crop" fills the frame.
     fit: str = "pad"
     dtype: str = "uint8"
     # Window used when the header has no VOI LUT: percentiles of the valid pixels.
     fallback_window_percentiles: tuple[float, float] = (0.5, 99.5)
+    # "header": the header's window or VOI LUT when it has one; "percentile": always the robust window.
+    window: str = "header"
+    # Multi-frame images: "refuse" (skipped, with the reason in the build report) or "first" frame.
+    multiframe: str = "refuse"
+    # Modalities a build takes when --modality is not given (empty: every modality).
+    modalities: tuple[str, ...] = ("CR", "DX")
     workers: int = 0  # 0: every core
 
 
