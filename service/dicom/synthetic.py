@@ -1,0 +1,442 @@
+"""The synthetic Secondary Capture writer: generated pixels plus provenance in, a fully tagged SC Image out.
+
+A synthetic image must be unmistakable to every system and every person (DESIGN.md "What marks an
+instance synthetic"). Every instance this module builds carries all of these:
+
+* Synthetic Data (0008,001C) = ``YES`` (PS3.3 C.12.1, SOP Common Module);
+* Conversion Type (0008,0064) = ``SYN``, "synthetic image" (PS3.3 C.8.6.1, SC Equipment Module);
+  highdicom's :class:`~highdicom.sc.SCImage` writes ``DI``, so it is overwritten here;
+* Image Type (0008,0008) = ``DERIVED\\SECONDARY`` (PS3.3 C.7.6.1.1.2);
+* Series Description beginning with ``SYNTHETIC``, and a Study Description that says so too;
+* a synthetic patient: Patient's Name ``SYNTHETIC^<model>`` and a Patient ID ``SYNTHETIC-<random>``,
+  never a real person's identity;
+* a Contributing Equipment Sequence item with Purpose of Reference (DCM, 109100, "Synthesizing
+  Equipment") naming the model, its version and the software version, as IHE AI Results (AIR) asks
+  results of an algorithm to identify the algorithm (PS3.3 C.12.1.1.8 / IHE RAD TF-3 AIR);
+* Image Comments ``SYNTHETIC IMAGE, not a patient. model=... version=... seed=... psi=...``: everything
+  needed to regenerate the pixels exactly (:class:`Provenance` parses it back);
+* fresh UIDs under the configured root (PS3.5 §9; UUID-derived under 2.25 by default, PS3.5 §B.2);
+* optionally a burned-in ``SYNTHETIC`` label, then Burned In Annotation (0028,0301) = ``YES``.
+
+Modality defaults to ``OT`` (Other). The SC Equipment Module lets Modality name the source equipment
+(PS3.3 C.8.6.1); a generator is no acquisition device, and ``CR`` or ``DX`` would put synthetic images
+into the hanging protocols, worklists, dose and QA statistics, and dataset filters that select real
+radiographs by modality. ``synthetic.modality`` can change it for a PACS that insists.
+
+Laterality (0020,0060) is Type 2C in the General Series Module: required, possibly empty, for paired
+body parts. A generator does not know which side it drew, so it is written empty unless the caller
+knows; dciodvfy then reports no error (../shared/NOTES.md). Patient Orientation is likewise empty
+(Type 2C, General Image Module C.7.6.1).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+from highdicom import ContributingEquipment
+from highdicom.sc import SCImage
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from service import __version__
+from service.dicom.uids import InvalidUID, new_uid, validate_uid
+
+MANUFACTURER = "synthpacs"
+SYNTHETIC_PREFIX = "SYNTHETIC"
+COMMENT_HEADER = "SYNTHETIC IMAGE, not a patient."
+MAX_SEED = 2**32 - 1
+
+# Value Representation limits used below (PS3.5 Table 6.2-1).
+_LO_MAX = 64
+_SH_MAX = 16
+_PN_COMPONENT_MAX = 64
+_CS_RE = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+
+
+class ConversionType(str, Enum):
+    """Defined Terms of Conversion Type (0008,0064), PS3.3 C.8.6.1."""
+
+    SYNTHETIC = "SYN"
+    DIGITIZED_VIDEO = "DV"
+    DIGITAL_INTERFACE = "DI"
+    WORKSTATION = "WSD"
+
+
+class SyntheticWriteError(ValueError):
+    """An argument that cannot become a valid synthetic instance; the message names it."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made the pixels: model name and version, seed and truncation psi regenerate them exactly.
+
+    ``weights_sha256`` pins the exact weights file, ``dataset`` the training data (``name@vN``).
+    """
+
+    model: str
+    version: int
+    seed: int
+    psi: float = 1.0
+    architecture: str = ""
+    weights_sha256: str = ""
+    dataset: str = ""
+    software: str = f"synthpacs {__version__}"
+
+    def __post_init__(self) -> None:
+        if not self.model or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", self.model):
+            raise SyntheticWriteError(f"model name {self.model!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        if not isinstance(self.version, int) or self.version < 1:
+            raise SyntheticWriteError(f"model version {self.version!r} must be a positive integer")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise SyntheticWriteError(f"seed {self.seed!r} must be an integer in 0..{MAX_SEED}")
+        if not isinstance(self.psi, (int, float)) or not math.isfinite(self.psi):
+            raise SyntheticWriteError(f"truncation psi {self.psi!r} must be a finite number")
+        for name in ("architecture", "weights_sha256", "dataset", "software"):
+            if re.search(r"\s", getattr(self, name)) and name != "software":
+                raise SyntheticWriteError(f"provenance {name} {getattr(self, name)!r} must not contain spaces")
+
+    @property
+    def model_ref(self) -> str:
+        return f"{self.model}:v{self.version}"
+
+    def image_comments(self) -> str:
+        """The Image Comments (0020,4000) text: a fixed header, then ``key=value`` pairs.
+
+        ``psi`` is written with :func:`repr`, the shortest text that reads back as the same float.
+        """
+        pairs = [
+            ("model", self.model), ("version", str(self.version)), ("seed", str(self.seed)),
+            ("psi", repr(float(self.psi))),
+        ]
+        if self.architecture:
+            pairs.append(("architecture", self.architecture))
+        if self.weights_sha256:
+            pairs.append(("weights_sha256", self.weights_sha256))
+        if self.dataset:
+            pairs.append(("dataset", self.dataset))
+        pairs.append(("software", self.software.replace(" ", "/")))
+        return COMMENT_HEADER + " " + " ".join(f"{k}={v}" for k, v in pairs)
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> "Provenance":
+        """Read the provenance back from a synthetic instance written by :func:`synthetic_image`.
+
+        Raises :class:`SyntheticWriteError` when the instance is not marked synthetic or its Image
+        Comments do not carry model, version, seed and psi.
+        """
+        if str(ds.get("SyntheticData", "")).upper() != "YES":
+            raise SyntheticWriteError("the instance is not marked synthetic (Synthetic Data (0008,001C) is not YES)")
+        text = str(ds.get("ImageComments", ""))
+        if not text.startswith(COMMENT_HEADER):
+            raise SyntheticWriteError("Image Comments do not hold synthpacs provenance")
+        values = dict(re.findall(r"(\w+)=(\S+)", text[len(COMMENT_HEADER):]))
+        missing = [k for k in ("model", "version", "seed", "psi") if k not in values]
+        if missing:
+            raise SyntheticWriteError(f"Image Comments lack {', '.join(missing)}")
+        try:
+            return cls(
+                model=values["model"], version=int(values["version"]), seed=int(values["seed"]),
+                psi=float(values["psi"]), architecture=values.get("architecture", ""),
+                weights_sha256=values.get("weights_sha256", ""), dataset=values.get("dataset", ""),
+                software=values.get("software", "").replace("/", " "),
+            )
+        except ValueError as exc:
+            raise SyntheticWriteError(f"Image Comments hold unreadable provenance: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SyntheticSeries:
+    """The identity every instance of one synthetic series shares: its series, study and synthetic patient.
+
+    Build one with :meth:`new`; the constructor checks that every marker is present.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    patient_name: str
+    study_id: str
+    series_description: str
+    study_description: str
+    created: _dt.datetime
+    series_number: int = 1
+    modality: str = "OT"
+    institution_name: str = MANUFACTURER
+    body_part_examined: str = ""
+    laterality: str = ""
+    uid_root: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("study_instance_uid", "series_instance_uid"):
+            try:
+                validate_uid(getattr(self, name), name)
+            except InvalidUID as exc:
+                raise SyntheticWriteError(str(exc)) from None
+        if not self.series_description.upper().startswith(SYNTHETIC_PREFIX):
+            raise SyntheticWriteError(f"Series Description {self.series_description!r} must begin with {SYNTHETIC_PREFIX!r}")
+        if len(self.series_description) > _LO_MAX:
+            raise SyntheticWriteError(f"Series Description is {len(self.series_description)} characters; LO allows {_LO_MAX}")
+        if SYNTHETIC_PREFIX not in self.patient_name.upper() or SYNTHETIC_PREFIX not in self.patient_id.upper():
+            raise SyntheticWriteError("the synthetic patient's name and ID must both say SYNTHETIC")
+        if not _CS_RE.match(self.modality):
+            raise SyntheticWriteError(f"Modality {self.modality!r} must be 1-16 upper-case letters, digits or '_' (CS, PS3.5 §6.2)")
+        if self.laterality not in ("", "R", "L"):
+            raise SyntheticWriteError(f"Laterality {self.laterality!r} must be R, L or empty (PS3.3 C.7.3.1)")
+        if self.series_number < 1:
+            raise SyntheticWriteError("Series Number must be at least 1")
+
+    @classmethod
+    def new(
+        cls,
+        model: str,
+        version: int,
+        uid_root: str = "",
+        series_description: str | None = None,
+        modality: str = "OT",
+        institution_name: str = MANUFACTURER,
+        body_part_examined: str = "",
+        laterality: str = "",
+        psi: float | None = None,
+        created: _dt.datetime | None = None,
+    ) -> "SyntheticSeries":
+        """A new study with one series and a new synthetic patient; UIDs are fresh under ``uid_root``.
+
+        A ``series_description`` that does not begin with SYNTHETIC gets the prefix (truncated to 64).
+        """
+        try:
+            study_uid, series_uid = new_uid(uid_root), new_uid(uid_root)
+        except InvalidUID as exc:
+            raise SyntheticWriteError(f"synthetic.uid_root {uid_root!r} is not a usable UID root: {exc}") from None
+        token = uuid.uuid4().hex[:12].upper()
+        ref = f"{model} v{version}"
+        if series_description is None or not series_description.strip():
+            series_description = f"{SYNTHETIC_PREFIX} {ref}" + (f" psi={psi:g}" if psi is not None else "")
+        elif not series_description.strip().upper().startswith(SYNTHETIC_PREFIX):
+            series_description = f"{SYNTHETIC_PREFIX} {series_description.strip()}"
+        # Person Name components are 64 characters at most; model names are at most 64 already.
+        given = model.upper()[:_PN_COMPONENT_MAX]
+        return cls(
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            patient_id=f"{SYNTHETIC_PREFIX}-{token}",
+            patient_name=f"{SYNTHETIC_PREFIX}^{given}",
+            study_id=f"SYN{token[:8]}"[:_SH_MAX],
+            series_description=series_description.strip()[:_LO_MAX],
+            study_description=f"{SYNTHETIC_PREFIX} radiographs from {ref}"[:_LO_MAX],
+            created=created or _dt.datetime.now(),
+            modality=modality,
+            institution_name=institution_name,
+            body_part_examined=body_part_examined,
+            laterality=laterality,
+            uid_root=uid_root,
+        )
+
+
+def full_range_window(bits: int) -> tuple[int, int]:
+    """Window Center/Width that maps stored values 0..2**bits-1 linearly onto the display range.
+
+    With the LINEAR function of PS3.3 C.11.2.1.2.1 the window spans [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2],
+    so c = 2**(bits-1) and w = 2**bits cover exactly 0..2**bits-1. The generator was trained on images
+    normalized to that full range, so this is the window its output was meant to be seen with.
+    """
+    return 1 << (bits - 1), 1 << bits
+
+
+def synthetic_image(
+    pixels: np.ndarray,
+    provenance: Provenance,
+    series: SyntheticSeries,
+    instance_number: int,
+    sop_instance_uid: str | None = None,
+    burn_in_label: bool = False,
+) -> Dataset:
+    """Build one synthetic Secondary Capture Image (PS3.3 A.8.1) from generated pixels.
+
+    Parameters
+    ----------
+    pixels:
+        (rows, columns) ``uint8`` or ``uint16``, MONOCHROME2 (brighter is denser), as
+        :func:`models.sampling.to_uint` returns them. 8-bit pixels get Bits Allocated/Stored 8, 16-bit
+        ones 16.
+    provenance:
+        Model, version, seed and psi that made the pixels; written to Image Comments and the
+        Contributing Equipment Sequence.
+    series:
+        The study, series and synthetic patient the instance belongs to.
+    instance_number:
+        Instance Number (0020,0013), from 1.
+    sop_instance_uid:
+        SOP Instance UID; a fresh one under the series' UID root when None.
+    burn_in_label:
+        Draw ``SYNTHETIC`` into the top-left corner (:func:`burn_in_synthetic_label`) and set
+        Burned In Annotation (0028,0301) to YES.
+
+    Returns a dataset with File Meta Information, ready for :meth:`service.dicom.store.Store.put`.
+    Raises :class:`SyntheticWriteError` naming the argument that is wrong.
+    """
+    pixels = _check_pixels(pixels)
+    if not isinstance(instance_number, int) or instance_number < 1:
+        raise SyntheticWriteError(f"instance number {instance_number!r} must be a positive integer")
+    if sop_instance_uid is None:
+        sop_instance_uid = new_uid(series.uid_root)
+    else:
+        try:
+            validate_uid(sop_instance_uid, "SOP Instance UID")
+        except InvalidUID as exc:
+            raise SyntheticWriteError(str(exc)) from None
+    bits = 8 if pixels.dtype == np.uint8 else 16
+    if burn_in_label:
+        pixels = burn_in_synthetic_label(pixels)
+    now = _dt.datetime.now()
+    software = f"synthpacs {__version__}"
+    equipment = ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.SynthesizingEquipment,
+        manufacturer_model_name=provenance.model[:_LO_MAX],
+        software_versions=[provenance.model_ref[:_LO_MAX], software[:_LO_MAX]],
+        institution_name=series.institution_name[:_LO_MAX] or None,
+        contribution_datetime=now,
+        contribution_description=_contribution(provenance)[:1024],
+    )
+    try:
+        sc = SCImage(
+            pixel_array=pixels,
+            photometric_interpretation="MONOCHROME2",
+            bits_allocated=bits,
+            coordinate_system="PATIENT",
+            study_instance_uid=series.study_instance_uid,
+            series_instance_uid=series.series_instance_uid,
+            series_number=series.series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            patient_id=series.patient_id,
+            patient_name=series.patient_name,
+            patient_birth_date=None,
+            patient_sex=None,
+            accession_number=None,
+            study_id=series.study_id,
+            study_date=series.created.date(),
+            study_time=series.created.time(),
+            referring_physician_name=None,
+            # Replaced by an empty value below: a generated image has no patient to be oriented to.
+            patient_orientation=("A", "F"),
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            contributing_equipment=[equipment],
+            series_description=series.series_description,
+            manufacturer_model_name="synthpacs",
+            software_versions=software[:_LO_MAX],
+            institution_name=series.institution_name[:_LO_MAX] or None,
+            series_date=series.created.date(),
+            series_time=series.created.time(),
+            content_date=now.date(),
+            content_time=now.time(),
+        )
+    except (TypeError, ValueError) as exc:
+        raise SyntheticWriteError(f"the Secondary Capture image cannot be built: {exc}") from None
+    ds: Dataset = sc
+    # The markers of DESIGN.md, over what highdicom wrote.
+    ds.SyntheticData = "YES"
+    ds.ConversionType = ConversionType.SYNTHETIC.value
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.Modality = series.modality
+    ds.StudyDescription = series.study_description
+    ds.ImageComments = provenance.image_comments()
+    ds.DerivationDescription = _contribution(provenance)[:1024]
+    ds.BurnedInAnnotation = "YES" if burn_in_label else "NO"
+    ds.RecognizableVisualFeatures = "NO"
+    ds.LossyImageCompression = "00"
+    ds.PatientOrientation = None
+    ds.Laterality = series.laterality or None
+    if series.body_part_examined:
+        ds.BodyPartExamined = series.body_part_examined[:_SH_MAX].upper()
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S.%f")
+    center, width = full_range_window(bits)
+    ds.WindowCenter = center
+    ds.WindowWidth = width
+    ds.WindowCenterWidthExplanation = "GENERATOR FULL RANGE"
+    ds.VOILUTFunction = "LINEAR"
+    ds.file_meta.ImplementationVersionName = "SYNTHPACS"
+    return ds
+
+
+def _contribution(p: Provenance) -> str:
+    arch = f" ({p.architecture})" if p.architecture else ""
+    return f"Synthetic image generated by {p.model_ref}{arch}, seed {p.seed}, psi {p.psi:g}"
+
+
+def _check_pixels(pixels: np.ndarray) -> np.ndarray:
+    if not isinstance(pixels, np.ndarray):
+        raise SyntheticWriteError(f"pixels must be a numpy array, not {type(pixels).__name__}")
+    if pixels.ndim != 2:
+        raise SyntheticWriteError(f"pixels must be one (rows, columns) image; got shape {pixels.shape}")
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise SyntheticWriteError(f"pixels must be uint8 or uint16 (models.sampling.to_uint); got {pixels.dtype}")
+    rows, cols = pixels.shape
+    if not (1 <= rows <= 65535 and 1 <= cols <= 65535):
+        raise SyntheticWriteError(f"an image of {rows} x {cols} pixels cannot be stored (1..65535 each, US in PS3.3 C.7.6.3)")
+    return np.ascontiguousarray(pixels)
+
+
+# A 5 x 7 bitmap font holding the letters of SYNTHETIC: deterministic on every machine, unlike a TrueType
+# rasterizer, so a labelled image regenerates bit for bit.
+_GLYPHS = {
+    "S": (".###.", "#...#", "#....", ".###.", "....#", "#...#", ".###."),
+    "Y": ("#...#", "#...#", ".#.#.", "..#..", "..#..", "..#..", "..#.."),
+    "N": ("#...#", "##..#", "#.#.#", "#.#.#", "#..##", "#...#", "#...#"),
+    "T": ("#####", "..#..", "..#..", "..#..", "..#..", "..#..", "..#.."),
+    "H": ("#...#", "#...#", "#...#", "#####", "#...#", "#...#", "#...#"),
+    "E": ("#####", "#....", "#....", "####.", "#....", "#....", "#####"),
+    "I": (".###.", "..#..", "..#..", "..#..", "..#..", "..#..", ".###."),
+    "C": (".###.", "#...#", "#....", "#....", "#....", "#...#", ".###."),
+}
+LABEL = "SYNTHETIC"
+
+
+def _label_mask(scale: int) -> np.ndarray:
+    glyphs = [np.array([[c == "#" for c in row] for row in _GLYPHS[ch]], dtype=bool) for ch in LABEL]
+    spaced = []
+    for i, g in enumerate(glyphs):
+        spaced.append(g)
+        if i < len(glyphs) - 1:
+            spaced.append(np.zeros((7, 1), dtype=bool))
+    mask = np.concatenate(spaced, axis=1)
+    return np.kron(mask, np.ones((scale, scale), dtype=bool))
+
+
+def burn_in_synthetic_label(pixels: np.ndarray) -> np.ndarray:
+    """Return a copy with ``SYNTHETIC`` drawn in the top-left corner: white letters on a black box.
+
+    The letters are 1/128 of the shorter side per font pixel (at least 1), so the label reads the same
+    on a 64 px thumbnail and a 2048 px image. Raises :class:`SyntheticWriteError` when the image is too
+    small to hold it.
+    """
+    pixels = _check_pixels(pixels)
+    rows, cols = pixels.shape
+    scale = max(1, min(rows, cols) // 128)
+    mask = _label_mask(scale)
+    pad = scale
+    h, w = mask.shape[0] + 2 * pad, mask.shape[1] + 2 * pad
+    margin = scale
+    if h + margin > rows or w + margin > cols:
+        raise SyntheticWriteError(f"a {rows} x {cols} image is too small for a burned-in label (needs {h + margin} x {w + margin})")
+    out = pixels.copy()
+    top = np.iinfo(out.dtype).max
+    out[margin:margin + h, margin:margin + w] = 0
+    box = out[margin + pad:margin + pad + mask.shape[0], margin + pad:margin + pad + mask.shape[1]]
+    box[mask] = top
+    return out
+
+
+__all__ = [
+    "ConversionType", "Provenance", "SyntheticSeries", "SyntheticWriteError", "burn_in_synthetic_label",
+    "full_range_window", "synthetic_image",
+]
