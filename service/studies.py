@@ -1,0 +1,320 @@
+"""Synthetic studies: generated images become one DICOM study, stored in the archive and queued for the PACS.
+
+This is the one writer behind gRPC ``GenerateStudy`` and ``synthpacs synthesize``. For N images it makes
+one study with one series of Secondary Capture instances (:mod:`service.dicom.synthetic`), a new
+synthetic patient, stores every instance durably in the same store and index as received instances
+(flagged synthetic, never de-identified: there is nothing to remove), and queues them in the outbox for
+the destination. Images that the memorization guard finds too close to a training image are refused and
+never written (``synthetic.refuse_near_copies``).
+
+:func:`generate` and :func:`regenerate` hold the one definition of how a (model, version, seed, psi)
+becomes pixels, so a stored instance can always be regenerated bit for bit from its own tags.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from prometheus_client import Counter
+
+from service.config import Config
+from service.dicom.outbox import Outbox
+from service.dicom.store import Store, StoreError
+from service.dicom.synthetic import Provenance, SyntheticSeries, SyntheticWriteError, synthetic_image
+from service.logs import get_logger, uid_hash
+
+log = get_logger("studies")
+
+SYNTHETIC_INSTANCES = Counter("synthpacs_synthetic_instances_total", "Synthetic instances by outcome", ["status"])
+
+STORED, QUEUED, REFUSED, FAILED = "stored", "queued", "refused-near-copy", "failed"
+MAX_SEED = 2**32 - 1
+
+
+class StudyRequestError(ValueError):
+    """A request that cannot become a study (bad images, seeds, psi or destination); nothing was written."""
+
+
+@dataclass
+class InstanceOutcome:
+    sop_instance_uid: str
+    seed: int
+    status: str  # "stored", "queued", "refused-near-copy", "failed"
+    detail: str = ""
+
+
+@dataclass
+class StudyOutcome:
+    study_instance_uid: str
+    series_instance_uid: str
+    destination: str | None
+    instances: list[InstanceOutcome] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for i in self.instances if i.status == status)
+
+
+def dataset_ref_of(card: dict[str, Any]) -> str:
+    """The training dataset a model card names, as ``name@vN`` ('' when it names none)."""
+    ds = card.get("dataset")
+    if isinstance(ds, str):
+        return ds
+    if isinstance(ds, dict) and ds.get("name"):
+        if ds.get("ref"):
+            return str(ds["ref"])
+        version = ds.get("version")
+        if version in (None, ""):
+            return str(ds["name"])
+        v = str(version)
+        return f"{ds['name']}@{v if v.startswith('v') else 'v' + v}"
+    return ""
+
+
+def provenance_for(model: Any, seed: int, psi: float) -> Provenance:
+    card = getattr(model, "card", {}) or {}
+    return Provenance(
+        model=model.name,
+        version=int(model.version),
+        seed=int(seed),
+        psi=float(psi),
+        architecture=str(card.get("architecture", "")),
+        weights_sha256=str((card.get("files") or {}).get("generator.safetensors", "")),
+        dataset=dataset_ref_of(card).replace(" ", "_"),
+    )
+
+
+class SyntheticStudyWriter:
+    """Writes generated images as one synthetic study; thread-safe (one per process is enough).
+
+    ``outbox``: the queue to use; when None, one over the store's index is made (the outbox sender of a
+    running ``synthpacs serve`` picks the items up from the same database).
+    """
+
+    def __init__(self, cfg: Config, store: Store, outbox: Outbox | None = None, guard_factory: Callable[[str], Any] | None = None):
+        self.cfg = cfg
+        self.store = store
+        self.outbox = outbox if outbox is not None else Outbox(cfg, store.index)
+        self._guard_factory = guard_factory or self._default_guard
+        self._guards: dict[str, Any] = {}
+        self._guards_lock = threading.Lock()
+
+    # -- the interface --------------------------------------------------------------------------------
+
+    def write_study(
+        self,
+        images: np.ndarray,
+        seeds: list[int],
+        psi: float,
+        model: Any,
+        destination: str | None = None,
+        burn_in_label: bool | None = None,
+        series_description: str | None = None,
+    ) -> StudyOutcome:
+        """Store ``images`` (N, H, W uint8/uint16) as one synthetic study and queue it for ``destination``.
+
+        ``model`` is a :class:`models.registry.ModelVersion`. ``destination`` None or "" means
+        ``outbox.default_destination`` (when that is empty too, the study stays in our archive).
+        ``burn_in_label`` None means ``synthetic.burn_in_label``. Raises :class:`StudyRequestError`
+        before writing anything when the request is invalid; per-instance problems are reported in
+        the outcome instead.
+        """
+        images = self._check_images(images, seeds, psi)
+        dest = self._destination(destination)
+        label = self.cfg.synthetic.burn_in_label if burn_in_label is None else bool(burn_in_label)
+        card = getattr(model, "card", {}) or {}
+        try:
+            series = SyntheticSeries.new(
+                model.name, int(model.version), uid_root=self.cfg.synthetic.uid_root, series_description=series_description,
+                modality=self.cfg.synthetic.modality, institution_name=self.cfg.synthetic.institution_name,
+                body_part_examined=str(card.get("body_part", "")), psi=float(psi),
+            )
+            provenances = [provenance_for(model, s, psi) for s in seeds]
+        except SyntheticWriteError as exc:
+            raise StudyRequestError(str(exc)) from None
+        outcome = StudyOutcome(series.study_instance_uid, series.series_instance_uid, dest)
+        refused = self._near_copies(images, card)
+        started = time.perf_counter()
+        stored_uids: list[str] = []
+        for i, (pixels, prov) in enumerate(zip(images, provenances)):
+            if i in refused:
+                outcome.instances.append(InstanceOutcome("", prov.seed, REFUSED, refused[i]))
+                continue
+            try:
+                ds = synthetic_image(pixels, prov, series, instance_number=i + 1, burn_in_label=label)
+                result = self.store.put(ds, source="synthetic", synthetic=True)
+            except (SyntheticWriteError, StoreError) as exc:
+                outcome.instances.append(InstanceOutcome("", prov.seed, FAILED, str(exc)))
+                continue
+            sop = result.record.sop_instance_uid
+            stored_uids.append(sop)
+            outcome.instances.append(InstanceOutcome(sop, prov.seed, STORED, "stored in the synthpacs archive"))
+        if dest and stored_uids:
+            try:
+                self.outbox.enqueue(stored_uids, dest)
+            except Exception as exc:  # stored but not queued: say so, `synthpacs outbox` can queue it later
+                log.error("queue_failed", study=uid_hash(series.study_instance_uid), error=f"{type(exc).__name__}: {exc}")
+                for inst in outcome.instances:
+                    if inst.status == STORED:
+                        inst.detail = f"stored, but not queued for {dest}: {exc}"
+            else:
+                for inst in outcome.instances:
+                    if inst.status == STORED:
+                        inst.status, inst.detail = QUEUED, f"stored and queued for {dest}"
+        for inst in outcome.instances:
+            SYNTHETIC_INSTANCES.labels(status=inst.status).inc()
+        log.info(
+            "study_written", study=uid_hash(series.study_instance_uid), model=f"{model.name}:v{model.version}",
+            count=len(seeds), stored=len(stored_uids), refused=len(refused), failed=outcome.count(FAILED),
+            destination=dest, seconds=round(time.perf_counter() - started, 3),
+        )
+        return outcome
+
+    # -- validation -----------------------------------------------------------------------------------
+
+    def _check_images(self, images: Any, seeds: Sequence[int], psi: float) -> np.ndarray:
+        if not isinstance(images, np.ndarray):
+            raise StudyRequestError(f"images must be a numpy array, not {type(images).__name__}")
+        if images.ndim == 4 and images.shape[1] == 1:
+            images = images[:, 0]
+        if images.ndim != 3:
+            raise StudyRequestError(f"images must be (N, H, W) grayscale; got shape {images.shape}")
+        if images.dtype not in (np.uint8, np.uint16):
+            raise StudyRequestError(f"images must be uint8 or uint16 (models.sampling.to_uint); got {images.dtype}")
+        if len(images) == 0:
+            raise StudyRequestError("a study needs at least one image")
+        seeds = list(seeds)
+        if len(seeds) != len(images):
+            raise StudyRequestError(f"{len(images)} images but {len(seeds)} seeds; every image needs the seed that made it")
+        for s in seeds:
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= int(s) <= MAX_SEED:
+                raise StudyRequestError(f"seed {s!r} must be an integer in 0..{MAX_SEED}")
+        if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not math.isfinite(psi):
+            raise StudyRequestError(f"psi {psi!r} must be a finite number")
+        return images
+
+    def _destination(self, destination: str | None) -> str | None:
+        dest = destination or self.cfg.outbox.default_destination or None
+        if dest:
+            try:
+                self.outbox.check_destination(dest)
+            except ValueError as exc:
+                raise StudyRequestError(str(exc)) from None
+        return dest
+
+    # -- refusing near-copies -------------------------------------------------------------------------
+
+    def _near_copies(self, images: np.ndarray, card: dict[str, Any]) -> dict[int, str]:
+        """Index -> reason for every image the memorization guard refuses (empty when it is off)."""
+        if not self.cfg.synthetic.refuse_near_copies:
+            return {}
+        ref = dataset_ref_of(card)
+        if not ref:
+            return {}
+        guard = self._guard(ref)
+        if guard is None:
+            return {}
+        reports = guard.check(images)
+        refused = {}
+        for i, report in enumerate(reports):
+            if _is_near_copy(report):
+                refused[i] = _near_copy_detail(report, ref)
+        if refused:
+            log.warning("near_copies_refused", count=len(refused), dataset=ref)
+        return refused
+
+    def _guard(self, ref: str) -> Any:
+        with self._guards_lock:
+            if ref not in self._guards:
+                self._guards[ref] = self._guard_factory(ref)
+            return self._guards[ref]
+
+    def _default_guard(self, ref: str) -> Any:
+        """The memorization guard over the training images of dataset ``ref``, or None when unavailable."""
+        try:
+            from models.datasets import DatasetError, load_images, resolve_dataset
+            from models.metrics.memorization import MemorizationGuard
+        except ImportError:
+            log.warning("near_copy_check_unavailable", reason="models.metrics.memorization is not installed")
+            return None
+        from service.home import Home
+
+        try:
+            dv = resolve_dataset(Home.at(self.cfg.home_path).datasets_dir, ref)
+            return MemorizationGuard.from_images(load_images(dv))
+        except (DatasetError, LookupError, ValueError) as exc:
+            # Without its training data the guard cannot run; the model still serves, and the log says why.
+            log.warning("near_copy_check_unavailable", dataset=ref, reason=str(exc))
+            return None
+
+
+def _is_near_copy(report: Any) -> bool:
+    for name in ("near_copy", "is_near_copy", "refuse", "memorized"):
+        value = report.get(name) if isinstance(report, dict) else getattr(report, name, None)
+        if value is not None:
+            return bool(value)
+    return False
+
+
+def _near_copy_detail(report: Any, ref: str) -> str:
+    get = (lambda k: report.get(k)) if isinstance(report, dict) else (lambda k: getattr(report, k, None))
+    parts = [f"too close to a training image of {ref}"]
+    for key in ("nearest_index", "distance", "similarity", "threshold"):
+        value = get(key)
+        if value is not None:
+            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return "; ".join(parts)
+
+
+# -- pixels from provenance ----------------------------------------------------------------------------
+
+
+def generate(net: Any, seeds: Sequence[int], psi: float = 1.0, bits: int = 8, batch_size: int = 32,
+             device: Any = "cpu", progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Run generator ``net`` for ``seeds``: (N, H, W) uint8/uint16, one latent per seed (models.sampling).
+
+    The image of a seed does not depend on the batch it is in (the generator contract), so any
+    batch size gives the same pixels.
+    """
+    import torch
+
+    from models.sampling import latents, to_uint
+
+    out = []
+    seeds = list(seeds)
+    with torch.no_grad():
+        for start in range(0, len(seeds), batch_size):
+            chunk = seeds[start:start + batch_size]
+            z = latents(chunk, net.z_dim, device=device)
+            x = net(z, psi=psi)
+            out.append(to_uint(x, bits=bits)[:, 0])
+            if progress is not None:
+                progress(min(start + batch_size, len(seeds)), len(seeds))
+    return np.concatenate(out) if out else np.zeros((0, 0, 0), np.uint8)
+
+
+def regenerate(ds: Any, registry: Any, device: str = "cpu") -> np.ndarray:
+    """The pixels a stored synthetic instance was made from, regenerated from its own tags.
+
+    Reads model, version, seed and psi from Image Comments, loads that model version from ``registry``
+    (checking the weights' sha256 when the instance recorded it), generates, and burns in the label
+    when the instance has one. On the CPU the result equals the stored Pixel Data bit for bit.
+    """
+    from models.registry import RegistryError
+    from service.dicom.synthetic import burn_in_synthetic_label
+
+    prov = Provenance.from_dataset(ds)
+    net, mv = registry.load(prov.model_ref, device=device)
+    recorded = prov.weights_sha256
+    actual = str((mv.card.get("files") or {}).get("generator.safetensors", ""))
+    if recorded and actual and recorded != actual:
+        raise RegistryError(f"{prov.model_ref} in this registry has other weights than the ones that made the instance")
+    bits = int(ds.BitsAllocated)
+    pixels = generate(net, [prov.seed], prov.psi, bits=bits, device=device)[0]
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        pixels = burn_in_synthetic_label(pixels)
+    return pixels
