@@ -183,12 +183,18 @@ class OutboxConfig:
     # 0: retry forever (at-least-once delivery); otherwise give up after this many attempts.
     max_attempts: int = 0
     concurrency_per_destination: int = 2
+    # Seconds between C-ECHO health checks of every destination (0: only when a send fails).
+    health_interval_s: float = 60.0
+    # Instances claimed per association round; larger batches keep one association busy longer.
+    batch_size: int = 16
 
 
 @dataclass(frozen=True)
 class QueryRetrieveConfig:
     # Only synthetic studies are visible to C-FIND/C-GET/C-MOVE.
     synthetic_only: bool = False
+    # Most C-FIND responses to one query (0: no limit); more matches end with a warning in the log.
+    max_results: int = 10000
 
 
 @dataclass(frozen=True)
