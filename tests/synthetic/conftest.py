@@ -51,3 +51,72 @@ def config_with_peers(home: Path, peers: list[tuple[str, str, int]], **overrides
     """A test configuration whose dicom.peers are (AE title, host, port) triples."""
     listed = [{"ae_title": ae, "host": host, "port": port} for ae, host, port in peers]
     return make_config(home, **{"dicom.peers": listed, **overrides})
+
+
+class StoreSCP:
+    """dcmtk storescp on a loopback port, writing what it receives into ``folder``."""
+
+    def __init__(self, folder: Path, ae_title: str = "STORESCP", extra: tuple[str, ...] = (), port: int | None = None):
+        import socket
+        import subprocess
+        import time
+
+        from tests.helpers import free_port, require_tool
+
+        self.folder, self.ae_title = folder, ae_title
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.log = open(folder.parent / f"storescp-{self.port}.log", "wb")
+        self.process = subprocess.Popen(
+            [require_tool("storescp", "dcmtk"), "-aet", ae_title, "-od", str(folder), *extra, str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"storescp exited with {self.process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("storescp did not listen within 15 s")
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except Exception:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.log.close()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes; returns its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+def write_synthetic_study(cfg: Config, store: Store, count: int = 3, bits: int = 8, size: int = 32, destination: str | None = None):
+    """A synthetic study of ``count`` small images (random pixels, fake provenance) through the real writer."""
+    import numpy as np
+
+    from models.registry import ModelVersion
+    from service.studies import SyntheticStudyWriter
+
+    rng = np.random.default_rng(count)
+    images = rng.integers(0, 256, size=(count, size, size)).astype(np.uint8 if bits == 8 else np.uint16)
+    model = ModelVersion("fixture-model", 1, Path("."), {"architecture": "dcgan"})
+    return SyntheticStudyWriter(cfg, store).write_study(images, list(range(count)), 1.0, model, destination=destination)
