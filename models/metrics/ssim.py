@@ -1,0 +1,128 @@
+"""SSIM, MS-SSIM and PSNR of image pairs, computed per pair on the CPU or GPU in float64.
+
+SSIM follows Wang et al. 2004, "Image Quality Assessment: From Error Visibility to Structural
+Similarity", §III-B and §III-C: local statistics under an 11 x 11 circular-symmetric Gaussian window
+(sigma 1.5, normalized), population (1/N) variances, ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` with L
+the data range, and the mean of the SSIM map over the positions where the window fits inside the
+image (no padding). This equals scikit-image's ``structural_similarity(..., gaussian_weights=True,
+sigma=1.5, use_sample_covariance=False, data_range=L)`` (tested).
+
+MS-SSIM follows Wang, Simoncelli and Bovik 2003, "Multi-scale Structural Similarity for Image Quality
+Assessment", §2 eq. (7): contrast-structure terms at scales 1..M-1, the full SSIM at scale M, each
+raised to the paper's weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), images halved by 2 x 2 averaging
+between scales. Small images cannot hold five scales (the 11-pixel window must fit at the coarsest
+one), so the number of scales is the largest that fits, at most five, and the weights used are
+renormalized to sum to one; negative terms are clipped to zero before the fractional powers (as
+pytorch-msssim and torchmetrics' ``normalize="relu"``), so the value stays real.
+
+PSNR is ``10 log10(L^2 / MSE)``; identical images (MSE 0) get :data:`PSNR_CAP_DB` so that means
+stay finite and JSON-safe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+WINDOW = 11
+SIGMA = 1.5
+K1, K2 = 0.01, 0.03
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+PSNR_CAP_DB = 100.0
+
+
+def _as_batch(x) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(torch.float64)
+    if t.ndim == 2:
+        t = t[None, None]
+    elif t.ndim == 3:
+        t = t[:, None]
+    if t.ndim != 4 or t.shape[1] != 1:
+        raise ValueError(f"expected grayscale images (H, W), (N, H, W) or (N, 1, H, W), got shape {tuple(t.shape)}")
+    return t
+
+
+def _pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _as_batch(a), _as_batch(b)
+    if x.shape != y.shape:
+        raise ValueError(f"image pairs must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    return x, y.to(x.device)
+
+
+def _gaussian(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    r = torch.arange(WINDOW, dtype=torch.float64, device=device) - (WINDOW - 1) / 2
+    g = torch.exp(-(r**2) / (2 * SIGMA**2))
+    g = g / g.sum()
+    return g.view(1, 1, 1, WINDOW), g.view(1, 1, WINDOW, 1)
+
+
+def _filter(x: torch.Tensor, g: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    # The 2-D Gaussian is separable: two 1-D passes, "valid" positions only.
+    return F.conv2d(F.conv2d(x, g[0]), g[1])
+
+
+def _ssim_terms(x: torch.Tensor, y: torch.Tensor, data_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image mean SSIM and mean contrast-structure term."""
+    if min(x.shape[-2:]) < WINDOW:
+        raise ValueError(f"SSIM needs images of at least {WINDOW} x {WINDOW} pixels, got {tuple(x.shape[-2:])}")
+    g = _gaussian(x.device)
+    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    mx, my = _filter(x, g), _filter(y, g)
+    vx = _filter(x * x, g) - mx * mx
+    vy = _filter(y * y, g) - my * my
+    cxy = _filter(x * y, g) - mx * my
+    cs = (2 * cxy + c2) / (vx + vy + c2)
+    lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
+    return (lum * cs).mean(dim=(1, 2, 3)), cs.mean(dim=(1, 2, 3))
+
+
+def ssim(a, b, data_range: float) -> torch.Tensor:
+    """SSIM of each pair (a[i], b[i]); images (N, H, W) or (N, 1, H, W) in units where L = data_range."""
+    x, y = _pair(a, b)
+    return _ssim_terms(x, y, float(data_range))[0]
+
+
+def ms_ssim_scales(size: int) -> int:
+    """How many MS-SSIM scales an image of this (smaller) side holds: at most 5, at least 1."""
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and size // (2**scales) >= WINDOW:
+        scales += 1
+    return scales
+
+
+def ms_ssim(a, b, data_range: float, scales: int | None = None) -> torch.Tensor:
+    """MS-SSIM of each pair; ``scales`` defaults to :func:`ms_ssim_scales` of the image size."""
+    x, y = _pair(a, b)
+    m = scales or ms_ssim_scales(min(x.shape[-2:]))
+    if not 1 <= m <= len(MS_SSIM_WEIGHTS):
+        raise ValueError(f"MS-SSIM scales must be 1..{len(MS_SSIM_WEIGHTS)}")
+    if min(x.shape[-2:]) // (2 ** (m - 1)) < WINDOW:
+        raise ValueError(f"images of {tuple(x.shape[-2:])} pixels are too small for {m} MS-SSIM scales")
+    w = torch.tensor(MS_SSIM_WEIGHTS[:m], dtype=torch.float64, device=x.device)
+    w = w / w.sum()
+    value = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+    for j in range(m):
+        s, cs = _ssim_terms(x, y, float(data_range))
+        term = s if j == m - 1 else cs
+        value = value * term.clamp_min(0.0) ** w[j]
+        if j < m - 1:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    return value
+
+
+def mse(a, b) -> torch.Tensor:
+    x, y = _pair(a, b)
+    return ((x - y) ** 2).mean(dim=(1, 2, 3))
+
+
+def psnr_from_mse(err: torch.Tensor, data_range: float) -> torch.Tensor:
+    err = torch.as_tensor(err, dtype=torch.float64)
+    # err == 0 gives +inf here, which the cap turns into PSNR_CAP_DB.
+    return (10.0 * torch.log10(float(data_range) ** 2 / err)).clamp(max=PSNR_CAP_DB)
+
+
+def psnr(a, b, data_range: float) -> torch.Tensor:
+    """PSNR in dB of each pair, ``10 log10(L^2 / MSE)``, capped at :data:`PSNR_CAP_DB`."""
+    return psnr_from_mse(mse(a, b), data_range)
+
