@@ -51,6 +51,14 @@ class Runtime:
 
         return self.add("dicom", StorageSCP(self.cfg, self.store))
 
+    def add_grpc(self) -> Component:
+        """The gRPC inference server; GenerateStudy writes into this process's store (and outbox, when
+        one is attached as ``self.outbox``)."""
+        from service.inference.server import InferenceServer, default_study_writer
+
+        outbox = lambda: getattr(self, "outbox", None)  # noqa: E731
+        return self.add("grpc", InferenceServer(self.cfg, study_writer=default_study_writer(self.cfg, lambda: self.store, outbox)))
+
     def start(self) -> None:
         if self.cfg.metrics.enabled:
             bind, port = metrics.serve_metrics(self.cfg.metrics.bind, self.cfg.metrics.port)

@@ -1,0 +1,319 @@
+"""The ``synthpacs.v1.Synthesizer`` servicer: requests checked, images made through the batcher, errors
+answered as status codes a person can act on (proto/synthpacs/v1/synthesizer.proto documents them)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import CancelledError
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import grpc
+import numpy as np
+import torch
+
+from models.registry import ModelNotFound, RegistryError, validate_name
+from service.config import Config
+from service.inference import metrics
+from service.inference.batcher import BatcherStopped, DynamicBatcher
+from service.inference.cache import AVAILABLE, FAILED, LOADING, READY, LoadedModel, ModelCache, ModelStatus, ModelUnavailable
+from service.inference.encode import DicomEncoder, EncodeError, Format, check_format, encode_png, encode_raw, quantize
+from service.inference.validate import InvalidRequest, check_model_ref, check_psi, check_request_id, plan_seeds
+from service.logs import get_logger
+from synthpacs.v1 import synthesizer_pb2 as pb
+from synthpacs.v1 import synthesizer_pb2_grpc as pb_grpc
+
+log = get_logger("grpc")
+
+FORMATS = {
+    pb.ENCODING_UNSPECIFIED: Format("png", 8),
+    pb.ENCODING_PNG_8: Format("png", 8),
+    pb.ENCODING_PNG_16: Format("png", 16),
+    pb.ENCODING_RAW_UINT8: Format("raw", 8),
+    pb.ENCODING_RAW_UINT16: Format("raw", 16),
+    pb.ENCODING_DICOM_SC_8: Format("dicom", 8),
+    pb.ENCODING_DICOM_SC_16: Format("dicom", 16),
+}
+_STATES = {AVAILABLE: pb.MODEL_STATE_AVAILABLE, LOADING: pb.MODEL_STATE_LOADING, READY: pb.MODEL_STATE_READY, FAILED: pb.MODEL_STATE_FAILED}
+_INSTANCE_STATES = {
+    "stored": pb.InstanceStatus.STATE_STORED,
+    "queued": pb.InstanceStatus.STATE_QUEUED,
+    "refused-near-copy": pb.InstanceStatus.STATE_REFUSED_NEAR_COPY,
+    "failed": pb.InstanceStatus.STATE_FAILED,
+}
+
+
+class RpcFailure(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _failure(exc: BaseException, request_id: str) -> RpcFailure:
+    """The status code and message for an exception met while serving a request."""
+    if isinstance(exc, RpcFailure):
+        return exc
+    if isinstance(exc, InvalidRequest):
+        return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, ModelNotFound):
+        return RpcFailure(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, RegistryError):  # a malformed model reference
+        return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, ModelUnavailable):
+        return RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"model not ready: {exc}")
+    if isinstance(exc, EncodeError):
+        return RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, BatcherStopped):
+        return RpcFailure(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "the GPU ran out of memory; retry later or ask for fewer images")
+    log.error("request_failed", request_id=request_id, error=f"{type(exc).__name__}: {exc}")
+    return RpcFailure(grpc.StatusCode.INTERNAL, f"internal error (request_id {request_id}); the server log has the details")
+
+
+class SynthesizerServicer(pb_grpc.SynthesizerServicer):
+    """``study_writer`` makes the synthetic-study writer (service/studies.py) when GenerateStudy needs it."""
+
+    def __init__(self, cfg: Config, cache: ModelCache, batcher: DynamicBatcher, study_writer: Callable[[], Any] | None = None):
+        self.cfg = cfg
+        self.cache = cache
+        self.batcher = batcher
+        self._study_writer_factory = study_writer
+        self._study_writer = None
+        self._inflight = 0
+        self._lock = threading.Lock()
+
+    # -- admission and bookkeeping ------------------------------------------------------------------
+
+    @contextmanager
+    def _admitted(self) -> Iterator[None]:
+        with self._lock:
+            if self._inflight >= self.cfg.inference.max_inflight:
+                metrics.REJECTED.labels("max_inflight").inc()
+                raise RpcFailure(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the server is running {self._inflight} requests, its limit (inference.max_inflight); retry with backoff",
+                )
+            self._inflight += 1
+            metrics.INFLIGHT.set(self._inflight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                metrics.INFLIGHT.set(self._inflight)
+
+    @staticmethod
+    def _finish(method: str, started: float, code: grpc.StatusCode, context: grpc.ServicerContext) -> None:
+        if code == grpc.StatusCode.OK and not context.is_active():
+            remaining = context.time_remaining()
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+        metrics.REQUESTS.labels(method, code.name).inc()
+        metrics.REQUEST_LATENCY.labels(method).observe(time.monotonic() - started)
+
+    # -- models -------------------------------------------------------------------------------------
+
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        started, code = time.monotonic(), grpc.StatusCode.OK
+        try:
+            if request.name:
+                validate_name(request.name)
+            statuses = self.cache.statuses(all_versions=request.all_versions, name=request.name)
+            return pb.ListModelsResponse(models=[model_info(s) for s in statuses])
+        except Exception as exc:
+            failure = _failure(exc, "")
+            code = failure.code
+            context.abort(failure.code, str(failure))
+        finally:
+            self._finish("ListModels", started, code, context)
+
+    def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+        started, code = time.monotonic(), grpc.StatusCode.OK
+        try:
+            return model_info(self.cache.status(check_model_ref(request.model)))
+        except Exception as exc:
+            failure = _failure(exc, "")
+            code = failure.code
+            context.abort(failure.code, str(failure))
+        finally:
+            self._finish("GetModel", started, code, context)
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> Iterator[pb.GeneratedImage]:
+        started, code = time.monotonic(), grpc.StatusCode.OK
+        request_id = request.request_id or uuid.uuid4().hex[:16]
+        sent = 0
+        try:
+            check_request_id(request.request_id)
+            with self._admitted():
+                ref = check_model_ref(request.model)
+                seeds = plan_seeds(request.count, request.seeds, request.first_seed if request.HasField("first_seed") else None, self.cfg.inference.max_count)
+                psi = check_psi(request.truncation_psi if request.HasField("truncation_psi") else None)
+                fmt = FORMATS.get(request.encoding)
+                if fmt is None:
+                    raise InvalidRequest(f"encoding {request.encoding} is not one of {', '.join(pb.Encoding.keys())}")
+                model = self.cache.get(ref)
+                check_format(fmt, model.channels)
+                dicom = self._dicom_encoder(model, psi) if fmt.kind == "dicom" else None
+                log.info("generate_started", request_id=request_id, model=model.ref, count=len(seeds), psi=psi, encoding=pb.Encoding.Name(request.encoding), peer=context.peer())
+                for index, seed, image in self._images(model, seeds, psi, context):
+                    msg = pb.GeneratedImage(
+                        seed=seed, index=index, width=model.resolution, height=model.resolution, channels=model.channels,
+                        encoding=request.encoding or pb.ENCODING_PNG_8, model=model.ref, truncation_psi=psi, request_id=request_id,
+                    )
+                    pixels = quantize(image, fmt.bits)
+                    if fmt.kind == "png":
+                        msg.data = encode_png(pixels)
+                    elif fmt.kind == "raw":
+                        msg.data = encode_raw(pixels)
+                    else:
+                        msg.data, msg.sop_instance_uid = dicom.encode(pixels, seed, index + 1)
+                    sent += 1
+                    yield msg
+        except Exception as exc:
+            failure = _failure(exc, request_id)
+            code = failure.code
+            context.abort(failure.code, str(failure))
+        finally:
+            self._finish("Generate", started, code, context)
+            log.info("generate_finished", request_id=request_id, images=sent, code=code.name, seconds=round(time.monotonic() - started, 4))
+
+    def _dicom_encoder(self, model: LoadedModel, psi: float) -> DicomEncoder:
+        try:
+            return DicomEncoder(self.cfg.synthetic, model.version, psi)
+        except ImportError:
+            raise RpcFailure(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "DICOM encodings need the synthetic Secondary Capture writer (service/dicom/synthetic.py), which this installation lacks",
+            ) from None
+        except ValueError as exc:  # e.g. synthetic.uid_root that cannot make UIDs
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"cannot write synthetic DICOM with this server's settings: {exc}") from None
+
+    def _images(self, model: LoadedModel, seeds: list[int], psi: float, context: grpc.ServicerContext):
+        """(index, seed, image) in request order. At most one model batch of this request waits in the
+        batcher at a time (refilled at half), so one big request cannot starve many small ones; a
+        cancelled or expired call cancels what it still has queued."""
+        window = max(1, model.max_batch)
+        pending: deque = deque()
+        next_index = 0
+
+        def refill() -> None:
+            nonlocal next_index
+            n = min(window - len(pending), len(seeds) - next_index)
+            if n > 0:
+                futures = self.batcher.submit(model, seeds[next_index : next_index + n], psi)
+                pending.extend(zip(range(next_index, next_index + n), futures))
+                next_index += n
+
+        def cancel_pending() -> None:
+            for _i, fut in list(pending):
+                fut.cancel()
+
+        if not context.add_callback(cancel_pending):
+            return  # the call already ended
+        refill()
+        while pending:
+            index, fut = pending[0]
+            try:
+                image = fut.result()
+            except CancelledError:
+                return
+            pending.popleft()
+            if len(pending) <= window // 2:
+                refill()
+            yield index, seeds[index], image
+
+    def GenerateStudy(self, request: pb.GenerateStudyRequest, context: grpc.ServicerContext) -> pb.GenerateStudyResponse:
+        started, code = time.monotonic(), grpc.StatusCode.OK
+        request_id = request.request_id or uuid.uuid4().hex[:16]
+        try:
+            check_request_id(request.request_id)
+            with self._admitted():
+                ref = check_model_ref(request.model)
+                seeds = plan_seeds(request.count, request.seeds, request.first_seed if request.HasField("first_seed") else None, self.cfg.inference.max_count)
+                psi = check_psi(request.truncation_psi if request.HasField("truncation_psi") else None)
+                bits = request.bit_depth or 8
+                if bits not in (8, 16):
+                    raise InvalidRequest(f"bit_depth {request.bit_depth} is not supported; use 8 or 16")
+                destination = request.destination_ae_title.strip()
+                if destination:
+                    peer = self.cfg.peer(destination)
+                    if peer is None or peer.port is None:
+                        known = ", ".join(p.ae_title for p in self.cfg.dicom.peers if p.port is not None) or "none"
+                        raise InvalidRequest(f"destination_ae_title {destination!r} is not a configured DICOM peer with a port (dicom.peers; known: {known})")
+                if len(request.series_description) > 64:
+                    raise InvalidRequest("series_description is longer than 64 characters (LO, PS3.5 §6.2)")
+                model = self.cache.get(ref)
+                if model.channels != 1:
+                    raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"synthetic radiographs are grayscale; {model.ref} makes {model.channels}-channel images")
+                writer = self._writer()
+                log.info("study_started", request_id=request_id, model=model.ref, count=len(seeds), psi=psi, bits=bits, destination=destination or None, peer=context.peer())
+                images = []
+                for _index, _seed, image in self._images(model, seeds, psi, context):
+                    images.append(quantize(image, bits)[0])
+                if len(images) != len(seeds):
+                    raise RpcFailure(grpc.StatusCode.CANCELLED, "the call was cancelled")
+                try:
+                    outcome = writer.write_study(
+                        np.stack(images), seeds, psi, model.version, destination=destination or None,
+                        burn_in_label=request.burn_in_label if request.HasField("burn_in_label") else None,
+                        series_description=request.series_description or None,
+                    )
+                except ValueError as exc:
+                    raise InvalidRequest(str(exc)) from None
+                response = pb.GenerateStudyResponse(
+                    study_instance_uid=outcome.study_instance_uid, series_instance_uid=outcome.series_instance_uid,
+                    destination=outcome.destination or "", model=model.ref, truncation_psi=psi, request_id=request_id,
+                )
+                for inst in outcome.instances:
+                    response.instances.add(
+                        sop_instance_uid=inst.sop_instance_uid or "", seed=int(inst.seed),
+                        state=_INSTANCE_STATES.get(inst.status, pb.InstanceStatus.STATE_UNSPECIFIED), detail=inst.detail or "",
+                    )
+                return response
+        except Exception as exc:
+            failure = _failure(exc, request_id)
+            code = failure.code
+            context.abort(failure.code, str(failure))
+        finally:
+            self._finish("GenerateStudy", started, code, context)
+            log.info("study_finished", request_id=request_id, code=code.name, seconds=round(time.monotonic() - started, 4))
+
+    def _writer(self) -> Any:
+        with self._lock:
+            if self._study_writer is None:
+                if self._study_writer_factory is None:
+                    raise RpcFailure(grpc.StatusCode.UNIMPLEMENTED, "GenerateStudy needs the archive, which this server was started without")
+                try:
+                    self._study_writer = self._study_writer_factory()
+                except ImportError:
+                    raise RpcFailure(
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        "GenerateStudy needs the synthetic study writer (service/studies.py), which this installation lacks",
+                    ) from None
+            return self._study_writer
+
+
+def model_info(status: ModelStatus) -> pb.ModelInfo:
+    """A registry version and its state as the API describes it."""
+    mv, card, loaded = status.version, status.version.card, status.loaded
+    info = pb.ModelInfo(
+        name=mv.name, version=mv.version, ref=mv.ref, latest=status.latest, architecture=str(card.get("architecture", "")),
+        state=_STATES.get(status.state, pb.MODEL_STATE_UNSPECIFIED), error=status.error,
+        card_json=json.dumps({k: v for k, v in card.items() if k != "error"}, sort_keys=True),
+    )
+    for field in ("resolution", "channels", "z_dim"):
+        try:
+            setattr(info, field, int(card.get(field) or 0))
+        except (TypeError, ValueError):
+            pass
+    if loaded is not None:
+        info.resolution, info.channels, info.z_dim = loaded.resolution, loaded.channels, loaded.z_dim
+        info.device, info.dtype = str(loaded.device), str(loaded.dtype).replace("torch.", "")
+        info.batch_sizes.extend(loaded.batch_sizes)
+    return info

@@ -1,0 +1,77 @@
+"""Checking a generation request's arguments before any work: every bad value gets a message that says
+what to send instead (the servicer answers it as INVALID_ARGUMENT)."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Sequence
+
+from models.sampling import MAX_SEED
+
+# Beyond about 2 the truncation trick extrapolates away from the mean into images no model was trained
+# to make (Brock et al. 2019, BigGAN, section 3.1; Karras et al. 2019, StyleGAN, appendix B).
+MAX_PSI = 2.0
+
+
+class InvalidRequest(ValueError):
+    """An argument out of range; the message names the field."""
+
+
+def plan_seeds(count: int, seeds: Sequence[int], first_seed: int | None, max_count: int) -> list[int]:
+    """The seeds a request asks for.
+
+    ``seeds`` explicit (then ``count`` is 0 or their number), or ``first_seed`` with ``count``
+    (consecutive seeds), or only ``count`` (seeds drawn by the server and reported with each image).
+    """
+    seeds = [int(s) for s in seeds]
+    if len(seeds) > max_count:
+        raise InvalidRequest(f"{len(seeds)} seeds is more than this server's limit of {max_count} images per request; split the request")
+    if seeds:
+        if first_seed is not None:
+            raise InvalidRequest("give either seeds or first_seed, not both")
+        if count not in (0, len(seeds)):
+            raise InvalidRequest(f"count is {count} but {len(seeds)} seeds were given; leave count 0 or make it match")
+        bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise InvalidRequest(f"seed {bad[0]} is outside 0..{MAX_SEED}")
+        return seeds
+    if count < 1:
+        raise InvalidRequest("count must be at least 1 (or give seeds)")
+    if count > max_count:
+        raise InvalidRequest(f"count {count} is more than this server's limit of {max_count} images per request; split the request")
+    if first_seed is not None:
+        if not 0 <= first_seed <= MAX_SEED:
+            raise InvalidRequest(f"first_seed {first_seed} is outside 0..{MAX_SEED}")
+        if first_seed + count - 1 > MAX_SEED:
+            raise InvalidRequest(f"first_seed {first_seed} with count {count} runs past the largest seed {MAX_SEED}")
+        return list(range(first_seed, first_seed + count))
+    return [secrets.randbelow(MAX_SEED + 1) for _ in range(count)]
+
+
+def check_psi(psi: float | None) -> float:
+    """Truncation psi: 1 when not given; otherwise finite and within 0..:data:`MAX_PSI`."""
+    if psi is None:
+        return 1.0
+    psi = float(psi)
+    if math.isnan(psi) or math.isinf(psi):
+        raise InvalidRequest(f"truncation_psi must be a number, not {psi}")
+    if psi < 0:
+        raise InvalidRequest(f"truncation_psi {psi:g} is negative; use 0 (the mean image) to {MAX_PSI:g} (1 = no truncation)")
+    if psi > MAX_PSI:
+        raise InvalidRequest(f"truncation_psi {psi:g} is above {MAX_PSI:g}; use 0 to {MAX_PSI:g} (1 = no truncation)")
+    return psi
+
+
+def check_model_ref(ref: str) -> str:
+    ref = (ref or "").strip()
+    if not ref:
+        raise InvalidRequest("model is empty; give a model name, or name:vN for a version (ListModels shows them)")
+    return ref
+
+
+def check_request_id(request_id: str) -> str:
+    """Request ids go into logs: printable, at most 128 characters."""
+    if len(request_id) > 128 or not request_id.isprintable():
+        raise InvalidRequest("request_id must be at most 128 printable characters")
+    return request_id
