@@ -203,6 +203,16 @@ class EvaluationConfig:
     inception_weights: str = ""
     # Optional in-domain feature network: a TorchScript file mapping images to feature vectors.
     feature_network: str = ""
+    # Its input contract: images resized to this side (0: the images' own size), 1 or 3 channels.
+    feature_network_input_size: int = 0
+    feature_network_input_channels: int = 3
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    batch_size: int = 32
+    # Metrics at training snapshots (names as `synthpacs evaluate --metrics`; empty: none) and their sample count.
+    snapshot_metrics: tuple[str, ...] = ()
+    snapshot_samples: int = 1000
+    # Near-copy threshold of the memorization check: this percentile of the training set's own NN distances.
+    memorization_percentile: float = 1.0
 
 
 @dataclass(frozen=True)
