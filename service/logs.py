@@ -77,4 +77,6 @@ def get_logger(component: str) -> Any:
     """A logger bound to a component name (``scp``, ``store``, ``grpc``, ``train``...)."""
     if not _configured:
         configure()
-    return structlog.get_logger().bind(component=component)
+    # A lazy proxy: module-level loggers are made at import, before the CLI configures the level, and a
+    # logger bound then would keep the import-time level (log.level and --log-level would be ignored).
+    return structlog.get_logger(component=component)
