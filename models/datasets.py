@@ -331,6 +331,12 @@ class DatasetWriter:
         self.count += 1
         return self.count - 1
 
+    def written(self) -> np.ndarray:
+        """The images appended so far (a view of the memory map, valid until commit)."""
+        if self._map is None:
+            return np.zeros((0, self.resolution, self.resolution), self.dtype)
+        return self._map[: self.count]
+
     def _content_hash(self) -> str:
         h = hashlib.sha256()
         h.update(f"{FORMAT}\n{self.dtype.str}\n{(self.count, self.resolution, self.resolution)}\n".encode())
@@ -347,14 +353,20 @@ class DatasetWriter:
         filters: Mapping[str, Any] | None = None,
         counts: Mapping[str, Any] | None = None,
         skipped: int = 0,
-        extra_files: Mapping[str, str] | None = None,
+        extra_files: Mapping[str, str | bytes] | None = None,
+        extra_info: Mapping[str, Any] | None = None,
     ) -> DatasetVersion:
         """Trim, hash, describe and publish as the next version; returns it.
 
-        ``extra_files`` (file name -> text), such as a build report, are written into the version too.
+        ``extra_files`` (file name -> text or bytes), such as a build report or a contact sheet, are
+        written into the version too (they are not part of the content hash). ``extra_info`` adds keys
+        to dataset.json beside the standard ones (which it cannot replace).
         """
         if self._closed:
             raise RuntimeError("this writer is closed")
+        for fname in extra_files or {}:
+            if "/" in fname or fname.startswith(".") or fname in (IMAGES_FILE, MANIFEST_FILE, INFO_FILE):
+                raise ValueError(f"cannot write an extra file named {fname!r}")
         self._manifest.close()
         content_hash = self._content_hash()
         if self._map is not None:
@@ -367,9 +379,10 @@ class DatasetWriter:
             f.flush()
             os.fsync(f.fileno())
         for fname, text in (extra_files or {}).items():
-            if "/" in fname or fname in (IMAGES_FILE, MANIFEST_FILE, INFO_FILE):
-                raise ValueError(f"cannot write an extra file named {fname!r}")
-            (self.tmp / fname).write_text(text, encoding="utf-8")
+            if isinstance(text, bytes):
+                (self.tmp / fname).write_bytes(text)
+            else:
+                (self.tmp / fname).write_text(text, encoding="utf-8")
         info: dict[str, Any] = {
             "format": FORMAT,
             "name": self.name,
@@ -384,6 +397,10 @@ class DatasetWriter:
             "counts": dict(counts or {}),
             "skipped": int(skipped),
         }
+        for key, value in (extra_info or {}).items():
+            if key in info:
+                raise ValueError(f"extra_info cannot replace the dataset.json key {key!r}")
+            info[key] = value
         for p in self.tmp.iterdir():
             _fsync_file(p)
         # Take the next version number by renaming: rename() onto a non-empty folder fails, so two
