@@ -59,8 +59,23 @@ averaged over processes by all-reduce, batch norm synchronized over processes, o
 the full-state checkpoint written atomically and loaded without unpickling code, exact resume,
 ``metrics.jsonl``, progress with images/s and ETA, sample grids at fixed seeds and the progression
 strip, a metrics hook at snapshots, and export to the model registry.
+
+Using it from Python::
+
+    from models.train import TrainOptions, train, resume
+    result = train(TrainOptions(arch="dcgan", dataset="fracatlas@v1", epochs=200, batch=64),
+                   datasets_root=home / "datasets", runs_root=home / "runs",
+                   metrics_fn=None)  # or a callable (G, SnapshotInfo) -> {"fid": ...}
+    resume(result.run_dir.name, home / "datasets", home / "runs", epochs=300)
+
+and :func:`models.train.export.export_run` writes a run's generator into a :class:`models.registry.Registry`.
+The command line (``synthpacs train``, ``synthpacs models export``) is a thin layer over these.
 """
 
 from models.train.recipe import RECIPES, UNITS, Networks, Recipe, RecipeError, StepContext, make_recipe, recipe_class
+from models.train.runner import MetricsFn, SnapshotInfo, TrainError, TrainOptions, TrainResult, resume, train
 
-__all__ = ["RECIPES", "UNITS", "Networks", "Recipe", "RecipeError", "StepContext", "make_recipe", "recipe_class"]
+__all__ = [
+    "RECIPES", "UNITS", "Networks", "Recipe", "RecipeError", "StepContext", "make_recipe", "recipe_class",
+    "MetricsFn", "SnapshotInfo", "TrainError", "TrainOptions", "TrainResult", "resume", "train",
+]

@@ -114,9 +114,16 @@ class DCGANRecipe(Recipe):
             "D_fake_after": torch.sigmoid(logits_gen.detach().float()).mean(),
         }
 
+    def default_snapshots(self, unit: str, length: float) -> list[float]:
+        """Every 50 epochs, as the seed's figures (50/100/150/200 at 64 px, every 50 at 256 px)."""
+        if unit == "epoch" and length >= 50:
+            return [float(e) for e in range(50, int(length) + 1, 50)] + [float(length)]
+        return super().default_snapshots(unit, length)
+
     def card(self) -> dict[str, Any]:
         return {
             "training_hyperparameters": dict(self.hparams),
+            "truncation": "psi scales the latent toward the prior mean: G sees psi * z (psi = 1 is the plain sample)",
             "references": ["Radford, Metz, Chintala. Unsupervised Representation Learning with Deep Convolutional GANs. ICLR 2016, arXiv:1511.06434"],
         }
 
