@@ -139,4 +139,4 @@ class RunningSCP:
 
     def stop(self) -> None:
         self.scp.stop()
-        self.store.index.close()
+        self.store.close()

@@ -43,7 +43,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from pydicom.datadict import dictionary_has_tag, tag_for_keyword
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -173,7 +173,7 @@ CODE_RETAIN_DEVICE_IDENTITY = ("113109", "Retain Device Identity Option")
 _DUMMY_BY_VR = {"PN": "ANONYMOUS", "DS": "0", "IS": "0", "UI": "", "DA": "", "DT": "", "TM": ""}
 _AGE_RE = re.compile(r"^(\d{3})([DWMY])$")
 _GROUP_LENGTH = 0x0000
-_PIXEL_DATA = 0x7FE00010
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 
 # Pseudonyms say what they are; the prefix avoids "SYN" (synthetic patients, DESIGN.md).
 PSEUDONYM_ID_PREFIX = "ANON-"
@@ -269,19 +269,23 @@ class Deidentifier:
         return _Patient(token, shift, age)
 
     def _clean(self, ds: Dataset, patient: _Patient) -> None:
+        # Elements are inspected raw (tag and VR only) and converted only when changed: most of a
+        # header is kept, and an unconverted element is written back as received, byte for byte.
         for tag in list(ds.keys()):
             group, elem = tag >> 16, tag & 0xFFFF
             if tag.is_private or elem == _GROUP_LENGTH or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
                 del ds[tag]
                 continue
-            if tag == _PIXEL_DATA:
+            if tag in _PIXEL_TAGS:
                 continue  # never touched: pixel data is stored as received
             action = self._actions.get(tag)
-            if action is None and not dictionary_has_tag(tag) and group not in (0x0002, 0xFFFE):
+            known = dictionary_has_tag(tag)
+            if action is None and not known and group not in (0x0002, 0xFFFE):
                 del ds[tag]  # a public attribute no dictionary knows: nobody can say it is safe
                 continue
-            elem_ = ds[tag]
-            vr = elem_.VR
+            vr = ds.get_item(tag).VR
+            if vr is None or vr == "UN":
+                vr = dictionary_VR(tag) if known else "UN"
             if tag in self._birth:
                 action = "Z" if action == "Z" else "X"
             elif vr in ("DA", "DT"):
@@ -295,23 +299,20 @@ class Deidentifier:
                     action = "K"
             if action is None or action == "K":
                 if vr == "SQ":
-                    for item in elem_.value:
+                    for item in ds[tag].value:
                         self._clean(item, patient)
                 continue
-            if action == "X":
+            if action == "X" or (action == "D" and vr == "SQ"):
                 del ds[tag]
             elif action == "Z":
-                _empty(elem_)
+                ds[tag] = DataElement(tag, vr, Sequence([]) if vr == "SQ" else _empty_value(vr))
             elif action == "D":
-                if vr == "SQ":
-                    del ds[tag]
-                else:
-                    elem_.value = _DUMMY_BY_VR.get(vr, "ANONYMIZED")
+                ds[tag] = DataElement(tag, vr, _DUMMY_BY_VR.get(vr, "ANONYMIZED"))
             elif action == "U":
-                self._remap(elem_)
+                self._remap(ds[tag])
             elif action == "C":
                 if vr in ("DA", "DT"):
-                    _shift_dates(elem_, patient.day_shift)
+                    _shift_dates(ds[tag], patient.day_shift)
                 else:
                     del ds[tag]
 
@@ -382,13 +383,10 @@ def _str(value: object) -> str:
     return str(value).strip() if value is not None else ""
 
 
-def _empty(elem: DataElement) -> None:
-    if elem.VR == "SQ":
-        elem.value = Sequence([])
-    elif elem.VR in ("US", "SS", "UL", "SL", "FL", "FD", "AT", "UV", "SV", "OB", "OW", "OF", "OD", "OL", "OV", "UN"):
-        elem.value = None
-    else:
-        elem.value = ""
+def _empty_value(vr: str) -> object:
+    if vr in ("US", "SS", "UL", "SL", "FL", "FD", "AT", "UV", "SV", "OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+        return None
+    return ""
 
 
 def _parse_da(text: str) -> _dt.date | None:

@@ -15,7 +15,9 @@ import ipaddress
 import itertools
 import socket
 import threading
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import structlog
@@ -139,6 +141,10 @@ def _request_handler(allow_list: AllowList) -> type[RequestHandler]:
     return Handler
 
 
+def _frames(exc: BaseException) -> list[str]:
+    return [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_tb(exc.__traceback__)[-6:]]
+
+
 def _status(code: int, comment: str = "") -> Dataset:
     ds = Dataset()
     ds.Status = code
@@ -249,17 +255,20 @@ class StorageSCP:
         """C-STORE (PS3.4 Annex B): success only once the instance is durable and indexed."""
         self._bind(event)
         try:
-            data = event.encoded_dataset()
+            # The dataset as received, without a copy; it is parsed in the context's transfer syntax.
+            data = event.request.DataSet.getbuffer()
+            tsyntax = event.context.transfer_syntax
         except Exception as exc:  # the bytes could not even be framed as a dataset
             metrics.STORE_FAILURES.labels(reason="malformed").inc()
             log.warning("instance_refused", reason="malformed", detail=f"{type(exc).__name__}")
             return _status(status.CANNOT_UNDERSTAND, "the dataset could not be decoded")
         try:
-            self.store.put_bytes(data, source="cstore", source_ae=event.assoc.requestor.ae_title)
+            self.store.put_bytes(data, source="cstore", source_ae=event.assoc.requestor.ae_title, transfer_syntax=tsyntax)
         except StoreError as exc:
             return _status(exc.status, str(exc))
         except Exception as exc:  # never a silent success, never a dead server
             metrics.STORE_FAILURES.labels(reason="internal").inc()
-            log.exception("instance_store_crashed", error=type(exc).__name__)
+            # Where it failed, not the message: messages of pydicom and sqlite can quote values.
+            log.error("instance_store_crashed", error=type(exc).__name__, where=_frames(exc))
             return _status(status.OUT_OF_RESOURCES, "internal error while storing")
         return status.SUCCESS

@@ -2,30 +2,53 @@
 
 An instance is validated, de-identified (when it is a received instance and de-identification is on),
 encoded in the transfer syntax it arrived in (pixel data untouched, no transcoding), written to a
-temporary file on the store's filesystem, fsynced, renamed into a path built from validated UIDs, and
-indexed. Only then does :meth:`Store.put` return; a C-STORE success is sent after it. Anything that
-goes wrong raises :class:`StoreError` carrying the DICOM status to answer, and leaves no file and no row.
+temporary file on the store's filesystem, fsynced, renamed into a path built from validated UIDs, the
+folder fsynced, and indexed. Only then does :meth:`Store.put` return; a C-STORE success is sent after
+it (PS3.4 B.2.3: success means the SCP has stored the instance). Anything that goes wrong raises
+:class:`StoreError` carrying the DICOM status to answer, and leaves no file and no row.
+
+Speed without giving up durability (measurements in bench/RESULTS.md):
+
+* only the header is parsed and re-encoded; the pixel data element is copied from the received bytes
+  (:mod:`service.dicom.encoded`), and the file is written with one ``writev``;
+* the files are the record: each is fsynced with its folder before the success status, but the index
+  commits with SQLite ``synchronous=NORMAL`` in WAL mode (no fsync per commit; a process crash loses
+  nothing, a power loss can lose the last commits). :meth:`Store.checkpoint` makes the index durable
+  and records up to when in ``store/.durable``; every start indexes any file newer than that mark that
+  the index lacks (:meth:`Store.recover`), so an acknowledged instance is never lost from the index.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
+import json
 import os
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from service import metrics
 from service.config import Config
 from service.dicom import status
+from service.dicom.encoded import (
+    DATASET_TRAILING_PADDING,
+    EncodedInstance,
+    EncodingError,
+    encode_dataset,
+    file_meta_bytes,
+    parse_dataset,
+    parse_file,
+)
 from service.dicom.index import Index, InstanceRecord
 from service.dicom.uids import InvalidUID, validate_uid
 from service.home import Home
@@ -40,6 +63,12 @@ IMPLEMENTATION_VERSION_NAME = "SYNTHPACS"
 # A de-identifier takes a received dataset and returns the dataset to store, with a reason to exclude
 # it from training (or "").
 Deidentifier = Callable[[Dataset], tuple[Dataset, str]]
+
+# How often the index is made durable and the mark in store/.durable moved forward (seconds).
+CHECKPOINT_INTERVAL_S = 30.0
+# Slack between a file's mtime (the kernel's coarse clock) and our clock when deciding what to recover.
+_RECOVERY_SLACK_S = 5.0
+DURABLE_MARK = ".durable"
 
 
 class StoreError(Exception):
@@ -96,67 +125,109 @@ class Store:
             deidentifier = _Deid.from_config(cfg, self.home)
         self.deidentifier = deidentifier
         # Serializes the check-then-write of one SOP Instance UID (re-sends racing each other).
-        self._uid_locks: dict[str, threading.Lock] = {}
+        self._uid_locks: dict[str, list] = {}
         self._uid_locks_guard = threading.Lock()
+        # Start times of puts in flight, for the durable mark (see checkpoint()).
+        self._inflight: dict[int, float] = {}
+        self._inflight_guard = threading.Lock()
+        self._last_checkpoint = time.monotonic()
+        self._checkpoint_lock = threading.Lock()
         self._clean_tmp()
+        recovered = self.recover()
+        if recovered:
+            log.warning("index_recovered", instances=recovered)
 
-    # -- the one way in ----------------------------------------------------------------------------
+    # -- the ways in ---------------------------------------------------------------------------------
 
-    def put_bytes(self, data: bytes, source: str, source_ae: str = "", transfer_syntax: str | None = None) -> PutResult:
-        """Store an encoded instance (a Part 10 file, or a bare dataset in ``transfer_syntax``)."""
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=transfer_syntax is not None)
-        except Exception as exc:
-            # pydicom raises many kinds on garbage; none may take the server down. Its messages can quote
-            # element values, so only the kind of error is passed on (no patient data in logs).
-            raise StoreError(status.CANNOT_UNDERSTAND, "malformed", f"not a readable DICOM dataset ({type(exc).__name__})") from None
-        if transfer_syntax is not None and "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
-            ds.file_meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = transfer_syntax
-        return self.put(ds, source=source, source_ae=source_ae)
-
-    def put(self, ds: Dataset, source: str, source_ae: str = "", synthetic: bool = False) -> PutResult:
-        """Validate, de-identify, write durably and index one instance; raise StoreError if it cannot."""
+    def put_bytes(self, data: bytes | memoryview, source: str, source_ae: str = "", transfer_syntax: str | None = None) -> PutResult:
+        """Store an encoded instance: a Part 10 file, or a bare dataset in ``transfer_syntax`` (C-STORE)."""
         started = time.perf_counter()
         try:
-            result = self._put(ds, source, source_ae, synthetic)
+            enc = parse_dataset(data, transfer_syntax) if transfer_syntax else parse_file(data)
+        except EncodingError as exc:
+            raise self._refused(StoreError(status.CANNOT_UNDERSTAND, "malformed", str(exc)), source) from None
+        return self._guarded(enc, source, source_ae, False, started)
+
+    def put(self, ds: Dataset, source: str, source_ae: str = "", synthetic: bool = False) -> PutResult:
+        """Validate, de-identify (unless synthetic), write durably and index a dataset held in memory.
+
+        ``ds`` needs File Meta Information with its Transfer Syntax UID; it is not modified.
+        """
+        started = time.perf_counter()
+        tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if not tsyntax:
+            raise self._refused(StoreError(status.CANNOT_UNDERSTAND, "no_transfer_syntax", "the dataset has no transfer syntax"), source)
+        if self.deidentifier is not None and not synthetic:
+            ds = copy.deepcopy(ds)
+        else:
+            ds = copy.copy(ds)  # our File Meta Information replaces the caller's on a shallow copy
+        enc = EncodedInstance(ds, UID(str(tsyntax)), complete=True)
+        enc.pixel_length = len(ds.PixelData) if "PixelData" in ds and ds.PixelData is not None and not enc.transfer_syntax.is_encapsulated else None
+        return self._guarded(enc, source, source_ae, synthetic, started)
+
+    def _guarded(self, enc: EncodedInstance, source: str, source_ae: str, synthetic: bool, started: float) -> PutResult:
+        key = threading.get_ident()
+        with self._inflight_guard:
+            self._inflight[key] = time.time()
+        try:
+            result = self._put(enc, source, source_ae, synthetic)
         except StoreError as exc:
-            metrics.STORE_FAILURES.labels(reason=exc.reason).inc()
-            log.warning("instance_refused", reason=exc.reason, status=f"0x{exc.status:04X}", detail=str(exc), source=source)
-            raise
+            raise self._refused(exc, source) from None
+        finally:
+            with self._inflight_guard:
+                self._inflight.pop(key, None)
         metrics.STORE_LATENCY.observe(time.perf_counter() - started)
-        if result.outcome == "stored" or result.outcome == "replaced":
+        if result.outcome in ("stored", "replaced"):
             metrics.INSTANCES_RECEIVED.labels(source=source).inc()
             metrics.BYTES_RECEIVED.inc(result.record.size)
         else:
             metrics.DUPLICATES.labels(outcome=result.outcome).inc()
+        if time.monotonic() - self._last_checkpoint > CHECKPOINT_INTERVAL_S:
+            self.checkpoint()
         return result
 
-    def _put(self, ds: Dataset, source: str, source_ae: str, synthetic: bool) -> PutResult:
-        self._validate(ds)
+    @staticmethod
+    def _refused(exc: StoreError, source: str) -> StoreError:
+        metrics.STORE_FAILURES.labels(reason=exc.reason).inc()
+        log.warning("instance_refused", reason=exc.reason, status=f"0x{exc.status:04X}", detail=str(exc), source=source)
+        return exc
+
+    def _put(self, enc: EncodedInstance, source: str, source_ae: str, synthetic: bool) -> PutResult:
+        self._validate(enc)
         exclusion = ""
+        keep_trailing = True
         if self.deidentifier is not None and not synthetic:
+            if set(enc.trailing_tags) - {DATASET_TRAILING_PADDING}:
+                # Something follows the pixel data: it must be de-identified too, so parse everything.
+                enc = self._reparse_complete(enc)
+            keep_trailing = False  # Data Set Trailing Padding is removed by the profile (E.1-1)
             try:
-                ds, exclusion = self.deidentifier(ds)
+                ds, exclusion = self.deidentifier(enc.dataset)
             except Exception as exc:
                 raise StoreError(status.CANNOT_UNDERSTAND, "deid_failed", f"de-identification failed ({type(exc).__name__})") from None
-            self._validate(ds)  # remapped UIDs become paths too
-        if not exclusion and _text(ds, "BurnedInAnnotation").upper() == "YES" and not synthetic:
+            enc.dataset = ds
+            self._validate_uids(ds)  # remapped UIDs become paths too
+        ds = enc.dataset
+        if not exclusion and not synthetic and _text(ds, "BurnedInAnnotation").upper() == "YES":
             exclusion = "burned-in annotation"
-        data = self._encode(ds)
-        digest = hashlib.sha256(data).hexdigest()
-        study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        parts = self._encode(enc, keep_trailing)
+        size = sum(len(p) for p in parts)
+        h = hashlib.sha256()
+        for p in parts:
+            h.update(p)
+        digest = h.hexdigest()
+        study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
         rel = Path(study) / series / f"{sop}.dcm"
         with self._uid_lock(sop):
             existing = self.index.get(sop)
             replace = False
             if existing is not None:
                 if existing.sha256 == digest:
-                    log.info("instance_duplicate", sop=uid_hash(sop), outcome="identical")
+                    log.info("instance_duplicate", sop=uid_hash(sop), outcome="identical", source=source)
                     return PutResult(existing, "identical")
                 policy = self.cfg.store.duplicate_policy
                 if policy == "keep":
-                    log.warning("instance_duplicate", sop=uid_hash(sop), outcome="kept", policy=policy)
+                    log.warning("instance_duplicate", sop=uid_hash(sop), outcome="kept", policy=policy, source=source)
                     return PutResult(existing, "kept")
                 if policy == "reject":
                     raise StoreError(
@@ -165,22 +236,30 @@ class Store:
                         "a different instance with this SOP Instance UID is already stored (store.duplicate_policy = reject)",
                     )
                 replace = True
-            record = self._record(ds, rel, len(data), digest, source, source_ae, synthetic, exclusion)
+            record = self._record(ds, rel, size, digest, source, source_ae, synthetic, exclusion)
             final = self.root / rel
             old_path = self.root / existing.path if existing is not None else None
-            self._write_durably(final, data)
+            self._write_durably(final, parts)
             try:
                 self.index.add(record, replace=replace)
+            except sqlite3.IntegrityError:
+                # Another process (a recovery scan, an import) indexed these very bytes meanwhile.
+                again = self.index.get(sop)
+                if again is not None and again.sha256 == digest:
+                    return PutResult(again, "identical")
+                if old_path != final:
+                    _unlink_quietly(final)
+                raise StoreError(status.OUT_OF_RESOURCES, "index_failed", "could not index the instance (conflicting row)") from None
             except Exception as exc:
                 # Not indexed means not stored: take the file away again so nothing half-exists.
                 if old_path != final:
                     _unlink_quietly(final)
-                raise StoreError(status.OUT_OF_RESOURCES, "index_failed", f"could not index the instance: {exc}") from None
+                raise StoreError(status.OUT_OF_RESOURCES, "index_failed", f"could not index the instance ({type(exc).__name__})") from None
             if old_path is not None and old_path != final:
                 _unlink_quietly(old_path)
         outcome = "replaced" if replace else "stored"
         log.info(
-            "instance_stored", sop=uid_hash(sop), study=uid_hash(study), size=len(data), outcome=outcome,
+            "instance_stored", sop=uid_hash(sop), study=uid_hash(study), size=size, outcome=outcome,
             source=source, synthetic=synthetic, excluded=bool(exclusion),
         )
         return PutResult(record, outcome)
@@ -193,98 +272,235 @@ class Store:
     def read(self, sop_instance_uid: str, stop_before_pixels: bool = False) -> Dataset:
         record = self.index.get(sop_instance_uid)
         if record is None:
-            raise KeyError(f"no stored instance with that SOP Instance UID")
+            raise KeyError("no stored instance with that SOP Instance UID")
         return pydicom.dcmread(self.path_of(record), stop_before_pixels=stop_before_pixels)
 
-    def verify(self) -> dict[str, list[str]]:
-        """Check every indexed file against its sha256 and find files the index does not know."""
+    def verify(self, repair: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, list[str]]:
+        """Check every indexed file against its sha256 and find files the index does not know.
+
+        With ``repair``, files the index lacks are indexed (as :meth:`recover` would) and rows whose
+        file is missing are dropped; corrupt files are only reported, never deleted.
+        """
         missing, corrupt, known = [], [], set()
-        for rec in self.index.instances():
+        records = list(self.index.instances(order="i.path"))
+        for n, rec in enumerate(records, 1):
             known.add(rec.path)
-            path = self.path_of(rec)
             try:
-                digest = _sha256_file(path)
+                digest = _sha256_file(self.path_of(rec))
             except FileNotFoundError:
                 missing.append(rec.path)
                 continue
             if digest != rec.sha256:
                 corrupt.append(rec.path)
-        orphans = [
-            str(p.relative_to(self.root))
-            for p in self.root.rglob("*.dcm")
-            if ".tmp" not in p.parts and str(p.relative_to(self.root)) not in known
-        ]
-        return {"missing": missing, "corrupt": corrupt, "orphans": sorted(orphans)}
+            if progress is not None:
+                progress(n, len(records))
+        orphans = sorted(rel for rel in self._files() if rel not in known)
+        if repair:
+            for rel in missing:
+                sop = Path(rel).stem
+                self.index.delete(sop)
+            for rel in orphans:
+                self._index_file(self.root / rel, source="recovered")
+        return {"missing": missing, "corrupt": corrupt, "orphans": orphans}
+
+    # -- durability of the index ---------------------------------------------------------------------
+
+    def checkpoint(self) -> bool:
+        """Make every commit so far durable and move the mark in ``store/.durable`` forward.
+
+        The mark is the start time of the oldest put in flight (or now): every file older than it was
+        indexed by a commit that the checkpoint has just synced. Returns False when SQLite could not
+        checkpoint everything (a reader held old pages); the mark then stays where it was.
+        """
+        with self._checkpoint_lock:
+            with self._inflight_guard:
+                mark = min(self._inflight.values(), default=time.time())
+            self._last_checkpoint = time.monotonic()
+            if not self.index.checkpoint():
+                return False
+            _write_small_file_durably(self.root / DURABLE_MARK, json.dumps({"durable_through": mark}).encode(), self.tmp)
+            return True
+
+    def durable_through(self) -> float | None:
+        try:
+            return float(json.loads((self.root / DURABLE_MARK).read_text())["durable_through"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def recover(self) -> int:
+        """Index files newer than the durable mark that the index lacks (after a power loss).
+
+        Such a file was fsynced before its success status was sent; only its index row can be missing.
+        Its row is rebuilt from the file: source ``recovered``, received at the file's mtime.
+        """
+        since = self.durable_through()
+        since = None if since is None else since - _RECOVERY_SLACK_S
+        count = 0
+        for series_dir in self._series_dirs(since):
+            files = [p for p in series_dir.glob("*.dcm") if since is None or p.stat().st_mtime >= since]
+            if not files:
+                continue
+            indexed = self.index.paths_in_series(series_dir.name)
+            for path in files:
+                rel = str(path.relative_to(self.root))
+                if rel in indexed:
+                    continue
+                if self._index_file(path, source="recovered"):
+                    count += 1
+        return count
+
+    def close(self) -> None:
+        """Checkpoint the index (so the next start has nothing to recover) and close it."""
+        try:
+            self.checkpoint()
+        except Exception as exc:  # closing must not fail; the next start recovers instead
+            log.warning("checkpoint_failed", error=type(exc).__name__)
+        self.index.close()
+
+    def _index_file(self, path: Path, source: str) -> bool:
+        try:
+            data = path.read_bytes()
+            enc = parse_file(data)
+            ds = enc.dataset
+            self._validate_uids(ds)
+            rel = path.relative_to(self.root)
+            if rel != Path(str(ds.StudyInstanceUID)) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm":
+                raise StoreError(status.CANNOT_UNDERSTAND, "misplaced", "the file's UIDs do not match its path")
+            exclusion = "burned-in annotation" if _text(ds, "BurnedInAnnotation").upper() == "YES" else ""
+            synthetic = _text(ds, "SyntheticData").upper() == "YES"
+            rec = self._record(ds, rel, len(data), hashlib.sha256(data).hexdigest(), source, "", synthetic, exclusion)
+            mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+            rec.received_at = mtime.isoformat(timespec="milliseconds")
+            self.index.add(rec, replace=False)
+        except (EncodingError, StoreError, OSError, sqlite3.IntegrityError) as exc:
+            log.warning("recovery_skipped", file=uid_hash(str(path.name)), reason=type(exc).__name__)
+            return False
+        log.info("instance_recovered", sop=uid_hash(path.stem))
+        return True
+
+    def _series_dirs(self, since: float | None) -> Iterator[Path]:
+        """Series folders; with ``since``, only those changed since (a new file changes its folder)."""
+        try:
+            studies = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return
+        for study in studies:
+            if not study.is_dir() or study.name.startswith("."):
+                continue
+            for series in os.scandir(study.path):
+                if series.is_dir() and (since is None or series.stat().st_mtime >= since):
+                    yield Path(series.path)
+
+    def _files(self) -> Iterator[str]:
+        for series_dir in self._series_dirs(None):
+            for p in series_dir.glob("*.dcm"):
+                yield str(p.relative_to(self.root))
 
     # -- internals -----------------------------------------------------------------------------------
 
-    def _validate(self, ds: Dataset) -> None:
+    def _reparse_complete(self, enc: EncodedInstance) -> EncodedInstance:
+        data = enc.raw
+        if data is None:
+            return enc
+        ts = enc.dataset.file_meta.TransferSyntaxUID
+        try:
+            if bytes(memoryview(data)[128:132]) == b"DICM":
+                full = pydicom.dcmread(io.BytesIO(data))
+            else:
+                full = pydicom.filereader.read_dataset(io.BytesIO(data), enc.transfer_syntax.is_implicit_VR, enc.transfer_syntax.is_little_endian)
+                full.file_meta = FileMetaDataset()
+                full.file_meta.TransferSyntaxUID = ts
+        except Exception as exc:
+            raise StoreError(status.CANNOT_UNDERSTAND, "malformed", f"not a readable DICOM dataset ({type(exc).__name__})") from None
+        out = EncodedInstance(full, enc.transfer_syntax, pixel_length=enc.pixel_length, fragments=enc.fragments, complete=True)
+        return out
+
+    @staticmethod
+    def _validate_uids(ds: Dataset) -> None:
         for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
             try:
                 validate_uid(ds.get(keyword), keyword)
             except InvalidUID as exc:
                 raise StoreError(status.CANNOT_UNDERSTAND, "invalid_uid", str(exc)) from None
-        tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if tsyntax is None:
-            raise StoreError(status.CANNOT_UNDERSTAND, "no_transfer_syntax", "the dataset has no transfer syntax")
-        rows, cols, frames = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "NumberOfFrames") or 1
-        if rows is not None and cols is not None:
-            if rows * cols > self.cfg.store.max_pixels:
-                raise StoreError(
-                    status.CANNOT_UNDERSTAND,
-                    "image_too_large",
-                    f"the header claims a {rows} x {cols} image; the store accepts at most {self.cfg.store.max_pixels} "
-                    "pixels per frame (store.max_pixels)",
-                )
-            if "PixelData" in ds and not UID(tsyntax).is_compressed:
-                bits = _int(ds, "BitsAllocated") or 0
-                spp = _int(ds, "SamplesPerPixel") or 1
-                expected = rows * cols * frames * spp * bits // 8
-                actual = len(ds.PixelData) if ds.PixelData is not None else 0
-                # Pixel Data is padded to an even length (PS3.5 §7.1.1); shorter than the header says is corrupt.
-                if bits and actual < expected:
-                    raise StoreError(
-                        status.CANNOT_UNDERSTAND,
-                        "pixel_data_short",
-                        f"Pixel Data holds {actual} bytes but the header describes {expected} "
-                        f"({rows} x {cols} x {frames} frame(s), {bits} bits allocated)",
-                    )
 
-    def _encode(self, ds: Dataset) -> bytes:
-        """Part 10 bytes with our own File Meta Information (PS3.10 §7.1).
+    def _validate(self, enc: EncodedInstance) -> None:
+        ds = enc.dataset
+        self._validate_uids(ds)
+        rows, cols, frames = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "NumberOfFrames") or 1
+        if rows is None or cols is None:
+            return
+        if rows * cols > self.cfg.store.max_pixels:
+            raise StoreError(
+                status.CANNOT_UNDERSTAND,
+                "image_too_large",
+                f"the header claims a {rows} x {cols} image; the store accepts at most {self.cfg.store.max_pixels} "
+                "pixels per frame (store.max_pixels)",
+            )
+        has_pixels = enc.pixel_element is not None or (enc.complete and "PixelData" in ds)
+        if not has_pixels:
+            return
+        if enc.transfer_syntax.is_encapsulated:
+            if enc.pixel_element is not None and enc.fragments < 1:
+                raise StoreError(status.CANNOT_UNDERSTAND, "pixel_data_empty", "encapsulated Pixel Data holds no fragment")
+            return
+        bits = _int(ds, "BitsAllocated") or 0
+        spp = _int(ds, "SamplesPerPixel") or 1
+        expected = (rows * cols * frames * spp * bits + 7) // 8
+        actual = enc.pixel_length or 0
+        # Pixel Data is padded to an even length (PS3.5 §7.1.1); shorter than the header says is corrupt.
+        if bits and actual < expected:
+            raise StoreError(
+                status.CANNOT_UNDERSTAND,
+                "pixel_data_short",
+                f"Pixel Data holds {actual} bytes but the header describes {expected} "
+                f"({rows} x {cols} x {frames} frame(s), {bits} bits allocated)",
+            )
+
+    def _encode(self, enc: EncodedInstance, keep_trailing: bool) -> list:
+        """Part 10 bytes with our own File Meta Information (PS3.10 §7.1), as parts to write.
 
         The sender's meta (its implementation UID, its AE title) is not kept: the same instance sent by
         two peers then has the same bytes and sha256, so a re-send is recognized as identical.
         """
-        buf = io.BytesIO()
+        ds = enc.dataset
         try:
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = ds.SOPClassUID
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+            meta.TransferSyntaxUID = enc.transfer_syntax
             meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
             meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
             ds.file_meta = meta
-            pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+            if enc.complete or enc.transfer_syntax == DeflatedExplicitVRLittleEndian:
+                buf = io.BytesIO()
+                pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+                return [buf.getbuffer()]
+            head = file_meta_bytes(
+                str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(enc.transfer_syntax),
+                IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
+            )
+            parts: list = [head, encode_dataset(ds, enc.transfer_syntax)]
         except Exception as exc:
             raise StoreError(status.CANNOT_UNDERSTAND, "encode_failed", f"the dataset cannot be encoded ({type(exc).__name__})") from None
-        return buf.getvalue()
+        if enc.pixel_element is not None:
+            parts.append(enc.pixel_element)
+            if keep_trailing and len(enc.trailing):
+                parts.append(enc.trailing)
+        return parts
 
-    def _write_durably(self, final: Path, data: bytes) -> None:
+    def _write_durably(self, final: Path, parts: list) -> None:
         """Temporary file, fsync, atomic rename, fsync of the folder: after this the file survives a crash."""
         tmp_path = self.tmp / f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.part"
         try:
             new_dirs = _makedirs(final.parent, self.root)
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                _writev_all(fd, parts)
                 if self.cfg.store.fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            # A file already at ``final`` without a row (a crash between rename and commit) is replaced.
             os.replace(tmp_path, final)
             if self.cfg.store.fsync:
                 for d in [final.parent, *new_dirs]:
@@ -295,10 +511,10 @@ class Store:
 
     def _record(self, ds: Dataset, rel: Path, size: int, digest: str, source: str, source_ae: str, synthetic: bool, exclusion: str) -> InstanceRecord:
         return InstanceRecord(
-            sop_instance_uid=ds.SOPInstanceUID,
-            series_uid=ds.SeriesInstanceUID,
-            study_uid=ds.StudyInstanceUID,
-            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            study_uid=str(ds.StudyInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
             path=str(rel),
             size=size,
@@ -341,8 +557,15 @@ class Store:
         return _RefLock(self, uid)
 
     def _clean_tmp(self) -> None:
-        """Temporary files were never acknowledged: a crash leaves them, the next start removes them."""
+        """Temporary files were never acknowledged: a crash leaves them, the next start removes them.
+
+        Only our own leftovers and those of processes that no longer run: another process (an import
+        beside the server) may be writing its own right now.
+        """
         for leftover in self.tmp.glob("*.part"):
+            pid = leftover.name.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+                continue
             _unlink_quietly(leftover)
 
 
@@ -356,9 +579,9 @@ class _RefLock:
         with self.store._uid_locks_guard:
             entry = self.store._uid_locks.get(self.uid)
             if entry is None:
-                entry = self.store._uid_locks[self.uid] = [threading.Lock(), 0]  # type: ignore[assignment]
-            entry[1] += 1  # type: ignore[index]
-        entry[0].acquire()  # type: ignore[index]
+                entry = self.store._uid_locks[self.uid] = [threading.Lock(), 0]
+            entry[1] += 1
+        entry[0].acquire()
         self._entry = entry
 
     def __exit__(self, *exc: object) -> None:
@@ -367,6 +590,39 @@ class _RefLock:
             self._entry[1] -= 1
             if self._entry[1] == 0:
                 self.store._uid_locks.pop(self.uid, None)
+
+
+def _writev_all(fd: int, parts: list) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _write_small_file_durably(path: Path, data: bytes, tmp_dir: Path) -> None:
+    tmp = tmp_dir / f"{path.name}.{os.getpid()}.{threading.get_ident()}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _makedirs(path: Path, root: Path) -> list[Path]:

@@ -1,0 +1,255 @@
+"""An encoded instance split into its parsed header and its pixel data bytes, kept exactly as received.
+
+Storing an instance needs its attributes (to validate, de-identify and index it) but never its pixel
+values: they are stored as received, no transcoding (DESIGN.md). Parsing stops before the top-level
+Pixel Data element (PS3.5 §7.1), whose bytes are then walked, not decoded: a defined length (native
+pixels, PS3.5 §A.4 does not apply) or an encapsulated sequence of items ending in a Sequence Delimitation
+Item (PS3.5 §A.4). The stored file is the re-encoded header followed by those same bytes, so the
+cost of a 6 MB radiograph does not depend on its pixels beyond one copy to disk.
+
+Anything at top level after the pixel data (Data Set Trailing Padding, rare vendor elements) is reported,
+so the store can keep it (no de-identification) or fall back to a full parse (de-identification).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_data_element
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+# Top-level elements that hold pixel values: Float, Double Float and (plain) Pixel Data (PS3.3 C.7.6.3).
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+DATASET_TRAILING_PADDING = 0xFFFCFFFC
+_ITEM = 0xFFFEE000
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+# Explicit VR encodings with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+class EncodingError(ValueError):
+    """The bytes are not a DICOM dataset we can store; the message says what is wrong, never a value."""
+
+
+@dataclass
+class EncodedInstance:
+    """A received instance: ``dataset`` holds every top-level element before the pixel data.
+
+    ``pixel_element`` is the complete top-level pixel data element (tag, VR, length and value) as
+    received, or None when the instance has none or ``dataset`` was parsed in full (``complete``).
+    """
+
+    dataset: Dataset
+    transfer_syntax: UID
+    pixel_element: memoryview | None = None
+    pixel_tag: int = 0
+    # Bytes of the pixel value (defined length) or None when encapsulated.
+    pixel_length: int | None = None
+    fragments: int = 0
+    trailing: memoryview = field(default_factory=lambda: memoryview(b""))
+    trailing_tags: tuple[int, ...] = ()
+    complete: bool = False
+    # The bytes it was parsed from, for a full parse when the split is not enough.
+    raw: bytes | memoryview | None = None
+
+    @property
+    def encapsulated(self) -> bool:
+        return self.pixel_element is not None and self.pixel_length is None
+
+
+def _stop_at_pixels(tag: int, _vr: object, _length: int) -> bool:
+    return tag in PIXEL_TAGS
+
+
+def parse_file(data: bytes | memoryview) -> EncodedInstance:
+    """A DICOM Part 10 file (preamble, "DICM", File Meta Information, dataset; PS3.10 §7.1)."""
+    fp = io.BytesIO(data)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    except Exception as exc:
+        # pydicom raises many kinds on garbage and can quote values in messages: only the kind is kept.
+        raise EncodingError(f"not a readable DICOM file ({type(exc).__name__})") from None
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if not tsyntax:
+        raise EncodingError("the file has no Transfer Syntax UID in its File Meta Information")
+    tsyntax = UID(str(tsyntax))
+    if tsyntax == DeflatedExplicitVRLittleEndian:
+        # The whole dataset is one deflate stream (PS3.5 §A.5): nothing to splice, parse it all.
+        return _complete(pydicom.dcmread(io.BytesIO(data), force=True), tsyntax)
+    enc = _split(ds, tsyntax, data, fp.tell())
+    enc.raw = data
+    return enc
+
+
+def parse_dataset(data: bytes | memoryview, transfer_syntax: str) -> EncodedInstance:
+    """A bare dataset encoded in ``transfer_syntax``, as a C-STORE request carries it (PS3.7 §9.3.1)."""
+    tsyntax = UID(str(transfer_syntax))
+    if not tsyntax.is_transfer_syntax:
+        raise EncodingError("unknown transfer syntax")
+    if tsyntax == DeflatedExplicitVRLittleEndian:
+        try:
+            inflated = zlib.decompress(bytes(data), -zlib.MAX_WBITS)
+            full = read_dataset(io.BytesIO(inflated), False, True)
+        except zlib.error:
+            raise EncodingError("the deflated dataset does not inflate") from None
+        except Exception as exc:
+            raise EncodingError(f"not a readable DICOM dataset ({type(exc).__name__})") from None
+        full.file_meta = FileMetaDataset()
+        full.file_meta.TransferSyntaxUID = tsyntax
+        return _complete(full, tsyntax)
+    fp = io.BytesIO(data)
+    try:
+        ds = read_dataset(fp, tsyntax.is_implicit_VR, tsyntax.is_little_endian, stop_when=_stop_at_pixels)
+    except Exception as exc:
+        raise EncodingError(f"not a readable DICOM dataset ({type(exc).__name__})") from None
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = tsyntax
+    enc = _split(ds, tsyntax, data, fp.tell())
+    enc.raw = data
+    return enc
+
+
+def _complete(ds: Dataset, tsyntax: UID) -> EncodedInstance:
+    pixel_length = None
+    for tag in PIXEL_TAGS:
+        if tag in ds:
+            value = ds[tag].value
+            pixel_length = None if tsyntax.is_encapsulated else len(value or b"")
+    return EncodedInstance(ds, tsyntax, pixel_length=pixel_length, complete=True)
+
+
+def _split(ds: Dataset, tsyntax: UID, data: bytes | memoryview, offset: int) -> EncodedInstance:
+    view = memoryview(data)
+    if offset >= len(view):
+        return EncodedInstance(ds, tsyntax)
+    implicit, little = tsyntax.is_implicit_VR, tsyntax.is_little_endian
+    u16, u32 = ("<H", "<L") if little else (">H", ">L")
+    tag, value_start, length = _element_header(view, offset, implicit, u16, u32)
+    if tag not in PIXEL_TAGS:
+        raise EncodingError("parsing stopped at an element that is not pixel data")
+    fragments = 0
+    if length == _UNDEFINED:
+        end, fragments = _walk_items(view, value_start, u32)
+        pixel_length = None
+    else:
+        end = value_start + length
+        if end > len(view):
+            raise EncodingError(f"Pixel Data is truncated: {len(view) - value_start} of {length} bytes present")
+        pixel_length = length
+    trailing_tags = []
+    pos = end
+    while pos < len(view):
+        t, vstart, vlen = _element_header(view, pos, implicit, u16, u32)
+        if vlen == _UNDEFINED:
+            raise EncodingError("an element of undefined length follows the pixel data")
+        pos = vstart + vlen
+        if pos > len(view):
+            raise EncodingError("an element after the pixel data is truncated")
+        trailing_tags.append(t)
+    return EncodedInstance(
+        ds, tsyntax, view[offset:end], tag, pixel_length, fragments, view[end:], tuple(trailing_tags)
+    )
+
+
+def _element_header(view: memoryview, pos: int, implicit: bool, u16: str, u32: str) -> tuple[int, int, int]:
+    """(tag, where the value starts, value length) of the element at ``pos`` (PS3.5 §7.1.1-7.1.2)."""
+    if pos + 8 > len(view):
+        raise EncodingError("the dataset ends inside an element header")
+    group, elem = struct.unpack_from(u16 + u16[-1], view, pos)
+    tag = (group << 16) | elem
+    if implicit or group == 0xFFFE:
+        return tag, pos + 8, struct.unpack_from(u32, view, pos + 4)[0]
+    vr = bytes(view[pos + 4 : pos + 6])
+    if vr in _LONG_VRS:
+        if pos + 12 > len(view):
+            raise EncodingError("the dataset ends inside an element header")
+        return tag, pos + 12, struct.unpack_from(u32, view, pos + 8)[0]
+    return tag, pos + 8, struct.unpack_from(u16, view, pos + 6)[0]
+
+
+def _walk_items(view: memoryview, pos: int, u32: str) -> tuple[int, int]:
+    """Walk encapsulated pixel data: Basic Offset Table item, fragments, delimiter (PS3.5 §A.4)."""
+    items = 0
+    fmt = u32[0] + "HHL"
+    while True:
+        if pos + 8 > len(view):
+            raise EncodingError("encapsulated Pixel Data is truncated (no Sequence Delimitation Item)")
+        group, elem, length = struct.unpack_from(fmt, view, pos)
+        tag = (group << 16) | elem
+        pos += 8
+        if tag == _SEQUENCE_DELIMITER:
+            return pos, max(items - 1, 0)  # the first item is the Basic Offset Table
+        if tag != _ITEM or length == _UNDEFINED:
+            raise EncodingError("encapsulated Pixel Data holds something other than items")
+        pos += length
+        if pos > len(view):
+            raise EncodingError("an encapsulated Pixel Data fragment is truncated")
+        items += 1
+
+
+def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str, implementation_uid: str, implementation_version: str) -> bytes:
+    """Preamble, "DICM" and File Meta Information, always Explicit VR Little Endian (PS3.10 §7.1)."""
+    body = bytearray()
+    body += _explicit_le(0x00020001, b"OB", b"\x00\x01")
+    for tag, value in ((0x00020002, sop_class), (0x00020003, sop_instance), (0x00020010, transfer_syntax), (0x00020012, implementation_uid)):
+        body += _explicit_le(tag, b"UI", _pad(value.encode("ascii"), b"\x00"))
+    body += _explicit_le(0x00020013, b"SH", _pad(implementation_version.encode("ascii"), b" "))
+    return b"\x00" * 128 + b"DICM" + _explicit_le(0x00020000, b"UL", struct.pack("<L", len(body))) + bytes(body)
+
+
+def encode_dataset(ds: Dataset, transfer_syntax: UID) -> bytes:
+    """Encode ``ds`` (no File Meta) in ``transfer_syntax``; elements still raw are copied byte for byte.
+
+    pydicom's writer costs ~20 µs per element whatever it holds; most of a received header is never
+    converted (de-identification touches few elements), so those are framed here and only changed
+    elements go through pydicom. Sequences of undefined length and elements read in another encoding
+    also go through pydicom. Not for deflated transfer syntaxes (the caller compresses).
+    """
+    implicit, little = transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, little
+    u16, u32 = ("<H", "<L") if little else (">H", ">L")
+    encodings = ds._character_set
+    for tag in sorted(ds.keys()):
+        elem = ds.get_item(tag)
+        if (
+            isinstance(elem, RawDataElement)
+            and elem.is_implicit_VR == implicit
+            and elem.is_little_endian == little
+            and elem.length != _UNDEFINED
+            and (implicit or elem.VR)
+        ):
+            value = elem.value or b""
+            fp.write(struct.pack(u16 + u16[-1], tag >> 16, tag & 0xFFFF))
+            if implicit:
+                fp.write(struct.pack(u32, len(value)))
+            else:
+                vr = elem.VR.encode("ascii")
+                if vr in _LONG_VRS:
+                    fp.write(vr + b"\x00\x00" + struct.pack(u32, len(value)))
+                else:
+                    fp.write(vr + struct.pack(u16, len(value)))
+            fp.write(value)
+        else:
+            write_data_element(fp, ds[tag], encodings)
+    return fp.getvalue()
+
+
+def _explicit_le(tag: int, vr: bytes, value: bytes) -> bytes:
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    if vr in _LONG_VRS:
+        return head + b"\x00\x00" + struct.pack("<L", len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _pad(value: bytes, pad: bytes) -> bytes:
+    return value + pad if len(value) % 2 else value
