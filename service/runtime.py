@@ -32,6 +32,7 @@ class Runtime:
         self.components: list[tuple[str, Component]] = []
         self._stopped = threading.Event()
         self._store = None
+        self.outbox = None
 
     @property
     def store(self):
@@ -47,9 +48,22 @@ class Runtime:
         return component
 
     def add_scp(self) -> Component:
+        """Verification, Storage and Query/Retrieve (C-FIND/C-GET/C-MOVE) on the one AE."""
+        from service.dicom.qr import QueryRetrieveSCP
         from service.dicom.scp import StorageSCP
 
-        return self.add("dicom", StorageSCP(self.cfg, self.store))
+        qr = QueryRetrieveSCP(self.cfg, self.store)
+        scp = StorageSCP(self.cfg, self.store, extra_handlers=qr.handlers(), extra_contexts=qr.contexts())
+        qr.accept_get_roles(scp.contexts)
+        return self.add("dicom", scp)
+
+    def add_outbox(self) -> Component:
+        """The outbox sender (service/dicom/outbox.py); its queue is ``self.outbox`` for GenerateStudy."""
+        from service.dicom.outbox import OutboxSender
+
+        sender = OutboxSender(self.cfg, self.store)
+        self.outbox = sender.outbox
+        return self.add("outbox", sender)
 
     def add_grpc(self) -> Component:
         """The gRPC inference server; GenerateStudy writes into this process's store (and outbox, when

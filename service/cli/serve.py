@@ -40,6 +40,7 @@ def _run_scp(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, **dicom_overrides(args))
     runtime = Runtime(cfg)
     runtime.add_scp()
+    runtime.add_outbox()
     runtime.run_until_signalled()
     return 0
 
@@ -48,6 +49,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, **dicom_overrides(args), **{"grpc.port": getattr(args, "grpc_port", None)})
     runtime = Runtime(cfg)
     runtime.add_scp()
+    runtime.add_outbox()
     runtime.add_grpc()
     runtime.run_until_signalled()
     return 0

@@ -174,6 +174,12 @@ class Outbox:
                         (now, stamp, row["id"]),
                     )
                 ids.append(int(row["id"]))
+        # The index commits without an fsync (synchronous=NORMAL); a queued send must survive a power
+        # loss like the instance it points to, so the WAL is synced now (sent marks need not be: losing
+        # one re-sends a duplicate, which is harmless).
+        checkpoint = getattr(self.index, "checkpoint", None)
+        if checkpoint is not None:
+            checkpoint()
         log.info("queued", destination=destination, count=len(ids))
         self.changed.set()
         return ids

@@ -120,3 +120,28 @@ def write_synthetic_study(cfg: Config, store: Store, count: int = 3, bits: int =
     images = rng.integers(0, 256, size=(count, size, size)).astype(np.uint8 if bits == 8 else np.uint16)
     model = ModelVersion("fixture-model", 1, Path("."), {"architecture": "dcgan"})
     return SyntheticStudyWriter(cfg, store).write_study(images, list(range(count)), 1.0, model, destination=destination)
+
+
+class RunningService:
+    """synthpacs as `synthpacs scp` runs it (SCP with Query/Retrieve, outbox sender), in this process."""
+
+    def __init__(self, cfg: Config, outbox: bool = True):
+        from service.runtime import Runtime
+
+        self.cfg = cfg
+        self.runtime = Runtime(cfg)
+        self.scp = self.runtime.add_scp()
+        self.sender = self.runtime.add_outbox() if outbox else None
+        self.runtime.start()
+        self.host, self.port = self.scp.address
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    @property
+    def ae_title(self) -> str:
+        return self.cfg.dicom.ae_title
+
+    def stop(self) -> None:
+        self.runtime.stop()
