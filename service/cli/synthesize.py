@@ -1,0 +1,254 @@
+"""``synthpacs synthesize`` (a synthetic study straight from a registry model, no gRPC) and
+``synthpacs outbox ls|retry`` (what is queued for the PACS, and sending it again).
+
+``synthesize`` uses the same writer as gRPC GenerateStudy (service/studies.py): one study, one series of
+synthetic Secondary Capture instances, stored in the archive and queued for the destination. With a
+destination it also sends them at once and waits up to ``--wait`` seconds; whatever is not delivered by
+then stays queued, and a running ``synthpacs serve`` (or the next ``synthesize``) delivers it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import secrets
+import sys
+import time
+from typing import Any
+
+from service.cli.common import CommandError, add_command, config_from_args, home_from
+
+EXIT_OK, EXIT_INCOMPLETE = 0, 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    syn = add_command(
+        subparsers, "synthesize",
+        help="generate a synthetic study with a registry model, store it, and send it to the PACS",
+        description="Generate N images with a model from the registry (no gRPC server needed), write them as one "
+        "synthetic Secondary Capture study into the archive, and queue (and send) it to a DICOM destination.",
+    )
+    syn.add_argument("--model", required=True, help="model name (latest version) or name:vN")
+    syn.add_argument("--count", type=int, required=True, help="number of images in the study")
+    syn.add_argument("--seed", type=int, help="first seed; images use SEED, SEED+1, ... (default: random, printed)")
+    syn.add_argument("--psi", type=float, default=1.0, help="truncation psi (default 1: no truncation)")
+    syn.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per pixel of the instances (default 8)")
+    dest = syn.add_mutually_exclusive_group()
+    dest.add_argument("--send", metavar="AE_TITLE", help="destination: a dicom.peers AE title with a port (default: outbox.default_destination)")
+    dest.add_argument("--no-send", dest="no_send", action="store_true", help="keep the study in the synthpacs archive only")
+    syn.add_argument("--burn-in-label", dest="burn_in_label", action=argparse.BooleanOptionalAction, default=None,
+                     help="draw SYNTHETIC into the pixels (default: synthetic.burn_in_label)")
+    syn.add_argument("--series-description", dest="series_description", help="series description (SYNTHETIC is prefixed if missing)")
+    syn.add_argument("--device", help="where to run the generator: auto, cpu, cuda, cuda:N (default: inference.device); "
+                     "pixels regenerate bit for bit on the CPU")
+    syn.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per generator call (default 32)")
+    syn.add_argument("--wait", type=float, default=120.0, help="seconds to wait for delivery to the destination (0: only queue)")
+    syn.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    syn.set_defaults(func=_synthesize)
+
+    box = add_command(subparsers, "outbox", help="what is queued for DICOM destinations: ls, retry")
+    sub = box.add_subparsers(dest="outbox_command", metavar="ACTION")
+    sub.required = True
+    ls = add_command(sub, "ls", help="list queued, sent and failed sends, and the destinations' health")
+    ls.add_argument("--state", choices=("pending", "sending", "sent", "failed"), help="only this state")
+    ls.add_argument("--destination", help="only this destination AE title")
+    ls.add_argument("--study", help="only instances of this Study Instance UID")
+    ls.add_argument("--limit", type=int, default=50, help="rows to show (default 50; 0: all)")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=_ls)
+    retry = add_command(sub, "retry", help="make waiting and failed sends due now (a running serve sends them)")
+    retry.add_argument("--destination", help="only this destination AE title")
+    retry.add_argument("--id", dest="ids", type=int, action="append", help="only this outbox id (repeatable)")
+    retry.add_argument("--send", action="store_true", help="send them from this process now instead of leaving them to serve")
+    retry.add_argument("--wait", type=float, default=120.0, help="with --send: seconds to wait for delivery")
+    retry.set_defaults(func=_retry)
+
+
+# -- synthesize -------------------------------------------------------------------------------------------
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    from models.registry import Registry, RegistryError
+    from service.data.progress import Progress
+    from service.dicom.store import Store
+    from service.inference.device import DeviceError, pick_device
+    from service.studies import StudyRequestError, SyntheticStudyWriter, generate
+
+    cfg = config_from_args(args)
+    if args.no_send:
+        cfg = dataclasses.replace(cfg, outbox=dataclasses.replace(cfg.outbox, default_destination=""))
+    if args.count < 1:
+        raise CommandError("--count must be at least 1")
+    if args.count > cfg.inference.max_count:
+        raise CommandError(f"--count {args.count} is more than inference.max_count ({cfg.inference.max_count}) images in one study")
+    first = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    if not 0 <= first <= 2**32 - args.count:
+        raise CommandError(f"--seed must leave room for {args.count} seeds in 0..{2**32 - 1}")
+    seeds = list(range(first, first + args.count))
+    if args.batch_size < 1:
+        raise CommandError("--batch-size must be at least 1")
+    try:
+        device = pick_device(args.device or cfg.inference.device)
+    except DeviceError as exc:
+        raise CommandError(str(exc)) from None
+    home = home_from(cfg)
+    registry = Registry.with_bundled(home.models_dir)
+    try:
+        net, mv = registry.load(args.model, device=device)
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    if int(getattr(net, "channels", 1)) != 1:
+        raise CommandError(f"{mv.ref} makes {net.channels}-channel images; synthetic radiographs are grayscale")
+
+    progress = Progress(len(seeds), f"generating with {mv.ref}")
+    images = generate(net, seeds, args.psi, bits=args.bits, batch_size=args.batch_size, device=device,
+                      progress=lambda done, total: progress.update(done - progress.done))
+    progress.close()
+
+    store = Store(cfg, home)
+    sender = None
+    try:
+        writer = SyntheticStudyWriter(cfg, store)
+        try:
+            outcome = writer.write_study(images, seeds, args.psi, mv, destination=args.send, burn_in_label=args.burn_in_label,
+                                         series_description=args.series_description)
+        except StudyRequestError as exc:
+            raise CommandError(str(exc)) from None
+        queued = [i.sop_instance_uid for i in outcome.instances if i.status == "queued"]
+        delivery: dict[str, str] = {}
+        if queued and args.wait > 0:
+            from service.dicom.outbox import OutboxSender
+
+            sender = OutboxSender(cfg, store, writer.outbox)
+            sender.start()
+            sending = Progress(len(queued), f"sending to {outcome.destination}")
+            rows = sender.drain(args.wait, sop_instance_uids=queued,
+                                progress=lambda done, total: sending.update(done - sending.done))
+            sending.close()
+            delivery = {r.sop_instance_uid: r.state for r in rows}
+    finally:
+        if sender is not None:
+            sender.stop()
+        store.close()
+
+    report = {
+        "study_instance_uid": outcome.study_instance_uid,
+        "series_instance_uid": outcome.series_instance_uid,
+        "model": mv.ref,
+        "psi": args.psi,
+        "destination": outcome.destination,
+        "instances": [
+            {**dataclasses.asdict(i), "delivery": delivery.get(i.sop_instance_uid, "")} for i in outcome.instances
+        ],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_outcome(report, args.wait)
+    failed = [i for i in outcome.instances if i.status == "failed"]
+    undelivered = [u for u, state in delivery.items() if state != "sent"]
+    all_refused = all(i.status == "refused-near-copy" for i in outcome.instances)
+    return EXIT_INCOMPLETE if failed or undelivered or all_refused else EXIT_OK
+
+
+def _print_outcome(report: dict[str, Any], wait: float) -> None:
+    out = sys.stdout
+    print(f"Study Instance UID  {report['study_instance_uid']}", file=out)
+    print(f"Series Instance UID {report['series_instance_uid']}", file=out)
+    print(f"model {report['model']}, psi {report['psi']:g}, destination {report['destination'] or '(archive only)'}", file=out)
+    for inst in report["instances"]:
+        delivery = f" -> {inst['delivery']}" if inst["delivery"] else ""
+        print(f"  seed {inst['seed']:>10}  {inst['status']:<18}{delivery}  {inst['sop_instance_uid'] or inst['detail']}", file=out)
+    pending = [i for i in report["instances"] if i["delivery"] and i["delivery"] != "sent"]
+    if pending:
+        print(f"{len(pending)} instance(s) not delivered within {wait:g} s; they stay queued "
+              "(`synthpacs outbox ls`; a running `synthpacs serve` keeps sending)", file=out)
+
+
+# -- outbox ---------------------------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace):
+    from service.dicom.index import Index
+    from service.dicom.outbox import Outbox
+
+    cfg = config_from_args(args)
+    home = home_from(cfg)
+    index = Index(home.index_path)
+    return cfg, index, Outbox(cfg, index)
+
+
+def _ago(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds <= 0:
+        return "now"
+    if seconds < 120:
+        return f"in {seconds} s"
+    return f"in {seconds // 60} min"
+
+
+def _ls(args: argparse.Namespace) -> int:
+    cfg, index, box = _open(args)
+    try:
+        rows = box.items(state=args.state, destination=args.destination, study_uid=args.study, limit=args.limit or None)
+        counts = box.counts()
+        health = box.health()
+    finally:
+        index.close()
+    if args.json:
+        print(json.dumps({
+            "counts": counts,
+            "destinations": {d: dataclasses.asdict(h) for d, h in health.items()},
+            "items": [dataclasses.asdict(r) for r in rows],
+        }, indent=2))
+        return 0
+    configured = [p.ae_title for p in cfg.dicom.peers if p.port is not None]
+    for dest in sorted(set(configured) | set(counts) | set(health)):
+        h = health.get(dest)
+        state = "never checked" if h is None else ("up" if h.healthy else f"DOWN ({h.consecutive_failures} failed checks: {h.last_error})")
+        c = counts.get(dest, {})
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(c.items())) or "nothing queued"
+        where = "" if dest in configured else "  [not in dicom.peers]"
+        print(f"{dest}: {state}; {summary}{where}")
+    if not rows:
+        print("no outbox items match")
+        return 0
+    print(f"{'id':>6}  {'state':<8} {'destination':<16} {'tries':>5}  {'next':<10} sop instance uid / last error")
+    now = time.time()
+    for r in rows:
+        nxt = _ago(r.next_attempt_at - now) if r.state == "pending" else ""
+        line = f"{r.id:>6}  {r.state:<8} {r.destination:<16} {r.attempts:>5}  {nxt:<10} {r.sop_instance_uid}"
+        print(line)
+        if r.last_error and r.state != "sent":
+            print(f"{'':>6}  {r.last_error}")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    cfg, index, box = _open(args)
+    try:
+        if args.destination and cfg.peer(args.destination) is None and args.destination not in box.counts():
+            raise CommandError(f"no destination {args.destination!r} in dicom.peers or in the outbox")
+        count = box.make_due(destination=args.destination, ids=args.ids)
+        uids = [r.sop_instance_uid for r in box.items(destination=args.destination) if args.ids is None or r.id in args.ids]
+    finally:
+        index.close()
+    print(f"{count} outbox item(s) due now")
+    if not args.send or count == 0:
+        return EXIT_OK
+    from service.dicom.outbox import OutboxSender
+    from service.dicom.store import Store
+
+    store = Store(cfg, home_from(cfg))
+    sender = OutboxSender(cfg, store)
+    try:
+        sender.start()
+        rows = sender.drain(args.wait, sop_instance_uids=uids, destination=args.destination)
+    finally:
+        sender.stop()
+        store.close()
+    waiting = [r for r in rows if r.state not in ("sent", "failed")]
+    failed = [r for r in rows if r.state == "failed"]
+    print(f"{sum(1 for r in rows if r.state == 'sent')} sent, {len(failed)} failed, {len(waiting)} still waiting")
+    return EXIT_INCOMPLETE if waiting or failed else EXIT_OK
