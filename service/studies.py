@@ -209,20 +209,23 @@ class SyntheticStudyWriter:
     # -- refusing near-copies -------------------------------------------------------------------------
 
     def _near_copies(self, images: np.ndarray, card: dict[str, Any]) -> dict[int, str]:
-        """Index -> reason for every image the memorization guard refuses (empty when it is off)."""
+        """Index -> reason for every image the memorization guard refuses (empty when it is off).
+
+        The guard (models/metrics/memorization.py) compares each image with the training images of the
+        dataset the model card names, in two descriptor spaces, against the training set's own
+        nearest-neighbour distances (``evaluation.memorization_percentile``).
+        """
         if not self.cfg.synthetic.refuse_near_copies:
             return {}
         ref = dataset_ref_of(card)
         if not ref:
+            log.warning("near_copy_check_skipped", reason="the model card names no training dataset")
             return {}
         guard = self._guard(ref)
         if guard is None:
             return {}
-        reports = guard.check(images)
-        refused = {}
-        for i, report in enumerate(reports):
-            if _is_near_copy(report):
-                refused[i] = _near_copy_detail(report, ref)
+        report = guard.check(images)
+        refused = {int(i): _near_copy_detail(report, int(i), ref) for i in report.offending}
         if refused:
             log.warning("near_copies_refused", count=len(refused), dataset=ref)
         return refused
@@ -235,39 +238,27 @@ class SyntheticStudyWriter:
 
     def _default_guard(self, ref: str) -> Any:
         """The memorization guard over the training images of dataset ``ref``, or None when unavailable."""
-        try:
-            from models.datasets import DatasetError, load_images, resolve_dataset
-            from models.metrics.memorization import MemorizationGuard
-        except ImportError:
-            log.warning("near_copy_check_unavailable", reason="models.metrics.memorization is not installed")
-            return None
+        from models.datasets import DatasetError, resolve_dataset
+        from models.metrics.memorization import MemorizationGuard
         from service.home import Home
 
         try:
             dv = resolve_dataset(Home.at(self.cfg.home_path).datasets_dir, ref)
-            return MemorizationGuard.from_images(load_images(dv))
-        except (DatasetError, LookupError, ValueError) as exc:
-            # Without its training data the guard cannot run; the model still serves, and the log says why.
+            return MemorizationGuard.for_images_file(dv.images_path, percentile=self.cfg.evaluation.memorization_percentile)
+        except (DatasetError, LookupError, ValueError, OSError) as exc:
+            # Without its training data the guard cannot run (a model imported from elsewhere); the
+            # model still serves, and the log says why nothing was checked.
             log.warning("near_copy_check_unavailable", dataset=ref, reason=str(exc))
             return None
 
 
-def _is_near_copy(report: Any) -> bool:
-    for name in ("near_copy", "is_near_copy", "refuse", "memorized"):
-        value = report.get(name) if isinstance(report, dict) else getattr(report, name, None)
-        if value is not None:
-            return bool(value)
-    return False
-
-
-def _near_copy_detail(report: Any, ref: str) -> str:
-    get = (lambda k: report.get(k)) if isinstance(report, dict) else (lambda k: getattr(report, k, None))
-    parts = [f"too close to a training image of {ref}"]
-    for key in ("nearest_index", "distance", "similarity", "threshold"):
-        value = get(key)
-        if value is not None:
-            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
-    return "; ".join(parts)
+def _near_copy_detail(report: Any, i: int, ref: str) -> str:
+    """Which training image it is close to, and how close against the threshold, in each space."""
+    parts = []
+    for space in report.spaces:
+        ratio = float(report.ratios(space)[i])
+        parts.append(f"{space}: nearest training image #{int(report.nearest[space][i])}, {ratio:.2f} x threshold")
+    return f"near-copy of a training image of {ref} ({'; '.join(parts)})"
 
 
 # -- pixels from provenance ----------------------------------------------------------------------------

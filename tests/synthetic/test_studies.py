@@ -133,25 +133,40 @@ def test_regeneration_refuses_other_weights_under_the_same_name(config, store, t
         regenerate(ds, registry)
 
 
-class _FakeGuard:
-    """Refuses images equal to one it was given (stands in only where the real guard's data is absent)."""
+def _training_set(config, images: np.ndarray, name: str = "tiny-train"):
+    """A dataset version holding varied phantom radiographs plus ``images`` (the copies to catch)."""
+    from models.datasets import write_dataset
+    from service.data.phantom import phantom_image
+    from service.home import Home
 
-    def __init__(self, training: np.ndarray):
-        self.training = training
-
-    def check(self, images):
-        return [{"near_copy": any(np.array_equal(img, t) for t in self.training), "nearest_index": 0} for img in images]
+    size = images.shape[1]
+    phantoms = [phantom_image(size, size, bits_stored=8, seed=s)[0] for s in range(12)]
+    return write_dataset(Home.at(config.home_path).datasets_dir, name, np.concatenate([np.stack(phantoms), images]))
 
 
-def test_near_copies_are_refused_and_never_written(config, store, tiny_model, registry):
-    net, mv = registry.load(tiny_model.ref)
-    images = _images(net, [1, 2, 3])
-    training = images[1:2].copy()
-    writer = SyntheticStudyWriter(config, store, guard_factory=lambda ref: _FakeGuard(training))
-    out = writer.write_study(images, [1, 2, 3], 1.0, mv)
-    assert [i.status for i in out.instances] == [STORED, REFUSED, STORED]
-    assert out.instances[1].sop_instance_uid == "" and "tiny-train@v1" in out.instances[1].detail
-    assert len(list(store.index.instances())) == 2
+def test_an_exact_training_copy_is_refused_and_never_written(config, store, tiny_model, registry):
+    """The real memorization guard, over the dataset the model card names (tiny-train@v1).
+
+    The "generated" images are distinct phantoms (a tiny untrained generator draws nearly the same
+    image for every seed, which the guard rightly calls copies of each other's neighbour)."""
+    from service.data.phantom import phantom_image
+
+    _net, mv = registry.load(tiny_model.ref)
+    seeds = [1, 2, 3, 4]
+    images = np.stack([phantom_image(64, 64, bits_stored=8, seed=100 + s, noise=0.03)[0] for s in seeds])
+    _training_set(config, images[1:2].copy())
+    out = SyntheticStudyWriter(config, store).write_study(images, seeds, 1.0, mv)
+    assert [i.status for i in out.instances] == [STORED, REFUSED, STORED, STORED]
+    refused = out.instances[1]
+    assert refused.sop_instance_uid == "" and "tiny-train@v1" in refused.detail
+    assert "nearest training image #12, 0.00 x threshold" in refused.detail
+    assert len(list(store.index.instances())) == 3
+
+
+def test_without_its_training_data_the_check_is_skipped_not_fatal(config, store, tiny_model, registry):
+    net, mv = registry.load(tiny_model.ref)  # the card names tiny-train@v1, which this home lacks
+    out = SyntheticStudyWriter(config, store).write_study(_images(net, [1]), [1], 1.0, mv)
+    assert [i.status for i in out.instances] == [STORED]
 
 
 def test_the_near_copy_check_can_be_switched_off(home, tiny_model, registry):
@@ -161,8 +176,9 @@ def test_the_near_copy_check_can_be_switched_off(home, tiny_model, registry):
     store = Store(cfg)
     try:
         net, mv = registry.load(tiny_model.ref)
-        images = _images(net, [1])
-        writer = SyntheticStudyWriter(cfg, store, guard_factory=lambda ref: _FakeGuard(images))
-        assert [i.status for i in writer.write_study(images, [1], 1.0, mv).instances] == [STORED]
+        images = _images(net, [1, 2])
+        _training_set(cfg, images.copy())
+        out = SyntheticStudyWriter(cfg, store).write_study(images, [1, 2], 1.0, mv)
+        assert [i.status for i in out.instances] == [STORED, STORED]
     finally:
-        store.index.close()
+        store.close()
