@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.registry import GENERATOR_FILE, ModelVersion
+from models.registry import ModelVersion
 from models.sampling import to_uint
 
 # zlib level 3: within a few percent of level 6's size on radiographs at a fraction of its time.
@@ -87,33 +87,27 @@ def decode_raw(data: bytes, height: int, width: int, channels: int, bits: int) -
 
 class DicomEncoder:
     """Synthetic Secondary Capture instances for one Generate request: one study and series, one instance
-    per image, every synthetic marker of DESIGN.md set by :func:`service.dicom.synthetic.synthetic_image`."""
+    per image, every synthetic marker of DESIGN.md set by :func:`service.dicom.synthetic.synthetic_image`
+    and the same provenance GenerateStudy records (:func:`service.studies.provenance_for`)."""
 
     def __init__(self, synthetic_cfg: Any, version: ModelVersion, psi: float):
-        from service.dicom import synthetic
+        from service.dicom.synthetic import SyntheticSeries, synthetic_image
+        from service.studies import provenance_for
 
-        self._synthetic = synthetic
+        self._synthetic_image = synthetic_image
+        self._provenance_for = provenance_for
         self._cfg = synthetic_cfg
         self._version = version
         self._psi = psi
-        self.series = synthetic.SyntheticSeries.new(
+        self.series = SyntheticSeries.new(
             version.name, version.version, uid_root=synthetic_cfg.uid_root, modality=synthetic_cfg.modality,
-            institution_name=synthetic_cfg.institution_name, psi=psi,
+            institution_name=synthetic_cfg.institution_name, body_part_examined=str(version.card.get("body_part", "")), psi=psi,
         )
 
     def encode(self, pixels: np.ndarray, seed: int, instance_number: int) -> tuple[bytes, str]:
         """(1, H, W) pixels -> (Part 10 file bytes, SOP Instance UID)."""
-        card = self._version.card
-        dataset = card.get("dataset") or {}
-        provenance = self._synthetic.Provenance(
-            model=self._version.name, version=self._version.version, seed=int(seed), psi=float(self._psi),
-            architecture=str(card.get("architecture", "")),
-            weights_sha256=str((card.get("files") or {}).get(GENERATOR_FILE, "")),
-            dataset=f"{dataset.get('name')}@v{dataset.get('version')}" if dataset.get("name") and dataset.get("version") else "",
-        )
-        ds = self._synthetic.synthetic_image(
-            pixels[0], provenance, self.series, instance_number, burn_in_label=bool(self._cfg.burn_in_label)
-        )
+        provenance = self._provenance_for(self._version, int(seed), float(self._psi))
+        ds = self._synthetic_image(pixels[0], provenance, self.series, instance_number, burn_in_label=bool(self._cfg.burn_in_label))
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         return buf.getvalue(), str(ds.SOPInstanceUID)
