@@ -6,7 +6,8 @@ Built the pynetdicom way: a declaratively configured AE (contexts, timeouts, PDU
 * an allow-list of calling AE titles *with their hosts*, checked during association negotiation so an
   unknown peer gets an A-ASSOCIATE-RJ "calling AE title not recognized" (PS3.8 §9.3.4);
 * TCP_NODELAY on every accepted socket: with Nagle and delayed ACK, each C-STORE response waits
-  40-80 ms on loopback (../shared/NOTES.md).
+  40-80 ms on loopback (../shared/NOTES.md);
+* shorter poll intervals while an association is busy (:mod:`service.dicom.polling`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 import socket
 import threading
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +33,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from service import metrics
 from service.config import Config
 from service.dicom import status
+from service.dicom.polling import responsive
 from service.dicom.store import Store, StoreError
 from service.logs import get_logger
 
@@ -120,6 +123,7 @@ class _AllowListACSE(ACSE):
         if not self.allow_list.allows(calling, host):
             log.warning("association_rejected", reason="peer not allowed", calling_ae=calling, host=host)
             metrics.ASSOCIATIONS.labels(outcome="rejected_not_allowed").inc()
+            self.assoc._rejected_by_allow_list = True  # type: ignore[attr-defined]
             # Rejected (permanent), service-user, calling AE title not recognized (PS3.8 Table 9-21).
             self.send_reject(0x01, 0x01, 0x03)
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
@@ -132,7 +136,7 @@ def _request_handler(allow_list: AllowList) -> type[RequestHandler]:
     class Handler(RequestHandler):
         def _create_association(self):  # type: ignore[override]
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assoc = super()._create_association()
+            assoc = responsive(super()._create_association())
             acse = _AllowListACSE(assoc)
             acse.allow_list = allow_list
             assoc.acse = acse
@@ -180,6 +184,7 @@ class StorageSCP:
         self.server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self._ids: dict[int, int] = {}
+        self._counts: dict[int, Counter] = {}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -226,6 +231,7 @@ class StorageSCP:
     def _on_established(self, event: evt.Event) -> None:
         assoc_id = next(_assoc_ids)
         self._ids[id(event.assoc)] = assoc_id
+        self._counts[id(event.assoc)] = Counter()
         metrics.ASSOCIATIONS.labels(outcome="accepted").inc()
         metrics.ACTIVE_ASSOCIATIONS.inc()
         log.info(
@@ -235,15 +241,20 @@ class StorageSCP:
 
     def _on_closed(self, event: evt.Event) -> None:
         metrics.ACTIVE_ASSOCIATIONS.dec()
-        log.info("association_released", association=self._ids.pop(id(event.assoc), 0))
+        counts = self._counts.pop(id(event.assoc), Counter())
+        log.info("association_released", association=self._ids.pop(id(event.assoc), 0), **_summary(counts))
 
     def _on_aborted(self, event: evt.Event) -> None:
         if id(event.assoc) in self._ids:
             metrics.ACTIVE_ASSOCIATIONS.dec()
         metrics.ASSOCIATIONS.labels(outcome="aborted").inc()
-        log.warning("association_aborted", association=self._ids.pop(id(event.assoc), 0))
+        counts = self._counts.pop(id(event.assoc), Counter())
+        # Whatever was in flight was never stored: the store only sees complete datasets.
+        log.warning("association_aborted", association=self._ids.pop(id(event.assoc), 0), **_summary(counts))
 
     def _on_rejected(self, event: evt.Event) -> None:
+        if not getattr(event.assoc, "_rejected_by_allow_list", False):
+            metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
         log.info("association_rejected_sent", calling_ae=event.assoc.requestor.ae_title, host=event.assoc.requestor.address)
 
     def _on_echo(self, event: evt.Event) -> int:
@@ -262,13 +273,22 @@ class StorageSCP:
             metrics.STORE_FAILURES.labels(reason="malformed").inc()
             log.warning("instance_refused", reason="malformed", detail=f"{type(exc).__name__}")
             return _status(status.CANNOT_UNDERSTAND, "the dataset could not be decoded")
+        counts = self._counts.setdefault(id(event.assoc), Counter())
         try:
-            self.store.put_bytes(data, source="cstore", source_ae=event.assoc.requestor.ae_title, transfer_syntax=tsyntax)
+            result = self.store.put_bytes(data, source="cstore", source_ae=event.assoc.requestor.ae_title, transfer_syntax=tsyntax)
         except StoreError as exc:
+            counts["refused"] += 1
             return _status(exc.status, str(exc))
         except Exception as exc:  # never a silent success, never a dead server
+            counts["refused"] += 1
             metrics.STORE_FAILURES.labels(reason="internal").inc()
             # Where it failed, not the message: messages of pydicom and sqlite can quote values.
             log.error("instance_store_crashed", error=type(exc).__name__, where=_frames(exc))
             return _status(status.OUT_OF_RESOURCES, "internal error while storing")
+        counts["duplicates" if result.duplicate else "stored"] += 1
+        counts["bytes"] += 0 if result.duplicate else result.record.size
         return status.SUCCESS
+
+
+def _summary(counts: Counter) -> dict[str, int]:
+    return {k: counts.get(k, 0) for k in ("stored", "duplicates", "refused", "bytes")}

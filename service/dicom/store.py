@@ -28,6 +28,7 @@ import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,6 +70,9 @@ CHECKPOINT_INTERVAL_S = 30.0
 # Slack between a file's mtime (the kernel's coarse clock) and our clock when deciding what to recover.
 _RECOVERY_SLACK_S = 5.0
 DURABLE_MARK = ".durable"
+# Instances at least this large are hashed on another thread while they are written.
+PARALLEL_HASH_MIN_BYTES = 256 * 1024
+_HASHERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-sha256")
 
 
 class StoreError(Exception):
@@ -212,18 +216,26 @@ class Store:
             exclusion = "burned-in annotation"
         parts = self._encode(enc, keep_trailing)
         size = sum(len(p) for p in parts)
-        h = hashlib.sha256()
-        for p in parts:
-            h.update(p)
-        digest = h.hexdigest()
         study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
         rel = Path(study) / series / f"{sop}.dcm"
+        final = self.root / rel
         with self._uid_lock(sop):
             existing = self.index.get(sop)
             replace = False
-            if existing is not None:
+            if existing is None:
+                # The usual case: hash on another core while this one writes and fsyncs (both release
+                # the GIL), so a 6 MB instance pays for the slower of the two, not their sum.
+                pending = _HASHERS.submit(_sha256_parts, parts) if size >= PARALLEL_HASH_MIN_BYTES else None
+                digest = "" if pending else _sha256_parts(parts)
+                try:
+                    self._write_durably(final, parts)
+                finally:
+                    if pending is not None:
+                        digest = pending.result()
+            else:
+                digest = _sha256_parts(parts)
                 if existing.sha256 == digest:
-                    log.info("instance_duplicate", sop=uid_hash(sop), outcome="identical", source=source)
+                    log.debug("instance_duplicate", sop=uid_hash(sop), outcome="identical", source=source)
                     return PutResult(existing, "identical")
                 policy = self.cfg.store.duplicate_policy
                 if policy == "keep":
@@ -236,10 +248,9 @@ class Store:
                         "a different instance with this SOP Instance UID is already stored (store.duplicate_policy = reject)",
                     )
                 replace = True
-            record = self._record(ds, rel, size, digest, source, source_ae, synthetic, exclusion)
-            final = self.root / rel
+                self._write_durably(final, parts)
             old_path = self.root / existing.path if existing is not None else None
-            self._write_durably(final, parts)
+            record = self._record(ds, rel, size, digest, source, source_ae, synthetic, exclusion)
             try:
                 self.index.add(record, replace=replace)
             except sqlite3.IntegrityError:
@@ -258,7 +269,8 @@ class Store:
             if old_path is not None and old_path != final:
                 _unlink_quietly(old_path)
         outcome = "replaced" if replace else "stored"
-        log.info(
+        # Debug: one line per instance is the sender's log; ours counts per association (scp.py).
+        log.debug(
             "instance_stored", sop=uid_hash(sop), study=uid_hash(study), size=size, outcome=outcome,
             source=source, synthetic=synthetic, excluded=bool(exclusion),
         )
@@ -590,6 +602,13 @@ class _RefLock:
             self._entry[1] -= 1
             if self._entry[1] == 0:
                 self.store._uid_locks.pop(self.uid, None)
+
+
+def _sha256_parts(parts: list) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()
 
 
 def _writev_all(fd: int, parts: list) -> None:

@@ -1,0 +1,90 @@
+"""Shorter poll intervals for pynetdicom's acceptor associations while they are busy.
+
+pynetdicom runs each association as two polling loops: the DUL reactor (socket and state machine) sleeps
+``_run_loop_delay`` = 1 ms whenever a pass found nothing to do, and the association reactor (which hands
+complete DIMSE messages to our handlers) sleeps 1 ms on every pass. A C-STORE round trip crosses both
+loops twice, so on loopback those sleeps are a large share of an instance's time: a bare pynetdicom
+receiver of 512 x 512 16-bit instances measured ~280 img/s with them and ~400 img/s with 0.1 ms
+(bench/RESULTS.md, ../shared/NOTES.md).
+
+Both loops poll every :data:`FAST_POLL_S` while a PDU arrived within the last :data:`BUSY_WINDOW_S`, and
+fall back to pynetdicom's own 1 ms when the association is idle, so an idle association costs no more CPU
+than it did. Nothing in pynetdicom is changed globally: only associations accepted by our SCP get the
+two subclasses below. The association loop's sleep is a literal in its code, so that one method is
+rebound with a ``time`` whose ``sleep`` asks the association thread how busy it is. If a pynetdicom
+release changes these internals, :func:`responsive` leaves associations exactly as pynetdicom made them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+
+import pynetdicom
+import pynetdicom.association as _association_module
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+
+FAST_POLL_S = 0.0001
+BUSY_WINDOW_S = 0.5
+_PYNETDICOM_DEFAULT_S = 0.001
+
+
+def _busy(dul: DULServiceProvider) -> bool:
+    started = getattr(getattr(dul, "_idle_timer", None), "_start_time", None)
+    return started is not None and time.time() - started < BUSY_WINDOW_S
+
+
+class ResponsiveDUL(DULServiceProvider):
+    """The DUL reactor; its idle sleep is short while PDUs keep arriving (the idle timer restarts on each)."""
+
+    @property  # a data descriptor, so it wins over the attribute pynetdicom sets in __init__
+    def _run_loop_delay(self) -> float:  # type: ignore[override]
+        return FAST_POLL_S if _busy(self) else _PYNETDICOM_DEFAULT_S
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, _value: float) -> None:
+        pass
+
+
+class _AdaptiveTime:
+    """Stands in for the ``time`` module inside the association reactor; only ``sleep`` differs."""
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        thread = threading.current_thread()
+        if seconds == _PYNETDICOM_DEFAULT_S and isinstance(thread, Association) and _busy(thread.dul):
+            seconds = FAST_POLL_S
+        time.sleep(seconds)
+
+
+def _rebind_with_adaptive_time(function: types.FunctionType) -> types.FunctionType | None:
+    if "time" not in function.__code__.co_names:
+        return None
+    namespace = dict(vars(_association_module))
+    namespace["time"] = _AdaptiveTime()
+    rebound = types.FunctionType(function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__)
+    rebound.__doc__ = function.__doc__
+    return rebound
+
+
+class ResponsiveAssociation(Association):
+    """An acceptor association whose reactor polls every 0.1 ms while busy."""
+
+
+_reactor = _rebind_with_adaptive_time(Association._run_reactor)  # type: ignore[arg-type]
+SUPPORTED = _reactor is not None and pynetdicom.__version__.startswith(("2.", "3."))
+if SUPPORTED:
+    ResponsiveAssociation._run_reactor = _reactor  # type: ignore[method-assign]
+
+
+def responsive(assoc: Association) -> Association:
+    """Make a freshly created acceptor association responsive (before it starts); returns it."""
+    if SUPPORTED and type(assoc) is Association and type(assoc.dul) is DULServiceProvider:
+        assoc.__class__ = ResponsiveAssociation
+        assoc.dul.__class__ = ResponsiveDUL
+    return assoc
