@@ -1,0 +1,201 @@
+"""``synthpacs models export|ls|show`` (the model registry) and ``synthpacs generate`` (images, locally).
+
+The registry is ``<home>/models`` plus the bundled demo model shipped in the package
+(:meth:`models.registry.Registry.with_bundled`); a name in the home folder hides a bundled one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.cli.common import CommandError, add_command, config_from_args, home_from
+from service.logs import get_logger
+
+MAX_SEED = 2**32 - 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("models", help="the model registry: export a training run, list, show")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+
+    export = add_command(sub, "export", help="write a training run's generator as the next version of a model",
+                         description="Write <home>/models/NAME/vN/ (generator.safetensors and model.json) from a run's newest checkpoint, or from --checkpoint.")
+    export.add_argument("run", metavar="RUN", help="run id under <home>/runs, or a run folder")
+    export.add_argument("--name", required=True, help="model name (letters, digits, '.', '_', '-')")
+    export.add_argument("--checkpoint", metavar="FILE", help="checkpoint file, or its name in the run's checkpoints folder (default: the newest)")
+    export.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size; loaded back as float32)")
+    export.add_argument("--card", metavar="JSON", help="file of extra model-card fields (description, credits, license ...)")
+    export.add_argument("--description", help="one-line description for the model card")
+    export.set_defaults(func=_export)
+
+    ls = add_command(sub, "ls", help="list models and versions (home folder and bundled)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=_ls)
+
+    show = add_command(sub, "show", help="print a model version's card")
+    show.add_argument("model", metavar="MODEL[:vN]", help="model name (latest version) or name:vN")
+    show.set_defaults(func=_show)
+
+    gen = add_command(subparsers, "generate", help="generate PNG images from a registry model on this machine",
+                      description="Seeds S, S+1, ..., S+N-1 give images MODEL_vK_seedSSSSSSSSSS.png (and manifest.jsonl); the same model, version, seed and psi always give the same pixels.")
+    gen.add_argument("model", metavar="MODEL[:vN]", help="model name (latest version) or name:vN")
+    gen.add_argument("--count", type=int, default=1, help="number of images (default 1)")
+    gen.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    gen.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    gen.add_argument("--psi", type=float, default=1.0, help="truncation psi (default 1: plain samples)")
+    gen.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bit depth (default 8)")
+    gen.add_argument("--batch", type=int, default=32, help="images per forward pass (does not change the pixels)")
+    gen.add_argument("--device", help="auto, cpu, cuda or cuda:N (default inference.device)")
+    gen.set_defaults(func=_generate)
+
+
+def _registry(cfg: Any):
+    from models.registry import Registry
+
+    return Registry.with_bundled(home_from(cfg).models_dir)
+
+
+def _export(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    home = home_from(cfg)
+    from models.registry import RegistryError
+    from models.train.checkpoint import CheckpointError
+    from models.train.export import export_run
+    from models.train.recipe import RecipeError
+    from models.train.rundir import RunError, resolve_run
+
+    extra: dict[str, Any] = {}
+    if args.card:
+        try:
+            extra = json.loads(Path(args.card).read_text())
+        except OSError as exc:
+            raise CommandError(f"cannot read --card {args.card}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise CommandError(f"--card {args.card} is not valid JSON: {exc}") from None
+        if not isinstance(extra, dict):
+            raise CommandError(f"--card {args.card} must hold a JSON object")
+    if args.description:
+        extra["description"] = args.description
+    try:
+        run = resolve_run(home.runs_dir, args.run)
+        mv = export_run(run, _registry(cfg), args.name, checkpoint=args.checkpoint, half=args.fp16, extra=extra)
+    except (RunError, CheckpointError, RegistryError, RecipeError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    get_logger("models").info("model_exported", model=mv.ref, path=str(mv.path), run=run.name)
+    size = (mv.path / "generator.safetensors").stat().st_size
+    print(f"exported {mv.ref} to {mv.path} ({size / 2**20:.1f} MiB, {mv.card.get('weights_dtype')})")
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    from models.registry import RegistryError, describe
+
+    reg = _registry(cfg)
+    rows = []
+    try:
+        for name in reg.names():
+            rows.extend(describe(reg.versions(name)))
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    if not rows:
+        print(f"no models in {home_from(cfg).models_dir} (export one with `synthpacs models export RUN --name NAME`)")
+        return 0
+    header = ("MODEL", "ARCH", "RES", "DATASET", "PATH")
+    table = [(r["model"], str(r["architecture"]), str(r["resolution"] or ""), str(r["dataset"] or ""), r["path"] + (f"  [unusable: {r['error']}]" if r.get("error") else "")) for r in rows]
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(4)]
+    for row in [header, *table]:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    from models.registry import RegistryError
+
+    try:
+        mv = _registry(cfg).resolve(args.model)
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    if "error" in mv.card:
+        raise CommandError(mv.card["error"])
+    print(json.dumps({"model": mv.ref, "path": str(mv.path), **mv.card}, indent=2, sort_keys=True))
+    return 0
+
+
+def _check_generate_args(args: argparse.Namespace) -> None:
+    if args.count < 1:
+        raise CommandError(f"--count must be at least 1, not {args.count}")
+    if not 0 <= args.seed or args.seed + args.count - 1 > MAX_SEED:
+        raise CommandError(f"seeds {args.seed}..{args.seed + args.count - 1} must lie in 0..{MAX_SEED}")
+    if not math.isfinite(args.psi) or args.psi < 0:
+        raise CommandError(f"--psi must be a finite number >= 0, not {args.psi}")
+    if args.batch < 1:
+        raise CommandError(f"--batch must be at least 1, not {args.batch}")
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"--out {args.out} exists and is not a folder")
+
+
+def file_name(name: str, version: int, seed: int, psi: float) -> str:
+    """The image file for one seed; psi appears in the name when it is not 1."""
+    stem = f"{name}_v{version}_seed{seed:010d}"
+    if psi != 1.0:
+        stem += f"_psi{psi:g}"
+    return stem + ".png"
+
+
+def _generate(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    _check_generate_args(args)
+    import torch
+    from PIL import Image
+
+    from models.registry import RegistryError
+    from models.sampling import latents, to_uint
+    from models.train.runner import TrainError, pick_device
+
+    try:
+        device = pick_device(args.device or cfg.inference.device)
+    except TrainError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        G, mv = _registry(cfg).load(args.model, device=device)
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(args.seed, args.seed + args.count))
+    written = 0
+    with open(args.out / "manifest.jsonl", "a") as manifest:
+        for i in range(0, len(seeds), args.batch):
+            chunk = seeds[i : i + args.batch]
+            with torch.no_grad():
+                pixels = to_uint(G(latents(chunk, G.z_dim, device=device), psi=args.psi), args.bits)
+            for seed, img in zip(chunk, pixels):
+                name = file_name(mv.name, mv.version, seed, args.psi)
+                path = args.out / name
+                tmp = path.with_name(f".{name}.part")
+                # One channel is a grayscale PNG; a uint16 plane becomes Pillow "I;16", a 16-bit PNG.
+                plane = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
+                Image.fromarray(plane).save(tmp, format="PNG")
+                os.replace(tmp, path)
+                row = {"file": name, "model": mv.ref, "seed": seed, "truncation_psi": args.psi, "bits": args.bits,
+                       "width": int(img.shape[-1]), "height": int(img.shape[-2]), "channels": int(img.shape[0]),
+                       "pixels_sha256": hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()}
+                manifest.write(json.dumps(row) + "\n")
+                written += 1
+    print(f"wrote {written} image(s) from {mv.ref} to {args.out}", file=sys.stderr)
+    return 0
