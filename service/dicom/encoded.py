@@ -127,7 +127,16 @@ def _complete(ds: Dataset, tsyntax: UID) -> EncodedInstance:
     return EncodedInstance(ds, tsyntax, pixel_length=pixel_length, complete=True)
 
 
+def _check_lengths(ds: Dataset) -> None:
+    """pydicom keeps a value cut short by the end of the data without a word: refuse it here."""
+    for tag in ds.keys():
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED and len(elem.value or b"") < elem.length:
+            raise EncodingError(f"the dataset is truncated inside element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+
+
 def _split(ds: Dataset, tsyntax: UID, data: bytes | memoryview, offset: int) -> EncodedInstance:
+    _check_lengths(ds)
     view = memoryview(data)
     if offset >= len(view):
         return EncodedInstance(ds, tsyntax)

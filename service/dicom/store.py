@@ -43,6 +43,7 @@ from service.config import Config
 from service.dicom import status
 from service.dicom.encoded import (
     DATASET_TRAILING_PADDING,
+    PIXEL_TAGS,
     EncodedInstance,
     EncodingError,
     encode_dataset,
@@ -448,9 +449,11 @@ class Store:
                 f"the header claims a {rows} x {cols} image; the store accepts at most {self.cfg.store.max_pixels} "
                 "pixels per frame (store.max_pixels)",
             )
-        has_pixels = enc.pixel_element is not None or (enc.complete and "PixelData" in ds)
+        has_pixels = enc.pixel_element is not None or (enc.complete and any(t in ds for t in PIXEL_TAGS))
         if not has_pixels:
-            return
+            # Rows and Columns describe an image whose pixels are Type 1 (PS3.3 C.7.6.3): a dataset
+            # that ends before them was cut short, whatever its header says.
+            raise StoreError(status.CANNOT_UNDERSTAND, "no_pixel_data", "the header describes an image but the dataset holds no Pixel Data")
         if enc.transfer_syntax.is_encapsulated:
             if enc.pixel_element is not None and enc.fragments < 1:
                 raise StoreError(status.CANNOT_UNDERSTAND, "pixel_data_empty", "encapsulated Pixel Data holds no fragment")

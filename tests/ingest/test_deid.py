@@ -1,0 +1,204 @@
+"""De-identification (PS3.15 Annex E Basic Profile with retain options): what goes, what stays, what is marked."""
+
+from __future__ import annotations
+
+import copy
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from service.config import DeidConfig
+from service.data.phantom import phantom_dataset
+from service.dicom.deid import _TABLE, RETAINED_FOR_TRAINING, Deidentifier, coarse_age
+from service.dicom.store import Store
+from service.dicom.uids import is_valid_uid
+from tests.helpers import make_config
+from tests.ingest.util import PHI, part10, with_phi
+
+
+@pytest.fixture
+def deid() -> Deidentifier:
+    return Deidentifier(b"secret-one")
+
+
+def _phi_dataset(**kwargs) -> Dataset:
+    ds = with_phi(phantom_dataset(16, 16, **kwargs))
+    ds.add_new(0x00091010, "LO", "private vendor note DOE")  # a private element
+    ds.add_new(0x00090010, "LO", "ACME")
+    person = Dataset()
+    person.PersonName = "WATSON^JOHN"
+    person.CodeMeaning = "kept"
+    ds.ContentSequence = Sequence([person])
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ref.ReferencedSOPInstanceUID = "1.2.3.4.5.6.7"
+    ref.ScheduledPerformingPhysicianName = "GREY^MEREDITH"
+    ds.ReferencedImageSequence = Sequence([ref])
+    ds.add_new(0x60000010, "US", 16)  # Overlay Rows, group 6000
+    ds.add_new(0x60004000, "LT", "DOE JANE overlay")  # Overlay Comments
+    ds.add_new(0x60003000, "OW", b"\x00" * 32)
+    ds.ImageComments = "patient DOE fell"
+    ds.StationName = "XR-ROOM-3"
+    ds.DeviceSerialNumber = "SN-12345"
+    return ds
+
+
+def test_every_table_keyword_is_in_the_dictionary():
+    Deidentifier(b"k")  # resolves every keyword of the table, or raises KeyError naming it
+    assert len(_TABLE) > 150
+
+
+def test_identifying_attributes_are_gone(deid):
+    ds, exclusion = deid(_phi_dataset())
+    encoded = part10(ds)
+    for value in list(PHI.values()) + ["WATSON", "GREY^MEREDITH", "XR-ROOM-3", "SN-12345", "DOE fell", "vendor note"]:
+        assert value.encode() not in encoded, value
+    assert exclusion == ""
+    assert not any(elem.tag.is_private for elem in ds)
+    assert not any(0x6000 <= elem.tag.group <= 0x60FF for elem in ds)
+    assert ds.PatientBirthDate == "" and ds.AccessionNumber == ""
+    assert "ImageComments" not in ds and "InstitutionName" not in ds and "ContentSequence" not in ds
+
+
+def test_marks_and_method_codes(deid):
+    ds, _ = deid(_phi_dataset())
+    assert ds.PatientIdentityRemoved == "YES"
+    codes = [(c.CodeValue, c.CodingSchemeDesignator) for c in ds.DeidentificationMethodCodeSequence]
+    assert codes == [("113100", "DCM"), ("113107", "DCM"), ("113108", "DCM")]
+    assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
+    assert "Basic Profile" in ds.DeidentificationMethod
+
+
+def test_options_change_codes_and_actions():
+    d = Deidentifier(b"k", DeidConfig(retain_longitudinal_dates=True, retain_device_identity=True, retain_patient_characteristics=False))
+    ds, _ = d(_phi_dataset())
+    codes = [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113106", "113109"]
+    assert ds.StudyDate == "20240102" and ds.LongitudinalTemporalInformationModified == "UNMODIFIED"
+    assert ds.StationName == "XR-ROOM-3" and ds.DeviceSerialNumber == "SN-12345"
+    assert "PatientAge" not in ds and ds.PatientSex == ""
+
+
+def test_training_attributes_are_kept(deid):
+    original = _phi_dataset()
+    kept = {kw: original.get(kw) for kw in RETAINED_FOR_TRAINING if kw in original}
+    ds, _ = deid(_phi_dataset())
+    for keyword, value in kept.items():
+        assert ds.get(keyword) == value, keyword
+    assert ds.PatientSex == "O" and ds.PatientAge == "055Y"
+    assert ds.PixelData == original.PixelData
+
+
+def test_uids_are_remapped_consistently_and_class_uids_kept(deid):
+    a = _phi_dataset()
+    b = _phi_dataset(study_uid=a.StudyInstanceUID, series_uid=a.SeriesInstanceUID)
+    da, _ = deid(copy.deepcopy(a))
+    db, _ = deid(copy.deepcopy(b))
+    assert da.StudyInstanceUID == db.StudyInstanceUID != a.StudyInstanceUID
+    assert da.SeriesInstanceUID == db.SeriesInstanceUID
+    assert da.SOPInstanceUID != db.SOPInstanceUID
+    assert da.SOPClassUID == a.SOPClassUID
+    ref = da.ReferencedImageSequence[0]
+    assert ref.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.1"
+    assert ref.ReferencedSOPInstanceUID == deid.remap_uid("1.2.3.4.5.6.7")
+    assert "ScheduledPerformingPhysicianName" not in ref
+    assert all(is_valid_uid(str(u)) for u in (da.StudyInstanceUID, da.SeriesInstanceUID, da.SOPInstanceUID))
+    other = Deidentifier(b"secret-two")
+    assert other.remap_uid(str(a.StudyInstanceUID)) != da.StudyInstanceUID
+
+
+def test_one_patient_one_pseudonym_across_studies(deid):
+    first, _ = deid(_phi_dataset(seed=1))
+    second, _ = deid(_phi_dataset(seed=2))  # another study of the same patient
+    other = _phi_dataset()
+    other.PatientID = "SOMEONE-ELSE"
+    stranger, _ = deid(other)
+    assert first.PatientID == second.PatientID == deid.pseudonym(PHI["PatientID"])
+    assert first.PatientName == second.PatientName
+    assert first.PatientID.startswith("ANON-") and "SYN" not in first.PatientID
+    assert stranger.PatientID != first.PatientID
+
+
+def test_dates_shift_by_one_offset_per_patient(deid):
+    ds = _phi_dataset()
+    ds.AcquisitionDate = "20240105"
+    ds.AcquisitionDateTime = "20240105093000.123"
+    out, _ = deid(ds)
+    import datetime as dt
+
+    study = dt.datetime.strptime(out.StudyDate, "%Y%m%d")
+    acq = dt.datetime.strptime(out.AcquisitionDate, "%Y%m%d")
+    assert (acq - study).days == 3 and out.StudyDate != "20240102"
+    assert out.AcquisitionDateTime.endswith("093000.123") and out.AcquisitionDateTime[:8] == out.AcquisitionDate
+    again, _ = deid(_phi_dataset(seed=5))
+    assert again.StudyDate == out.StudyDate
+
+
+def test_same_input_gives_the_same_bytes(deid):
+    ds = _phi_dataset()
+    assert part10(deid(copy.deepcopy(ds))[0]) == part10(deid(copy.deepcopy(ds))[0])
+
+
+def test_burned_in_annotation_is_flagged(deid):
+    ds = _phi_dataset()
+    ds.BurnedInAnnotation = "YES"
+    out, exclusion = deid(ds)
+    assert exclusion == "burned-in annotation" and out.BurnedInAnnotation == "YES"
+
+
+@pytest.mark.parametrize(
+    "age, birth, on, expected",
+    [
+        ("055Y", "", None, "055Y"), ("057Y", "", None, "055Y"), ("093Y", "", None, "090Y"), ("006M", "", None, "006M"),
+        ("003W", "", None, "000M"), ("", "20100315", "2024-03-14", "010Y"), ("", "", None, ""), ("abc", "", None, ""),
+    ],
+)
+def test_coarse_age(age, birth, on, expected):
+    import datetime as dt
+
+    day = dt.date.fromisoformat(on) if on else None
+    assert coarse_age(age, birth, day) == expected
+
+
+@pytest.mark.parametrize("name", ["RG3_UNCR.dcm", "RG1_UNCR.dcm", "RG3_J2KR.dcm"])
+def test_real_radiographs_lose_their_identity(deid, name):
+    original = pydicom.dcmread(get_testdata_file(name))
+    out, _ = deid(pydicom.dcmread(get_testdata_file(name)))
+    encoded = part10(out)
+    for keyword in ("PatientName", "PatientID", "InstitutionName", "ReferringPhysicianName", "AccessionNumber"):
+        value = str(original.get(keyword) or "")
+        if len(value) >= 4:
+            assert value.encode() not in encoded, keyword
+    assert out.Modality == original.Modality and out.BodyPartExamined == original.BodyPartExamined
+    assert out.PixelData == original.PixelData
+
+
+def test_store_deduplicates_deidentified_resends(home):
+    store = Store(make_config(home))
+    try:
+        data = part10(_phi_dataset())
+        first = store.put_bytes(data, source="cstore")
+        again = store.put_bytes(data, source="cstore")
+        assert first.outcome == "stored" and again.outcome == "identical"
+        rec = first.record
+        assert rec.patient_id.startswith("ANON-") and rec.patient_birth_date == "" and rec.accession_number == ""
+        stored = store.path_of(rec).read_bytes()
+        for value in PHI.values():
+            assert value.encode() not in stored
+    finally:
+        store.close()
+
+
+def test_synthetic_instances_are_not_deidentified(home):
+    store = Store(make_config(home))
+    try:
+        ds = phantom_dataset(16, 16, patient_name="SYNTHETIC^MODEL", patient_id="SYNTHETIC-1")
+        result = store.put(ds, source="synthetic", synthetic=True)
+        assert result.record.patient_id == "SYNTHETIC-1" and result.record.sop_instance_uid == ds.SOPInstanceUID
+        assert result.record.synthetic
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID  # the caller's object is untouched
+    finally:
+        store.close()
