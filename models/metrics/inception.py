@@ -75,7 +75,7 @@ def check_weights_file(path: str | os.PathLike[str] | None) -> Path:
     with anyone else's, so they are refused rather than used.
     """
     if not path:
-        raise InceptionWeightsError(f"FID and KID need the FID Inception weights, which are not configured: {weights_instructions()}")
+        raise InceptionWeightsError(f"FID, KID and precision/recall need the FID Inception weights, which are not configured: {weights_instructions()}")
     p = Path(path).expanduser()
     if not p.is_file():
         raise InceptionWeightsError(f"the FID Inception weights file {p} does not exist: {weights_instructions()}")

@@ -1,0 +1,308 @@
+"""Evaluate a generator (or a set of generated images) against real images: every metric in one place.
+
+Metrics (names used in ``evaluation.json``, tables and snapshot records):
+
+``fid``, ``kid``        Frechet and kernel distances on FID Inception pool3 features
+                        (:mod:`.frechet`, :mod:`.kid`); skipped, with the reason, without the weights file.
+``precision``, ``recall``  improved precision and recall, k = 3, on the same features (:mod:`.precision_recall`).
+``ssim``, ``psnr``      each generated image against its nearest (MSE) reference image, mean over the
+                        generated images (:mod:`.fidelity`).
+``diversity``           mean MS-SSIM over random pairs of generated images, and of reference images
+                        beside it (:mod:`.diversity`); lower is more diverse.
+``memorization``        fraction of generated images closer to a training image than the training set's
+                        1st percentile of its own nearest-neighbour distances, and their seeds
+                        (:mod:`.memorization`).
+
+When an in-domain TorchScript network is given, the Frechet distance, KID and precision/recall are
+also reported in its feature space under ``feature_spaces[<its name>]``.
+
+Generated images are quantized exactly as they are delivered (``models.sampling.to_uint`` to the
+reference set's bit depth) before any metric sees them, so the numbers describe what a user receives.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.metrics.diversity import pairwise_ms_ssim
+from models.metrics.features import FeatureExtractor, extract_features
+from models.metrics.fidelity import matched_fidelity
+from models.metrics.frechet import frechet_distance_features
+from models.metrics.images import batches, check_images, to_unit
+from models.metrics.kid import kernel_inception_distance
+from models.metrics.memorization import MemorizationGuard
+from models.metrics.precision_recall import precision_recall
+from models.metrics.progress import Progress, Reporter
+from models.sampling import latents, to_uint
+
+FORMAT = "synthpacs-evaluation/1"
+METRICS = ("fid", "kid", "precision_recall", "ssim_psnr", "diversity", "memorization")
+# Which metrics need feature networks (the others run on pixels alone).
+FEATURE_METRICS = ("fid", "kid", "precision_recall")
+
+DEFINITIONS = {
+    "fid": "Frechet distance between Gaussians fitted to FID Inception pool3 features (pytorch-fid weights and preprocessing) of the reference and generated images (Heusel et al. 2017, eq. 6), float64",
+    "kid": "unbiased squared MMD with kernel (x.y/d + 1)^3 on the same features, mean (and std) over random subsets (Binkowski et al. 2018, §4)",
+    "precision_recall": "improved precision and recall with k = 3 nearest-neighbour manifolds on the same features (Kynkaanniemi et al. 2019)",
+    "ssim": "mean over generated images of SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 1) against the reference image nearest in MSE",
+    "psnr": "mean over generated images of 10 log10(1 / MSE) in dB against the reference image nearest in MSE (images in [0, 1]; identical pairs capped at 100 dB)",
+    "diversity": "mean MS-SSIM (Wang et al. 2003; scales that fit the image size) over random pairs of generated images; the same for reference images as 'diversity_real'; lower is more diverse",
+    "memorization": "fraction of generated images whose nearest training image (32x32 standardized pixels, or HOG) is at or below the training set's 1st percentile of its own nearest-neighbour distances",
+}
+
+
+@dataclass
+class EvaluationSettings:
+    """What to compute and how much of it."""
+
+    metrics: tuple[str, ...] = METRICS
+    n: int = 5000
+    seed_start: int = 0
+    psi: float = 1.0
+    batch_size: int = 32
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    pr_k: int = 3
+    diversity_pairs: int = 1000
+    memorization_percentile: float = 1.0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+        if self.n < 2:
+            raise ValueError(f"at least 2 generated images are needed, got n={self.n}")
+        if self.seed_start < 0 or self.seed_start + self.n - 1 > 2**32 - 1:
+            raise ValueError("seeds must lie in 0..2**32-1")
+        if not np.isfinite(self.psi) or self.psi < 0:
+            raise ValueError(f"psi must be a finite number >= 0, got {self.psi}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.diversity_pairs < 1 or self.kid_subsets < 1 or self.kid_subset_size < 2 or self.pr_k < 1:
+            raise ValueError("diversity_pairs, kid_subsets and pr_k must be at least 1, kid_subset_size at least 2")
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.seed_start, self.seed_start + self.n))
+
+
+def parse_metrics(text: str | Iterable[str]) -> tuple[str, ...]:
+    """``"fid,kid,ssim_psnr"`` or ``"all"`` -> a validated tuple (aliases: ``pr``, ``ssim``, ``psnr``)."""
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    alias = {"pr": "precision_recall", "precision": "precision_recall", "recall": "precision_recall", "ssim": "ssim_psnr", "psnr": "ssim_psnr"}
+    out: list[str] = []
+    for item in items:
+        if item == "all":
+            out.extend(METRICS)
+            continue
+        name = alias.get(item, item)
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {item!r}; known: all, {', '.join(METRICS)} (aliases pr, ssim, psnr)")
+        out.append(name)
+    if not out:
+        raise ValueError("no metrics named")
+    return tuple(dict.fromkeys(out))
+
+
+def generate_images(G: torch.nn.Module, seeds: Sequence[int], psi: float = 1.0, batch_size: int = 32, bits: int = 8, progress: Reporter | None = None) -> tuple[np.ndarray, float]:
+    """Images (N, H, W) of ``bits`` for the given seeds (models.sampling conventions) and images/s.
+
+    Runs on the device G is on, in eval mode, and puts G back in the mode it was in (the training
+    runner hands its live networks to snapshot metrics). Multi-channel output (a 3-channel StyleGAN)
+    is averaged to gray, as the datasets are grayscale.
+    """
+    try:
+        device = next(G.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    was_training = G.training
+    G.eval()
+    out: list[np.ndarray] = []
+    p = Progress("generating", len(seeds), progress)
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for start, stop in batches(len(seeds), batch_size):
+                img = G(latents(seeds[start:stop], G.z_dim, device=device), psi=psi)
+                if img.shape[1] > 1:
+                    img = img.mean(1, keepdim=True)
+                out.append(to_uint(img, bits=bits)[:, 0])
+                p.update(stop - start)
+    finally:
+        G.train(was_training)
+    elapsed = time.perf_counter() - started
+    return np.concatenate(out), (len(seeds) / elapsed if elapsed > 0 else 0.0)
+
+
+def resize_images(images, size: int, batch: int = 256) -> np.ndarray:
+    """Float32 (N, size, size) in [0, 1], antialiased bilinear (for comparing sets of different sizes)."""
+    images = check_images(images)
+    out = []
+    for start, stop in batches(images.shape[0], batch):
+        x = to_unit(images[start:stop])
+        out.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)[:, 0].numpy())
+    return np.concatenate(out)
+
+
+def _cache_name(key: str, extractor: FeatureExtractor) -> str:
+    tag = str(getattr(extractor, "cache_key", extractor.name))
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{key}-{tag}") + ".npy"
+
+
+class MemoryFeatureCache:
+    """The same interface in memory: snapshot metrics reuse the reference features across snapshots."""
+
+    def __init__(self) -> None:
+        self._store: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, extractor: FeatureExtractor) -> np.ndarray | None:
+        return self._store.get(_cache_name(key, extractor))
+
+    def put(self, key: str, extractor: FeatureExtractor, features: np.ndarray) -> None:
+        self._store[_cache_name(key, extractor)] = features
+
+
+@dataclass
+class FeatureCache:
+    """Reference-set features kept on disk by (dataset content hash, feature network), so a second
+    evaluation against the same dataset does not run the network over it again."""
+
+    folder: Path
+
+    def get(self, key: str, extractor: FeatureExtractor) -> np.ndarray | None:
+        path = self.folder / _cache_name(key, extractor)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+
+    def put(self, key: str, extractor: FeatureExtractor, features: np.ndarray) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / _cache_name(key, extractor)
+        tmp = path.with_suffix(f".tmp{time.monotonic_ns()}.npy")
+        np.save(tmp, features)
+        tmp.replace(path)
+
+
+@dataclass
+class Inputs:
+    """The image sets of one evaluation."""
+
+    reference: Any  # (N, H, W) real images the distribution metrics compare with
+    training: Any | None = None  # (N, H, W) training images for the memorization check
+    reference_key: str = ""  # content hash of the reference set, for the feature cache
+    extractors: list[FeatureExtractor] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it cannot run (e.g. no weights)
+    cache: FeatureCache | MemoryFeatureCache | None = None
+    guard: MemorizationGuard | None = None  # prebuilt guard (else built from ``training``)
+
+
+def evaluate_images(fake: np.ndarray, inputs: Inputs, settings: EvaluationSettings, seeds: Sequence[int] | None = None, progress: Reporter | None = None) -> dict[str, Any]:
+    """Every requested metric for generated images ``fake`` ((N, H, W) uint8/uint16) -> a JSON-ready dict."""
+    fake = check_images(fake, "generated images")
+    reference = check_images(inputs.reference, "reference images")
+    seeds = list(seeds) if seeds is not None else list(range(fake.shape[0]))
+    wanted = set(settings.metrics)
+    metrics: dict[str, Any] = {}
+    spaces: dict[str, dict[str, Any]] = {}
+    skipped = {m: msg for m, msg in inputs.skipped.items() if m in wanted}
+    timings: dict[str, float] = {}
+    out: dict[str, Any] = {"format": FORMAT, "metrics": metrics, "feature_spaces": spaces, "skipped": skipped, "timings_s": timings}
+
+    feature_metrics = wanted & set(FEATURE_METRICS)
+    for extractor in inputs.extractors if feature_metrics else []:
+        t = time.perf_counter()
+        real_f = inputs.cache.get(inputs.reference_key, extractor) if inputs.cache and inputs.reference_key else None
+        if real_f is None or real_f.shape[0] != reference.shape[0]:
+            real_f = extract_features(extractor, reference, settings.batch_size, progress, f"{extractor.name} features of the reference set")
+            if inputs.cache and inputs.reference_key:
+                inputs.cache.put(inputs.reference_key, extractor, real_f)
+        fake_f = extract_features(extractor, fake, settings.batch_size, progress, f"{extractor.name} features of the generated set")
+        space: dict[str, Any] = {"dim": int(real_f.shape[1]), "n_reference": int(real_f.shape[0]), "n_generated": int(fake_f.shape[0])}
+        if "fid" in wanted:
+            space["frechet_distance"] = frechet_distance_features(real_f, fake_f)
+            if min(real_f.shape[0], fake_f.shape[0]) <= real_f.shape[1]:
+                space["note"] = f"fewer images than feature dimensions ({real_f.shape[1]}): the covariance is singular and the Frechet distance is biased upward; compare only numbers computed with the same counts"
+        if "kid" in wanted:
+            space["kid"], space["kid_std"] = kernel_inception_distance(real_f, fake_f, settings.kid_subsets, settings.kid_subset_size)
+            space["kid_subset_size"] = int(min(settings.kid_subset_size, real_f.shape[0], fake_f.shape[0]))
+        if "precision_recall" in wanted:
+            if min(real_f.shape[0], fake_f.shape[0]) > settings.pr_k:
+                space["precision"], space["recall"] = precision_recall(real_f, fake_f, settings.pr_k)
+                space["k"] = settings.pr_k
+            else:
+                skipped["precision_recall"] = f"precision/recall with k={settings.pr_k} needs more than {settings.pr_k} images in each set"
+        spaces[extractor.name] = space
+        timings[f"features_{extractor.name}"] = time.perf_counter() - t
+        if extractor.name == "inception":
+            for src, dst in (("frechet_distance", "fid"), ("kid", "kid"), ("kid_std", "kid_std"), ("precision", "precision"), ("recall", "recall")):
+                if src in space:
+                    metrics[dst] = space[src]
+    if feature_metrics and not inputs.extractors:
+        for m in feature_metrics:
+            skipped.setdefault(m, "no feature network is available")
+
+    if "ssim_psnr" in wanted:
+        t = time.perf_counter()
+        ref = reference
+        if tuple(reference.shape[1:]) != tuple(fake.shape[1:]):
+            ref = resize_images(reference, fake.shape[1])
+            out["reference_resized_to"] = int(fake.shape[1])
+        fid = matched_fidelity(fake, ref, device=settings.device)
+        metrics.update(fid.summary())
+        timings["ssim_psnr"] = time.perf_counter() - t
+
+    if "diversity" in wanted:
+        t = time.perf_counter()
+        d = pairwise_ms_ssim(fake, settings.diversity_pairs, device=settings.device)
+        r = pairwise_ms_ssim(reference, settings.diversity_pairs, device=settings.device) if reference.shape[0] >= 2 else None
+        metrics["diversity"] = d["mean"]
+        out["diversity"] = {"generated": d, "reference": r}
+        if r is not None:
+            metrics["diversity_real"] = r["mean"]
+        timings["diversity"] = time.perf_counter() - t
+
+    if "memorization" in wanted:
+        t = time.perf_counter()
+        guard = inputs.guard
+        if guard is None and inputs.training is not None:
+            guard = MemorizationGuard(inputs.training, percentile=settings.memorization_percentile, device=settings.device)
+        if guard is None:
+            skipped["memorization"] = "no training images were given"
+        else:
+            report = guard.check(fake)
+            out["memorization"] = report.to_dict(seeds=seeds)
+            out["memorization"]["guard"] = guard.describe()
+            metrics["memorization"] = report.fraction
+            metrics["near_copies"] = len(report.offending)
+        timings["memorization"] = time.perf_counter() - t
+    return out
+
+
+def evaluate_generator(G: torch.nn.Module, inputs: Inputs, settings: EvaluationSettings, progress: Reporter | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Generate ``settings.n`` images from seeds ``seed_start..`` and evaluate them; returns (results, images)."""
+    reference = check_images(inputs.reference, "reference images")
+    bits = 16 if reference.dtype in (np.uint16, torch.uint16) else 8
+    fake, rate = generate_images(G, settings.seeds, settings.psi, settings.batch_size, bits, progress)
+    results = evaluate_images(fake, inputs, settings, settings.seeds, progress)
+    results["generated"] = {
+        "count": int(fake.shape[0]),
+        "seeds": [settings.seed_start, settings.seed_start + settings.n - 1],
+        "psi": settings.psi,
+        "resolution": int(fake.shape[1]),
+        "dtype": str(fake.dtype),
+        "images_per_s": rate,
+        "device": str(next(iter(G.parameters()), torch.empty(0)).device),
+    }
+    results["metrics"]["generation_images_per_s"] = rate
+    return results, fake
+
