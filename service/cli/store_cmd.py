@@ -10,6 +10,7 @@ from typing import Any
 
 from service.cli.common import CommandError, add_command, config_from_args, home_from
 from service.dicom.index import Index
+from service.logs import configure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,8 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # -- store ------------------------------------------------------------------------------------------
 
 
-def _open_index(args: argparse.Namespace) -> Index:
+def _config(args: argparse.Namespace):
+    """The configuration; these commands print their results on stdout, so their log lines go to stderr."""
     cfg = config_from_args(args)
+    configure(cfg.log.level, cfg.log.format, stream=sys.stderr)
+    return cfg
+
+
+def _open_index(args: argparse.Namespace) -> Index:
+    cfg = _config(args)
     home = home_from(cfg)
     if not home.index_path.exists():
         raise CommandError(f"no store at {home.store_dir} (nothing received yet, or --home / SYNTHPACS_HOME points elsewhere)")
@@ -160,7 +168,7 @@ def _rows(index: Index, level: str, where: str, params: tuple, limit: int) -> li
 def _verify(args: argparse.Namespace) -> int:
     from service.dicom.store import Store
 
-    cfg = config_from_args(args)
+    cfg = _config(args)
     store = Store(cfg, home_from(cfg))
     try:
         report = store.verify(repair=args.repair, progress=_progress_printer("verify", quiet=args.json))
@@ -188,7 +196,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
-    cfg = config_from_args(args)
+    cfg = _config(args)
     store = Store(cfg, home_from(cfg))
     try:
         try:
@@ -250,7 +258,7 @@ def _status_line(text: str, final: bool) -> None:
 def _echo(args: argparse.Namespace) -> int:
     from service.dicom.echo import EchoError, echo
 
-    cfg = config_from_args(args)
+    cfg = _config(args)
     # Our message says what failed; pynetdicom's own error lines would repeat it on stderr.
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     calling = args.calling_aet or cfg.dicom.ae_title

@@ -39,6 +39,14 @@ def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SY
         socket.getaddrinfo(host, port)
     except socket.gaierror:
         raise EchoError(f"cannot resolve host {host!r}") from None
+    # TCP first, so that "nothing listens there" is told apart from "it listens but refuses us".
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except ConnectionRefusedError:
+        raise EchoError(f"connection refused: nothing listens on {host}:{port}") from None
+    except OSError as exc:
+        raise EchoError(f"cannot connect to {host}:{port} ({exc.strerror or 'timed out'} after {timeout:g} s)") from None
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -51,7 +59,7 @@ def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SY
         if assoc.is_rejected:
             reason = _reject_reason(answers)
             raise EchoError(f"{called_ae}@{host}:{port} rejected the association: {reason}")
-        if assoc.is_aborted:
+        if assoc.is_aborted and answers:
             raise EchoError(f"{called_ae}@{host}:{port} aborted the association (check the called AE title and its peer list)")
         if not assoc.is_established:
             raise EchoError(f"no association with {host}:{port}: connection refused or timed out after {timeout:g} s")
