@@ -16,6 +16,9 @@ from service.cli import main
 from service.cli import evaluate as ev
 from tests.metrics.conftest import export_dcgan, golden_weights_file, make_dataset
 
+# TorchScript is what hospitals export today; torch 2.13 marks it deprecated in favour of torch.export.
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")
+
 FAST = ["--metrics", "ssim_psnr,diversity,memorization", "--n", "8", "--diversity-pairs", "24"]
 
 
