@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import hmac
+import io
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -46,6 +47,9 @@ from typing import Iterable
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
@@ -224,6 +228,7 @@ class Deidentifier:
         self._birth = frozenset(_tags(_BIRTH))
         self._patient_id_tags = tuple(_tags(("PatientName", "PatientID")))
         self._codes = self._method_codes()
+        self._raw_marks: dict[tuple[bool, bool], list] = {}
 
     @classmethod
     def from_config(cls, cfg: Config, home: Home) -> "Deidentifier":
@@ -349,10 +354,11 @@ class Deidentifier:
             codes.append(CODE_RETAIN_DEVICE_IDENTITY)
         return codes
 
-    def _mark(self, ds: Dataset) -> None:
+    def _marks(self) -> Dataset:
         """PatientIdentityRemoved, the method text and codes, temporal flag (PS3.3 C.7.1.1 and C.12.1)."""
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "synthpacs PS3.15 E.1-1 Basic Profile" + (
+        marks = Dataset()
+        marks.PatientIdentityRemoved = "YES"
+        marks.DeidentificationMethod = "synthpacs PS3.15 E.1-1 Basic Profile" + (
             " + dates kept" if self.cfg.retain_longitudinal_dates else " + dates shifted"
         )
         items = []
@@ -362,8 +368,27 @@ class Deidentifier:
             item.CodingSchemeDesignator = "DCM"
             item.CodeMeaning = meaning
             items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
-        ds.LongitudinalTemporalInformationModified = "UNMODIFIED" if self.cfg.retain_longitudinal_dates else "MODIFIED"
+        marks.DeidentificationMethodCodeSequence = Sequence(items)
+        marks.LongitudinalTemporalInformationModified = "UNMODIFIED" if self.cfg.retain_longitudinal_dates else "MODIFIED"
+        return marks
+
+    def _mark(self, ds: Dataset) -> None:
+        # The marks are the same for every instance: encoded once per encoding and added as raw
+        # elements, which the store's writer copies instead of encoding a sequence each time.
+        encoding = getattr(ds, "original_encoding", (None, None))
+        if None in encoding:
+            for elem in self._marks():
+                ds[elem.tag] = elem
+            return
+        raw = self._raw_marks.get(encoding)
+        if raw is None:
+            fp = DicomBytesIO()
+            fp.is_implicit_VR, fp.is_little_endian = encoding
+            write_dataset(fp, self._marks())
+            parsed = read_dataset(io.BytesIO(fp.getvalue()), *encoding)
+            raw = self._raw_marks[encoding] = [parsed.get_item(tag) for tag in parsed.keys()]
+        for elem in raw:
+            ds[elem.tag] = elem
 
     @staticmethod
     def _exclusion(ds: Dataset) -> str:
