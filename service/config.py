@@ -108,6 +108,8 @@ class DatasetConfig:
     window: str = "header"
     # Multi-frame images: "refuse" (skipped, with the reason in the build report) or "first" frame.
     multiframe: str = "refuse"
+    # Anti-aliased resampling filter: "bicubic" (Clean-FID's choice) or "lanczos" (sharper, slower).
+    resample: str = "bicubic"
     # Modalities a build takes when --modality is not given (empty: every modality).
     modalities: tuple[str, ...] = ("CR", "DX")
     workers: int = 0  # 0: every core
