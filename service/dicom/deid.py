@@ -44,8 +44,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -175,9 +175,12 @@ CODE_RETAIN_PATIENT_CHARACTERISTICS = ("113108", "Retain Patient Characteristics
 CODE_RETAIN_DEVICE_IDENTITY = ("113109", "Retain Device Identity Option")
 
 _DUMMY_BY_VR = {"PN": "ANONYMOUS", "DS": "0", "IS": "0", "UI": "", "DA": "", "DT": "", "TM": ""}
+_DT_REST_RE = re.compile(r"^[0-9.+-]*$")
 _AGE_RE = re.compile(r"^(\d{3})([DWMY])$")
 _GROUP_LENGTH = 0x0000
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_PATIENT_NAME, _PATIENT_ID, _PATIENT_BIRTH_DATE, _PATIENT_SEX, _PATIENT_AGE = 0x00100010, 0x00100020, 0x00100030, 0x00100040, 0x00101010
 
 # Pseudonyms say what they are; the prefix avoids "SYN" (synthetic patients, DESIGN.md).
 PSEUDONYM_ID_PREFIX = "ANON-"
@@ -270,7 +273,9 @@ class Deidentifier:
         shift = -(1 + int(self._keyed("dateshift", identity)[:8], 16) % 3652)
         age = ""
         if self.cfg.retain_patient_characteristics:
-            age = coarse_age(_str(ds.get("PatientAge")), _str(ds.get("PatientBirthDate")), _reference_date(ds), self.cfg.age_bin_years)
+            given = _str(ds.get("PatientAge"))
+            on = None if _AGE_RE.match(given) else _reference_date(ds)
+            age = coarse_age(given, _str(ds.get("PatientBirthDate")), on, self.cfg.age_bin_years)
         return _Patient(token, shift, age)
 
     def _clean(self, ds: Dataset, patient: _Patient) -> None:
@@ -310,40 +315,43 @@ class Deidentifier:
             if action == "X" or (action == "D" and vr == "SQ"):
                 del ds[tag]
             elif action == "Z":
-                ds[tag] = DataElement(tag, vr, Sequence([]) if vr == "SQ" else _empty_value(vr))
+                if vr == "SQ":
+                    ds[tag] = DataElement(tag, vr, Sequence([]))
+                else:
+                    _set(ds, tag, vr, [] if vr not in _TEXT_VRS else [""])
             elif action == "D":
-                ds[tag] = DataElement(tag, vr, _DUMMY_BY_VR.get(vr, "ANONYMIZED"))
+                _set(ds, tag, vr, [_DUMMY_BY_VR.get(vr, "ANONYMIZED")])
             elif action == "U":
-                self._remap(ds[tag])
+                self._remap(ds, tag, vr)
             elif action == "C":
                 if vr in ("DA", "DT"):
-                    _shift_dates(ds[tag], patient.day_shift)
+                    _set(ds, tag, vr, [_shift(v, vr, patient.day_shift) for v in _values(ds, tag)])
                 else:
                     del ds[tag]
 
-    def _remap(self, elem: DataElement) -> None:
-        if elem.VR != "UI" or elem.value in (None, ""):
+    def _remap(self, ds: Dataset, tag: BaseTag, vr: str) -> None:
+        if vr != "UI":
             return
-        keyword = elem.keyword or ""
+        keyword = keyword_for_tag(tag) or ""
         if _KEPT_UID_KEYWORD.search(keyword):
             return
-        values = list(elem.value) if isinstance(elem.value, (MultiValue, list, tuple)) else [elem.value]
-        new = [v if (not v or str(v).startswith(_STANDARD_UID_ROOT)) else self.remap_uid(str(v)) for v in values]
-        elem.value = new if len(new) > 1 else new[0]
+        values = _values(ds, tag)
+        if not any(values):
+            return
+        _set(ds, tag, vr, [v if (not v or v.startswith(_STANDARD_UID_ROOT)) else self.remap_uid(v) for v in values])
 
     def _pseudonymize(self, ds: Dataset, patient: _Patient) -> None:
-        pid = PSEUDONYM_ID_PREFIX + patient.token[:16].upper()
-        ds.PatientID = pid
-        ds.PatientName = f"{PSEUDONYM_NAME_FAMILY}^{patient.token[:8].upper()}"
+        _set(ds, _PATIENT_ID, "LO", [PSEUDONYM_ID_PREFIX + patient.token[:16].upper()])
+        _set(ds, _PATIENT_NAME, "PN", [f"{PSEUDONYM_NAME_FAMILY}^{patient.token[:8].upper()}"])
         if self.cfg.retain_patient_characteristics:
             if patient.age:
-                ds.PatientAge = patient.age
-            elif "PatientAge" in ds:
-                del ds.PatientAge
-        if "PatientBirthDate" not in ds:
-            ds.PatientBirthDate = ""  # Type 2 in the Patient Module (PS3.3 C.7.1.1)
-        if "PatientSex" not in ds:
-            ds.PatientSex = ""
+                _set(ds, _PATIENT_AGE, "AS", [patient.age])
+            elif _PATIENT_AGE in ds:
+                del ds[_PATIENT_AGE]
+        if _PATIENT_BIRTH_DATE not in ds:
+            _set(ds, _PATIENT_BIRTH_DATE, "DA", [""])  # Type 2 in the Patient Module (PS3.3 C.7.1.1)
+        if _PATIENT_SEX not in ds:
+            _set(ds, _PATIENT_SEX, "CS", [""])
 
     def _method_codes(self) -> list[tuple[str, str]]:
         codes = [CODE_BASIC_PROFILE]
@@ -408,37 +416,60 @@ def _str(value: object) -> str:
     return str(value).strip() if value is not None else ""
 
 
-def _empty_value(vr: str) -> object:
-    if vr in ("US", "SS", "UL", "SL", "FL", "FD", "AT", "UV", "SV", "OB", "OW", "OF", "OD", "OL", "OV", "UN"):
-        return None
-    return ""
+def _values(ds: Dataset, tag: BaseTag) -> list[str]:
+    """The text values of a string element, read from its raw bytes when it was never converted."""
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        text = (elem.value or b"").decode("latin-1").rstrip("\x00 ")
+        return text.split("\\") if text else []
+    value = elem.value
+    if value is None or value == "":
+        return []
+    if isinstance(value, (MultiValue, list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _set(ds: Dataset, tag: int, vr: str, values: list[str]) -> None:
+    """Put an ASCII string element; as a raw element in the dataset's own encoding when it has one.
+
+    Every value de-identification writes (pseudonyms, remapped UIDs, shifted dates, empties) is ASCII,
+    so it is encoded here once instead of through pydicom's writer (PS3.5 §6.2: UI padded with NUL,
+    other string VRs with a space, to an even length).
+    """
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None or little is None:
+        empty = "" if vr in _TEXT_VRS else None
+        ds[tag] = DataElement(tag, vr, (values[0] if len(values) == 1 else values) if values else empty)
+        return
+    data = "\\".join(values).encode("ascii")
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    ds[tag] = RawDataElement(BaseTag(tag), None if implicit else vr, len(data), data, 0, implicit, little, True, False)
 
 
 def _parse_da(text: str) -> _dt.date | None:
+    text = text.strip()
+    if len(text) < 8 or not text[:8].isdigit():
+        return None
     try:
-        return _dt.datetime.strptime(text.strip()[:8], "%Y%m%d").date() if len(text.strip()) >= 8 else None
+        return _dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
     except ValueError:
         return None
 
 
-def _shift_dates(elem: DataElement, days: int) -> None:
-    """Move every date in a DA or DT value by ``days`` (E.3.6 Modified Dates); unparseable values go."""
-    raw = elem.value
-    values = [raw] if isinstance(raw, (str, bytes)) or raw is None else list(raw)
-    out = []
-    for v in values:
-        text = v.decode("ascii", "replace") if isinstance(v, bytes) else str(v or "")
-        text = text.strip()
-        if not text:
-            out.append("")
-            continue
-        day = _parse_da(text)
-        if day is None:
-            out.append("")  # a date we cannot shift is a date we cannot keep
-            continue
+def _shift(text: str, vr: str, days: int) -> str:
+    """A DA or DT value moved by ``days`` (E.3.6 Modified Dates); a value we cannot parse is emptied."""
+    text = text.strip()
+    day = _parse_da(text)
+    if day is None:
+        return ""
+    try:
         shifted = (day + _dt.timedelta(days=days)).strftime("%Y%m%d")
-        out.append(shifted + (text[8:] if elem.VR == "DT" else ""))
-    elem.value = out if len(out) > 1 else out[0]
+    except OverflowError:
+        return ""
+    rest = text[8:] if vr == "DT" else ""
+    return shifted + (rest if _DT_REST_RE.match(rest) else "")
 
 
 def _reference_date(ds: Dataset) -> _dt.date | None:

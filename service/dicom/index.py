@@ -19,7 +19,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -225,7 +225,7 @@ class Index:
 
     def add(self, rec: InstanceRecord, replace: bool = False) -> None:
         """Index one instance and, when new, its patient, study and series (first values win)."""
-        row = asdict(rec)
+        row = dict(vars(rec))  # dataclasses.asdict deep-copies every field: ~10x slower here
         row["synthetic"] = int(rec.synthetic)
         row["excluded_from_training"] = int(rec.excluded_from_training)
         with self.write() as conn:
