@@ -425,9 +425,8 @@ class QueryRetrieveSCP:
                 non_ascii = True
             setattr(ds, kw, value)
         ds.QueryRetrieveLevel = level
+        # Where to retrieve the match from (PS3.4 C.4.1.1.3.2): always sent, as other archives do.
         ds.RetrieveAETitle = self.cfg.dicom.ae_title
-        if "InstanceAvailability" not in ds:
-            ds.InstanceAvailability = "ONLINE"
         if non_ascii:
             ds.SpecificCharacterSet = "ISO_IR 192"
         elif "SpecificCharacterSet" in ds:
@@ -530,7 +529,7 @@ class QueryRetrieveSCP:
             return
         log.info("c_get", level=level, instances=len(records))
         yield len(records)
-        yield from self._datasets(records, event, lambda: [cx for cx in event.assoc.accepted_contexts if cx.as_scp])
+        yield from self._datasets(records, event, lambda: [cx for cx in event.assoc.accepted_contexts if cx.as_scu])
 
     def on_move(self, event: Any) -> Iterator[Any]:
         """C-MOVE (PS3.4 C.4.2): destination from the config, then the instances on a new association."""

@@ -242,7 +242,7 @@ class StoreAssociation:
         accepted_ts = {str(cx.transfer_syntax[0]) for cx in accepted}
         try:
             ds = pydicom.dcmread(path)
-        except (OSError, Exception) as exc:  # a missing or damaged file cannot be sent, whatever we retry
+        except Exception as exc:  # a missing or damaged file cannot be sent, whatever we retry
             raise CannotSend(f"the stored file cannot be read ({type(exc).__name__})") from None
         sent_ts = transfer_syntax
         if transfer_syntax not in accepted_ts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -251,3 +252,30 @@ def test_a_retrieve_without_its_unique_key_fails(service, tmp_path):
     log = _dcmtk("getscu", ["-v", "-S", "-od", str(out), "127.0.0.1", str(svc.port), "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=*"], tmp_path)
     assert list(out.iterdir()) == []
     assert "datasetdoesnotmatchsopclass" in log.lower(), log
+
+
+@pytest.mark.integration
+def test_compressed_instances_are_decompressed_for_peers_that_want_them_uncompressed(service, tmp_path):
+    """getscu and a default storescp accept only uncompressed syntaxes; a JPEG 2000 instance still arrives."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG3_J2KR.dcm")
+    if path is None:
+        pytest.skip("pydicom-data's RG3_J2KR.dcm is not installed")
+    svc, storescp, _a, _syn = service
+    original = pydicom.dcmread(path)
+    rec = svc.store.put(pydicom.dcmread(path), source="import").record
+    assert rec.transfer_syntax_uid == "1.2.840.10008.1.2.4.90"
+    keys = ["-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={rec.study_uid}", "-k", f"SeriesInstanceUID={rec.series_uid}",
+            "-k", f"SOPInstanceUID={rec.sop_instance_uid}"]
+    out = tmp_path / "got"
+    out.mkdir()
+    log = _dcmtk("getscu", ["-S", "-od", str(out), "127.0.0.1", str(svc.port), *keys], tmp_path)
+    (got,) = [pydicom.dcmread(p) for p in out.iterdir()] or [None]
+    assert got is not None, log
+    assert not got.file_meta.TransferSyntaxUID.is_compressed
+    assert np.array_equal(got.pixel_array, original.pixel_array)
+    _dcmtk("movescu", ["-S", "-aem", "STORESCP", "127.0.0.1", str(svc.port), *keys], tmp_path)
+    (moved,) = [pydicom.dcmread(p) for p in storescp.files()]
+    assert not moved.file_meta.TransferSyntaxUID.is_compressed
+    assert np.array_equal(moved.pixel_array, original.pixel_array)
