@@ -227,10 +227,12 @@ def _report(results: dict[tuple[str, str], list[float]], senders: list[str], pee
         "",
         f"Target (issue 8): outbox >= 0.8x storescu (the faster of its two settings): {targets}.",
         "",
-        "Why the outbox is not slower than a C++ sender here: a receiver with Nagle on writes each C-STORE "
-        "response in two segments and holds the second until the first is acknowledged, and Linux delays that "
-        "acknowledgement by up to 40 ms. The outbox sets TCP_QUICKACK before every read (and TCP_NODELAY on its "
-        "own writes), so the receiver never waits; storescu's `TCP_NODELAY` cannot help with the receiver's side.",
+        "Why the outbox beats a C++ sender here: a receiver with Nagle on sends each C-STORE response in more "
+        "than one segment and holds the later one until the first is acknowledged, and Linux delays that "
+        "acknowledgement by up to 40 ms, so every C-STORE waits. storescu's `TCP_NODELAY` changes only its own "
+        "writes. The outbox sets TCP_QUICKACK before every read (and TCP_NODELAY on its writes), so the receiver "
+        "never waits. A second association helps Orthanc, which serves associations in parallel; storescp "
+        "(without `--fork`) serves one at a time, so there the second one only queues.",
     ]
     return "\n".join(lines)
 

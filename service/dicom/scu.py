@@ -76,7 +76,8 @@ def tune_socket(event: evt.Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         return
-    if not hasattr(socket, "TCP_QUICKACK") or isinstance(sock, _QuickAckSocket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    # Only a plain TCP socket is swapped: a TLS-wrapped one keeps its wrapper (and just TCP_NODELAY).
+    if not hasattr(socket, "TCP_QUICKACK") or type(sock) is not socket.socket or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     timeout = sock.gettimeout()
     tuned = _QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
