@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from models.sampling import to_uint
 from service.inference import metrics
 from service.inference.cache import LoadedModel
 from service.logs import get_logger
@@ -41,6 +42,7 @@ class _Item:
     seed: int
     future: Future
     enqueued: float
+    bits: int | None = None
 
 
 @dataclass
@@ -93,11 +95,14 @@ class DynamicBatcher:
             if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(BatcherStopped("the inference server is shutting down"))
 
-    def submit(self, model: LoadedModel, seeds: Sequence[int], psi: float) -> list[Future]:
+    def submit(self, model: LoadedModel, seeds: Sequence[int], psi: float, bits: int | None = None) -> list[Future]:
         """Queue one image per seed; all of them enter the queue at once. Returns their futures, which
-        resolve to float32 CPU tensors (C, H, W) in [-1, 1]."""
+        resolve to (C, H, W) arrays: ``uint8``/``uint16`` pixels when ``bits`` is 8 or 16 (quantized with
+        :func:`models.sampling.to_uint`, once per batch), else float32 CPU tensors in [-1, 1]."""
+        if bits not in (None, 8, 16):
+            raise ValueError("bits must be 8, 16 or None")
         now = time.monotonic()
-        items = [_Item(int(seed), Future(), now) for seed in seeds]
+        items = [_Item(int(seed), Future(), now, bits) for seed in seeds]
         with self._cv:
             if self._stopping or self._thread is None:
                 raise BatcherStopped("the inference server is shutting down")
@@ -168,5 +173,16 @@ class DynamicBatcher:
             self.stats.batches += 1
             self.stats.images += len(live)
             self.stats.sizes[len(live)] += 1
-            for item, image in zip(live, images):
-                item.future.set_result(image)
+            for item, result in zip(live, _outputs(images, [item.bits for item in live])):
+                item.future.set_result(result)
+
+
+def _outputs(images: torch.Tensor, bits: list[int | None]) -> list:
+    """Each image as its item asked: quantized in one vectorized call per bit depth, or as floats."""
+    out: list = list(images)
+    for depth in {b for b in bits if b is not None}:
+        rows = [i for i, b in enumerate(bits) if b == depth]
+        pixels = to_uint(images[rows], depth)
+        for row, px in zip(rows, pixels):
+            out[row] = px
+    return out

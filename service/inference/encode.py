@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from models.registry import ModelVersion
-from models.sampling import to_uint
 
 # zlib level 3: within a few percent of level 6's size on radiographs at a fraction of its time.
 PNG_COMPRESS_LEVEL = 3
@@ -45,11 +43,6 @@ def check_format(fmt: Format, channels: int) -> None:
         raise EncodeError(f"synthetic radiographs are grayscale; this model has {channels} channels")
     if fmt.kind not in ("png", "raw", "dicom"):
         raise EncodeError(f"unknown encoding kind {fmt.kind!r}")
-
-
-def quantize(image: torch.Tensor, bits: int) -> np.ndarray:
-    """(C, H, W) in [-1, 1] -> (C, H, W) uint8 or uint16, the one mapping of models.sampling."""
-    return to_uint(image[None], bits)[0]
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

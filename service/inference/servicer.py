@@ -21,7 +21,7 @@ from service.config import Config
 from service.inference import metrics
 from service.inference.batcher import BatcherStopped, DynamicBatcher
 from service.inference.cache import AVAILABLE, FAILED, LOADING, READY, LoadedModel, ModelCache, ModelStatus, ModelUnavailable
-from service.inference.encode import DicomEncoder, EncodeError, Format, check_format, encode_png, encode_raw, quantize
+from service.inference.encode import DicomEncoder, EncodeError, Format, check_format, encode_png, encode_raw
 from service.inference.validate import InvalidRequest, check_model_ref, check_psi, check_request_id, plan_seeds
 from service.logs import get_logger
 from synthpacs.v1 import synthesizer_pb2 as pb
@@ -147,7 +147,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> Iterator[pb.GeneratedImage]:
         started, code = time.monotonic(), grpc.StatusCode.OK
         request_id = request.request_id or uuid.uuid4().hex[:16]
-        sent = 0
+        sent, served_by = 0, request.model[:80]
         try:
             check_request_id(request.request_id)
             with self._admitted():
@@ -158,15 +158,14 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 if fmt is None:
                     raise InvalidRequest(f"encoding {request.encoding} is not one of {', '.join(pb.Encoding.keys())}")
                 model = self.cache.get(ref)
+                served_by = model.ref
                 check_format(fmt, model.channels)
                 dicom = self._dicom_encoder(model, psi) if fmt.kind == "dicom" else None
-                log.info("generate_started", request_id=request_id, model=model.ref, count=len(seeds), psi=psi, encoding=pb.Encoding.Name(request.encoding), peer=context.peer())
-                for index, seed, image in self._images(model, seeds, psi, context):
+                for index, seed, pixels in self._images(model, seeds, psi, context, fmt.bits):
                     msg = pb.GeneratedImage(
                         seed=seed, index=index, width=model.resolution, height=model.resolution, channels=model.channels,
                         encoding=request.encoding or pb.ENCODING_PNG_8, model=model.ref, truncation_psi=psi, request_id=request_id,
                     )
-                    pixels = quantize(image, fmt.bits)
                     if fmt.kind == "png":
                         msg.data = encode_png(pixels)
                     elif fmt.kind == "raw":
@@ -181,7 +180,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             context.abort(failure.code, str(failure))
         finally:
             self._finish("Generate", started, code, context)
-            log.info("generate_finished", request_id=request_id, images=sent, code=code.name, seconds=round(time.monotonic() - started, 4))
+            log.info("generate_finished", request_id=request_id, model=served_by, images=sent, code=code.name, seconds=round(time.monotonic() - started, 4), peer=context.peer())
 
     def _dicom_encoder(self, model: LoadedModel, psi: float) -> DicomEncoder:
         try:
@@ -194,8 +193,8 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         except ValueError as exc:  # e.g. synthetic.uid_root that cannot make UIDs
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"cannot write synthetic DICOM with this server's settings: {exc}") from None
 
-    def _images(self, model: LoadedModel, seeds: list[int], psi: float, context: grpc.ServicerContext):
-        """(index, seed, image) in request order. At most one model batch of this request waits in the
+    def _images(self, model: LoadedModel, seeds: list[int], psi: float, context: grpc.ServicerContext, bits: int):
+        """(index, seed, pixels (C, H, W) of ``bits``) in request order. At most one model batch of this request waits in the
         batcher at a time (refilled at half), so one big request cannot starve many small ones; a
         cancelled or expired call cancels what it still has queued."""
         window = max(1, model.max_batch)
@@ -206,7 +205,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             nonlocal next_index
             n = min(window - len(pending), len(seeds) - next_index)
             if n > 0:
-                futures = self.batcher.submit(model, seeds[next_index : next_index + n], psi)
+                futures = self.batcher.submit(model, seeds[next_index : next_index + n], psi, bits)
                 pending.extend(zip(range(next_index, next_index + n), futures))
                 next_index += n
 
@@ -254,8 +253,8 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 writer = self._writer()
                 log.info("study_started", request_id=request_id, model=model.ref, count=len(seeds), psi=psi, bits=bits, destination=destination or None, peer=context.peer())
                 images = []
-                for _index, _seed, image in self._images(model, seeds, psi, context):
-                    images.append(quantize(image, bits)[0])
+                for _index, _seed, pixels in self._images(model, seeds, psi, context, bits):
+                    images.append(pixels[0])
                 if len(images) != len(seeds):
                     raise RpcFailure(grpc.StatusCode.CANCELLED, "the call was cancelled")
                 try:

@@ -156,3 +156,22 @@ def test_stop_answers_unavailable_and_frees_the_port(start_server, export) -> No
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_port_in_use_and_missing_gpu_are_clear_errors(start_server, home, models_root) -> None:
+    from models.registry import Registry
+    from service.config import ConfigError
+    from service.inference.server import InferenceServer
+    from tests.helpers import make_config
+
+    srv = start_server()
+    taken = InferenceServer(make_config(home, **{"grpc.port": srv.server.port, "inference.preload": []}), registry=Registry([models_root]))
+    with pytest.raises(ConfigError, match="cannot listen"):
+        taken.start()
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            InferenceServer(make_config(home, **{"inference.device": "cuda"}), registry=Registry([models_root]))
+    with pytest.raises(ConfigError, match="not a device"):
+        InferenceServer(make_config(home, **{"inference.device": "tpu9"}), registry=Registry([models_root]))
