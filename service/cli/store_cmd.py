@@ -65,10 +65,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # -- store ------------------------------------------------------------------------------------------
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (not the stream of the moment of configuring)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _config(args: argparse.Namespace):
     """The configuration; these commands print their results on stdout, so their log lines go to stderr."""
     cfg = config_from_args(args)
-    configure(cfg.log.level, cfg.log.format, stream=sys.stderr)
+    configure(cfg.log.level, cfg.log.format, stream=_Stderr())
     return cfg
 
 
