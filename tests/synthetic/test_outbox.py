@@ -292,3 +292,64 @@ def test_an_unreachable_destination_is_marked_down_and_retried(home, tmp_path):
         store.index.close()
         if peer is not None:
             peer.stop()
+
+
+class _CountingSCP:
+    """An in-process pynetdicom Storage SCP that records how many associations were open at once."""
+
+    def __init__(self, delay: float = 0.05):
+        import threading
+
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import SecondaryCaptureImageStorage
+
+        self.lock = threading.Lock()
+        self.open = self.most = self.stored = 0
+        self.delay = delay
+        ae = AE(ae_title="COUNTER")
+        ae.add_supported_context(SecondaryCaptureImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        self.port = free_port()
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
+            (evt.EVT_ESTABLISHED, self._up), (evt.EVT_RELEASED, self._down), (evt.EVT_ABORTED, self._down), (evt.EVT_C_STORE, self._store),
+        ])
+
+    def _up(self, _event):
+        with self.lock:
+            self.open += 1
+            self.most = max(self.most, self.open)
+
+    def _down(self, _event):
+        with self.lock:
+            self.open -= 1
+
+    def _store(self, _event):
+        import time
+
+        time.sleep(self.delay)  # a slow PACS, so that associations overlap
+        with self.lock:
+            self.stored += 1
+        return 0x0000
+
+    def stop(self):
+        self.server.shutdown()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_associations_per_destination_never_exceed_the_setting(home, concurrency):
+    peer = _CountingSCP()
+    cfg = config_with_peers(home, [("COUNTER", "127.0.0.1", peer.port)],
+                            **{**FAST, "outbox.concurrency_per_destination": concurrency, "outbox.batch_size": 3})
+    store = Store(cfg)
+    sender = OutboxSender(cfg, store)
+    try:
+        out = write_synthetic_study(cfg, store, count=12, destination="COUNTER")
+        sender.start()
+        rows = sender.drain(timeout=60, sop_instance_uids=[i.sop_instance_uid for i in out.instances])
+        assert [r.state for r in rows] == ["sent"] * 12
+        assert peer.stored == 12
+        assert peer.most == concurrency
+    finally:
+        sender.stop()
+        store.close()
+        peer.stop()
