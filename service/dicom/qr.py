@@ -148,8 +148,8 @@ def _is_wild(text: str) -> bool:
     return "*" in text or "?" in text
 
 
-def _glob_escape(text: str) -> str:
-    """DICOM wildcards map to GLOB's; GLOB's own '[' must be made literal."""
+def _literal_brackets(text: str) -> str:
+    """DICOM wildcards are only '*' and '?': the '[' of SQLite GLOB and fnmatch must be made literal."""
     return text.replace("[", "[[]")
 
 
@@ -185,7 +185,7 @@ def match_value(query: str, value: Any, vr: str) -> bool:
     for q in candidates:
         if vr == "PN":
             pattern, subject = _pn_norm(q), _pn_norm(text)
-            if (fnmatch.fnmatchcase(subject, _fn_escape(pattern)) if _is_wild(pattern) else subject == pattern):
+            if (fnmatch.fnmatchcase(subject, _literal_brackets(pattern)) if _is_wild(pattern) else subject == pattern):
                 return True
         elif vr == "TM":
             # A single time matches everything within its own precision: "1015" matches 10:15:00-10:15:59.
@@ -198,16 +198,11 @@ def match_value(query: str, value: Any, vr: str) -> bool:
             except ValueError:
                 continue
         elif _is_wild(q) and vr != "UI":
-            if fnmatch.fnmatchcase(text, _fn_escape(q)):
+            if fnmatch.fnmatchcase(text, _literal_brackets(q)):
                 return True
         elif text == q.strip():
             return True
     return False
-
-
-def _fn_escape(pattern: str) -> str:
-    """fnmatch treats '[' as a character class; DICOM does not."""
-    return pattern.replace("[", "[[]")
 
 
 def _sql_condition(column: str, query: str, vr: str) -> tuple[str, list[Any]] | None:
@@ -238,7 +233,7 @@ def _sql_condition(column: str, query: str, vr: str) -> tuple[str, list[Any]] | 
             return "0", []
         return f"{col} IN ({', '.join('?' for _ in ints)})", ints
     if vr != "UI" and any(_is_wild(v) for v in values):
-        return " OR ".join(f"COALESCE({col}, '') GLOB ?" for _ in values), [_glob_escape(v.strip()) for v in values]
+        return " OR ".join(f"COALESCE({col}, '') GLOB ?" for _ in values), [_literal_brackets(v.strip()) for v in values]
     values = [v.strip() for v in values]
     return f"{col} IN ({', '.join('?' for _ in values)})", values
 
