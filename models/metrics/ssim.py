@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 WINDOW = 11
 SIGMA = 1.5
@@ -58,7 +59,17 @@ def _gaussian(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _filter(x: torch.Tensor, g: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    # The 2-D Gaussian is separable: two 1-D passes, "valid" positions only.
+    """Gaussian-weighted local means at the "valid" positions (the window inside the image).
+
+    The 2-D Gaussian is separable: two 1-D passes. On the CPU, SciPy's C correlation is about three
+    times faster than PyTorch's float64 convolution (bench/RESULTS.md); the border it also computes
+    is cropped, so both paths give the same values.
+    """
+    if x.device.type == "cpu":
+        w = g[0].flatten().numpy()
+        arr = ndimage.correlate1d(ndimage.correlate1d(x.numpy(), w, axis=-1), w, axis=-2)
+        r = (WINDOW - 1) // 2
+        return torch.from_numpy(arr[..., r:-r, r:-r])
     return F.conv2d(F.conv2d(x, g[0]), g[1])
 
 

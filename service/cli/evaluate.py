@@ -320,7 +320,9 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
         reference=real_images, training=train_images, reference_key=reference.content_hash,
         extractors=extractors, skipped=skipped, cache=FeatureCache(home.root / "evaluations" / "feature-cache"),
     )
-    log.info("evaluation_started", model=mv.ref, dataset=training.ref, reference=reference.ref, n=settings.n, metrics=list(settings.metrics), device=str(device))
+    # Logs share stdout with the output: with --json they stay at debug so the JSON stays parseable.
+    emit = log.debug if args.json else log.info
+    emit("evaluation_started", model=mv.ref, dataset=training.ref, reference=reference.ref, n=settings.n, metrics=list(settings.metrics), device=str(device))
     started = time.perf_counter()
     try:
         results, images = evaluate_generator(G, inputs, settings, progress=_stderr)
@@ -339,7 +341,7 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
         }
     )
     path = write_evaluation(home.root, mv, results, images)
-    log.info("evaluation_written", model=mv.ref, path=str(path), wall_time_s=results["wall_time_s"])
+    emit("evaluation_written", model=mv.ref, path=str(path), wall_time_s=results["wall_time_s"])
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
     else:

@@ -55,7 +55,7 @@ def test_evaluate_writes_evaluation_json_and_prints_a_table(world, capsys):
 def test_held_out_reference_and_json_output(world, capsys):
     home, _, m1, _ = world
     held = make_dataset(home / "datasets", "heldout", 10, seed0=500)
-    assert run(home, "m1", "--real", "heldout", "--json", *FAST) == 0
+    assert main(["evaluate", "--home", str(home), "m1", "--real", "heldout", "--json", *FAST]) == 0  # default log level: stdout stays JSON
     data = json.loads(capsys.readouterr().out)
     assert data["reference"]["ref"] == held.ref and data["reference"]["role"] == "held-out (--real)"
     assert data["memorization"]["guard"]["training_images"] == 40  # memorization is against training data

@@ -104,3 +104,14 @@ def test_random_pairs():
     assert random_pairs(4, 100).shape == (6, 2)  # all pairs once when fewer exist
     with pytest.raises(ValueError, match="at least 2"):
         random_pairs(1, 5)
+
+
+def test_cpu_filter_equals_the_convolution_used_on_gpus():
+    import torch
+    import torch.nn.functional as F
+
+    from models.metrics import ssim as S
+
+    x = torch.rand(2, 1, 30, 47, dtype=torch.float64)
+    g = S._gaussian(torch.device("cpu"))
+    torch.testing.assert_close(S._filter(x, g), F.conv2d(F.conv2d(x, g[0]), g[1]), rtol=0, atol=1e-14)

@@ -1,0 +1,154 @@
+"""Metrics benchmark: each synthpacs metric against the peer implementation it replaces, in the same run.
+
+* Memorization guard (the release path runs it on every generated study): build over the training
+  set and check 16 images, against a brute-force nearest-neighbour search over full-resolution pixels
+  in NumPy (what a first implementation would do).
+* SSIM + PSNR of image pairs: batched float64 in PyTorch against scikit-image's
+  ``structural_similarity`` / ``peak_signal_noise_ratio`` called pair by pair (the values must agree).
+* Frechet distance at 2048 dimensions: the eigenvalue form against pytorch-fid's
+  ``scipy.linalg.sqrtm(sigma1 @ sigma2)`` (the values must agree).
+* FID InceptionV3 features on the CPU, images/s (architecture only: deterministic weights, which cost
+  the same as the real ones); no peer runs here (pytorch-fid needs torchvision).
+
+Training images: ../shared/data/radiographs (FracAtlas, grayscale, resized to 256 px) when present,
+otherwise phantoms.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import linalg
+
+from bench.results import write_section
+from models.metrics.frechet import frechet_distance
+from models.metrics.inception import FIDInceptionV3
+from models.metrics.memorization import MemorizationGuard
+from models.metrics.ssim import psnr, ssim
+
+RADIOGRAPHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "radiographs"
+SIZE = 256
+
+
+def _training_images(limit: int = 500) -> tuple[np.ndarray, str]:
+    files = sorted(RADIOGRAPHS.glob("*.jpg"))[:limit] if RADIOGRAPHS.is_dir() else []
+    if files:
+        imgs = [np.asarray(Image.open(f).convert("L").resize((SIZE, SIZE), Image.Resampling.LANCZOS)) for f in files]
+        return np.stack(imgs), f"{len(files)} FracAtlas radiographs at {SIZE} px"
+    from service.data.phantom import phantom_image
+
+    return np.stack([phantom_image(SIZE, SIZE, bits_stored=8, seed=s)[0] for s in range(limit)]), f"{limit} phantoms at {SIZE} px"
+
+
+def _best(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _memorization(train: np.ndarray) -> list[str]:
+    rs = np.random.RandomState(0)
+    queries = np.clip(train[rs.choice(len(train), 16, replace=False)].astype(np.float64) + rs.normal(0, 4, (16, SIZE, SIZE)), 0, 255).astype(np.uint8)
+    build = _best(lambda: MemorizationGuard(train), repeat=2)
+    guard = MemorizationGuard(train)
+    check = _best(lambda: guard.check(queries))
+    flat = train.reshape(len(train), -1).astype(np.float32)
+
+    def brute() -> np.ndarray:
+        q = queries.reshape(16, -1).astype(np.float32)
+        return np.array([np.argmin(((flat - v) ** 2).sum(1)) for v in q])
+
+    peer = _best(brute)
+    found = guard.check(queries)
+    return [
+        "### Memorization guard",
+        "",
+        f"16 lightly noised training images (sigma 4/255) checked against the training set; flagged {int(found.near_copy.sum())}/16.",
+        "",
+        "| step | synthpacs | brute-force NumPy, full-resolution pixels | synthpacs / peer speed |",
+        "| --- | ---: | ---: | ---: |",
+        f"| build (training NN distances, both spaces) | {build:.2f} s | - | - |",
+        f"| check 16 images | {check * 1000:.1f} ms | {peer * 1000:.1f} ms | {peer / check:.1f}x |",
+    ]
+
+
+def _ssim_psnr(train: np.ndarray) -> list[str]:
+    n = 32
+    a = train[:n].astype(np.float64)
+    b = np.clip(a + np.random.RandomState(1).normal(0, 8, a.shape), 0, 255)
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    ours_t = _best(lambda: (ssim(a, b, 255.0), psnr(a, b, 255.0)))
+    ref_t = _best(lambda: [(structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255.0), peak_signal_noise_ratio(x, y, data_range=255.0)) for x, y in zip(a, b)])
+    ours = ssim(a, b, 255.0).numpy()
+    ref = np.array([structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255.0) for x, y in zip(a, b)])
+    return [
+        "### SSIM + PSNR",
+        "",
+        f"| pairs | synthpacs (torch, float64, batched) | scikit-image {__import__('skimage').__version__} (pair by pair) | speed | max abs SSIM difference |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+        f"| {n} x {SIZE}x{SIZE} | {ours_t * 1000:.0f} ms | {ref_t * 1000:.0f} ms | {ref_t / ours_t:.1f}x | {np.abs(ours - ref).max():.1e} |",
+    ]
+
+
+def _frechet() -> list[str]:
+    rs = np.random.RandomState(2)
+    d = 2048
+    f1 = rs.standard_normal((3000, d)) @ (np.eye(d) + 0.05 * rs.standard_normal((d, d)))
+    f2 = rs.standard_normal((3000, d)) + 0.1
+    mu1, s1, mu2, s2 = f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False)
+    ours_t = _best(lambda: frechet_distance(mu1, s1, mu2, s2), repeat=1)
+
+    def pytorch_fid_way() -> float:
+        covmean = linalg.sqrtm(s1.dot(s2))
+        covmean = covmean.real if np.iscomplexobj(covmean) else covmean
+        diff = mu1 - mu2
+        return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+    t = time.perf_counter()
+    peer = pytorch_fid_way()
+    peer_t = time.perf_counter() - t
+    ours = frechet_distance(mu1, s1, mu2, s2)
+    return [
+        "### Frechet distance, 2048 dimensions",
+        "",
+        "| synthpacs (eigh of S1^1/2 S2 S1^1/2) | pytorch-fid's scipy.linalg.sqrtm(S1 S2) | speed | relative difference of the values |",
+        "| ---: | ---: | ---: | ---: |",
+        f"| {ours_t:.2f} s | {peer_t:.2f} s | {peer_t / ours_t:.1f}x | {abs(ours - peer) / peer:.1e} |",
+    ]
+
+
+def _inception() -> list[str]:
+    net = FIDInceptionV3().eval()
+    x = torch.rand(16, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        net(x[:2])
+        t = _best(lambda: net(x), repeat=2)
+    return [
+        "### FID Inception features (CPU)",
+        "",
+        f"{16 / t:.1f} images/s at batch 16 ({SIZE} px inputs resized to 299), {torch.get_num_threads()} threads; no peer measured "
+        "(pytorch-fid needs torchvision, which does not import beside this torch build). 5000 images: about "
+        f"{5000 * t / 16 / 60:.0f} min on this CPU.",
+    ]
+
+
+def main() -> None:
+    train, what = _training_images()
+    print(f"training set: {what}", flush=True)
+    parts = [f"## Metrics (`bench/bench_metrics.py`)", "", f"Training set: {what}. Best of 2-3 runs unless one."]
+    for section in (_memorization(train), _ssim_psnr(train), _frechet(), _inception()):
+        print("\n".join(section), flush=True)
+        parts += [""] + section
+    write_section("metrics", "\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
