@@ -12,7 +12,8 @@ import subprocess
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from prometheus_client import REGISTRY
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -46,9 +47,11 @@ def _nothing_stored(scp: RunningSCP) -> None:
 def test_storescu_folder_lands_in_store_and_echoscu_answers(scp, tmp_path):
     require_tool("storescu", "dcmtk")
     files = phantom_files(tmp_path / "in", 8)
+    received = REGISTRY.get_sample_value("synthpacs_instances_received_total", {"source": "cstore"}) or 0.0
     out = storescu(scp.port, tmp_path / "in")
     assert out.returncode == 0, out.stderr
     assert scp.store.index.stats()["instances"] == len(files)
+    assert REGISTRY.get_sample_value("synthpacs_instances_received_total", {"source": "cstore"}) == received + len(files)
     assert scp.store.verify() == {"missing": [], "corrupt": [], "orphans": []}
     rec = next(scp.store.index.instances())
     assert rec.source == "cstore" and rec.source_ae == "STORESCU" and rec.patient_id.startswith("ANON-")
@@ -111,12 +114,18 @@ BAD = {
 }
 
 
+def _failures(reason: str) -> float:
+    return REGISTRY.get_sample_value("synthpacs_store_failures_total", {"reason": reason}) or 0.0
+
+
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_bad_input_gets_a_failure_status_and_nothing_is_stored(scp, tmp_path, name):
     path = _bad(name, tmp_path)
+    before = _failures(BAD[name])
     with capture_logs() as logs, chunked_sending():
         statuses = send(scp.port, [path])
     assert statuses == [status.CANNOT_UNDERSTAND]
+    assert _failures(BAD[name]) == before + 1
     _nothing_stored(scp)
     refused = [e for e in logs if e["event"] == "instance_refused"]
     assert refused and refused[0]["reason"] == BAD[name]
