@@ -7,7 +7,8 @@ Built the pynetdicom way: a declaratively configured AE (contexts, timeouts, PDU
   unknown peer gets an A-ASSOCIATE-RJ "calling AE title not recognized" (PS3.8 §9.3.4);
 * TCP_NODELAY on every accepted socket: with Nagle and delayed ACK, each C-STORE response waits
   40-80 ms on loopback (../shared/NOTES.md);
-* shorter poll intervals while an association is busy (:mod:`service.dicom.polling`).
+* shorter poll intervals while an association is busy (:mod:`service.dicom.polling`), and PDUs read with
+  a few large ``recv_into`` calls instead of pynetdicom's 4 KB loop (:mod:`service.dicom.sockets`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from service import metrics
 from service.config import Config
 from service.dicom import status
 from service.dicom.polling import responsive
+from service.dicom.sockets import large_reads
 from service.dicom.store import Store, StoreError
 from service.logs import get_logger
 
@@ -136,7 +138,7 @@ def _request_handler(allow_list: AllowList) -> type[RequestHandler]:
     class Handler(RequestHandler):
         def _create_association(self):  # type: ignore[override]
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assoc = responsive(super()._create_association())
+            assoc = large_reads(responsive(super()._create_association()))
             acse = _AllowListACSE(assoc)
             acse.allow_list = allow_list
             assoc.acse = acse
