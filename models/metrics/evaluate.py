@@ -204,6 +204,7 @@ class Inputs:
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it cannot run (e.g. no weights)
     cache: FeatureCache | MemoryFeatureCache | None = None
     guard: MemorizationGuard | None = None  # prebuilt guard (else built from ``training``)
+    reference_diversity: dict[str, Any] | None = None  # kept after the first evaluation (snapshots reuse it)
 
 
 def evaluate_images(fake: np.ndarray, inputs: Inputs, settings: EvaluationSettings, seeds: Sequence[int] | None = None, progress: Reporter | None = None) -> dict[str, Any]:
@@ -257,14 +258,16 @@ def evaluate_images(fake: np.ndarray, inputs: Inputs, settings: EvaluationSettin
         if tuple(reference.shape[1:]) != tuple(fake.shape[1:]):
             ref = resize_images(reference, fake.shape[1])
             out["reference_resized_to"] = int(fake.shape[1])
-        fid = matched_fidelity(fake, ref, device=settings.device)
-        metrics.update(fid.summary())
+        matched = matched_fidelity(fake, ref, device=settings.device)
+        metrics.update(matched.summary())
         timings["ssim_psnr"] = time.perf_counter() - t
 
     if "diversity" in wanted:
         t = time.perf_counter()
         d = pairwise_ms_ssim(fake, settings.diversity_pairs, device=settings.device)
-        r = pairwise_ms_ssim(reference, settings.diversity_pairs, device=settings.device) if reference.shape[0] >= 2 else None
+        r = inputs.reference_diversity
+        if r is None and reference.shape[0] >= 2:
+            r = inputs.reference_diversity = pairwise_ms_ssim(reference, settings.diversity_pairs, device=settings.device)
         metrics["diversity"] = d["mean"]
         out["diversity"] = {"generated": d, "reference": r}
         if r is not None:

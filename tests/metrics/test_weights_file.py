@@ -12,7 +12,7 @@ import torch
 
 from models.metrics import inception as inc
 from models.metrics.features import InceptionFeatures
-from tests.metrics import golden_weights
+from tests.metrics.conftest import golden_weights_file
 
 PUBLISHED = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
@@ -61,10 +61,7 @@ def _pretend_published(monkeypatch, path: Path) -> None:
 
 
 def test_a_file_with_the_published_sha_loads_strictly(tmp_path, monkeypatch):
-    net = inc.FIDInceptionV3()
-    shapes = [(k, tuple(v.shape)) for k, v in net.state_dict().items()]
-    path = tmp_path / inc.WEIGHTS_FILE
-    torch.save({k: torch.from_numpy(v) for k, v in golden_weights.state(shapes).items()}, path)
+    path = golden_weights_file(tmp_path / inc.WEIGHTS_FILE)
     _pretend_published(monkeypatch, path)
     loaded = inc.load_fid_inception(path)
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
