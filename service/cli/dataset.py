@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--dtype", choices=("uint8", "uint16"), help="pixel type of images.npy (default dataset.dtype)")
     build.add_argument("--window", choices=("header", "percentile"), help="header VOI when present, or always the percentile window")
     build.add_argument("--percentiles", type=_percentiles, metavar="LOW,HIGH", help="the percentile window (default 0.5,99.5)")
+    build.add_argument("--resample", choices=("bicubic", "lanczos"), help="anti-aliased resampling filter (default dataset.resample, bicubic)")
     build.add_argument("--multiframe", choices=("refuse", "first"), help="multi-frame images: skip them, or use the first frame")
     build.add_argument("--workers", type=int, help="processes (default dataset.workers; 0: every core)")
     build.add_argument("--quiet", action="store_true", help="no progress line on stderr")
@@ -99,7 +100,7 @@ def _build(args: argparse.Namespace) -> int:
     try:
         options = options_from_config(
             cfg, resolution=args.resolution, fit=args.fit, dtype=args.dtype, window=args.window,
-            percentiles=args.percentiles, multiframe=args.multiframe, min_size=args.min_size,
+            percentiles=args.percentiles, multiframe=args.multiframe, min_size=args.min_size, resample=args.resample,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -30,9 +28,10 @@ import numpy as np
 
 from models.datasets import DatasetVersion, DatasetWriter, validate_name
 from service.config import Config
-from service.data.pixels import REASONS, PixelOptions, SkipImage, prepare
+from service.data.pixels import REASONS, PixelOptions
 from service.data.progress import Progress
 from service.data.sheet import contact_sheet_png
+from service.data.worker import run_task, worker_init
 from service.dicom.index import Index, InstanceRecord
 from service.home import Home
 from service.logs import get_logger, uid_hash
@@ -103,6 +102,7 @@ def options_from_config(cfg: Config, **overrides: Any) -> PixelOptions:
         "window": d.window,
         "percentiles": tuple(d.fallback_window_percentiles),
         "multiframe": d.multiframe,
+        "resample": d.resample,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PixelOptions(**values)
@@ -118,66 +118,25 @@ def worker_count(cfg: Config, workers: int | None = None) -> int:
         return os.cpu_count() or 1
 
 
-# -- the work of one process --------------------------------------------------------------------------
-
-
-def process_file(path: Path, sha256: str, opts: PixelOptions) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """One stored file to (image, info), or (None, {"reason", "message"}). Never raises for bad data."""
-    import pydicom
-
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None, {"reason": "missing_file", "message": REASONS["missing_file"]}
-    except OSError as exc:
-        return None, {"reason": "missing_file", "message": f"the file cannot be read ({exc.strerror})"}
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-        return None, {"reason": "corrupt", "message": REASONS["corrupt"]}
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except Exception as exc:
-        return None, {"reason": "unreadable", "message": f"{REASONS['unreadable']} ({type(exc).__name__})"}
-    try:
-        image, info = prepare(ds, opts)
-    except SkipImage as exc:
-        return None, {"reason": exc.reason, "message": str(exc)}
-    except Exception as exc:  # a bug or an exotic header must cost one image, not the build
-        return None, {"reason": "decode_failed", "message": f"unexpected {type(exc).__name__} while preparing the image"}
-    return image, info
-
-
-def _run_task(store_root: str, options: dict[str, Any], records: list[tuple[int, str, str]]) -> list[tuple[int, np.ndarray | None, dict[str, Any]]]:
-    opts = PixelOptions(**options)
-    root = Path(store_root)
-    return [(pos, *process_file(root / rel, sha, opts)) for pos, rel, sha in records]
-
-
 def _start_method() -> str:
-    """spawn, not fork: the parent may hold SQLite connections, threads or torch state a fork would copy.
+    """fork when this process runs a single Python thread: fast, and callers need no ``__main__`` guard.
 
-    A spawned child re-imports the parent's main script by path; a parent whose main is not a file
-    (``python - < script``) cannot be spawned from, and forks instead.
+    spawn otherwise, because a fork copies whatever lock another thread holds at that instant (logging,
+    an SQLite connection in use). Native pools that numpy's BLAS starts at import are fork-safe
+    (pthread_atfork); the workers use only pydicom, numpy and Pillow, never torch or gRPC.
     """
-    import sys
+    import threading
 
-    main = sys.modules.get("__main__")
-    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
-    main_file = getattr(main, "__file__", None)
-    if spec_name is None and main_file is not None and not os.path.isfile(main_file) and "fork" in multiprocessing.get_all_start_methods():
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
         return "fork"
     return "spawn"
-
-
-def _worker_init() -> None:
-    # One process per core already: libraries must not start thread pools of their own on top.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
 
 
 def _option_kwargs(opts: PixelOptions) -> dict[str, Any]:
     return {
         "resolution": opts.resolution, "fit": opts.fit, "dtype": opts.dtype, "window": opts.window,
         "percentiles": tuple(opts.percentiles), "multiframe": opts.multiframe, "min_size": opts.min_size,
+        "resample": opts.resample,
     }
 
 
@@ -186,11 +145,11 @@ def _results(tasks: Iterator[_Task], store_root: Path, opts: PixelOptions, worke
     options = _option_kwargs(opts)
     if workers <= 1:
         for task in tasks:
-            for (pos, image, info), rec in zip(_run_task(str(store_root), options, task.records), task.meta):
+            for (pos, image, info), rec in zip(run_task(str(store_root), options, task.records), task.meta):
                 yield rec, image, info
         return
     ctx = multiprocessing.get_context(_start_method())
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker_init) as pool:
         pending: collections.deque[tuple[cf.Future, _Task]] = collections.deque()
         limit = workers * IN_FLIGHT_PER_WORKER
         source = iter(tasks)
@@ -202,7 +161,7 @@ def _results(tasks: Iterator[_Task], store_root: Path, opts: PixelOptions, worke
                     if task is None:
                         exhausted = True
                         break
-                    pending.append((pool.submit(_run_task, str(store_root), options, task.records), task))
+                    pending.append((pool.submit(run_task, str(store_root), options, task.records), task))
                 if not pending:
                     return
                 future, task = pending.popleft()

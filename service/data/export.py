@@ -40,12 +40,12 @@ class ExportResult:
 def _encode(img: np.ndarray, path: Path, fmt: str, quality: int) -> None:
     tmp = path.with_name(path.name + ".part")
     if fmt == "png":
-        im = Image.fromarray(img, mode="I;16" if img.dtype == np.uint16 else "L")
+        im = Image.fromarray(np.ascontiguousarray(img))  # uint8 -> "L", uint16 -> "I;16": both lossless in PNG
         im.save(tmp, format="PNG", compress_level=6)
     else:
         if img.dtype == np.uint16:
             img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        Image.fromarray(img, mode="L").save(tmp, format="JPEG", quality=quality)
+        Image.fromarray(np.ascontiguousarray(img)).save(tmp, format="JPEG", quality=quality)
     os.replace(tmp, path)
 
 

@@ -33,7 +33,7 @@ def contact_sheet(images: np.ndarray, indices: list[int] | None = None, columns:
         img = np.asarray(images[i])
         if img.dtype == np.uint16:
             img = (img >> 8).astype(np.uint8)
-        im = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8), mode="L")
+        im = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
         if im.size != (tile, tile):
             im = im.resize((tile, tile), Image.Resampling.LANCZOS)
         x, y = gap + (k % columns) * (tile + gap), top + gap + (k // columns) * (tile + gap)
@@ -48,5 +48,6 @@ def contact_sheet(images: np.ndarray, indices: list[int] | None = None, columns:
 
 def contact_sheet_png(images: np.ndarray, tiles: int = 64, columns: int = 8, tile: int = 128, title: str | None = None) -> bytes:
     buf = io.BytesIO()
-    contact_sheet(images, sheet_indices(len(images), tiles), columns, tile, title=title).save(buf, format="PNG", optimize=False)
+    # Fast zlib: the sheet is for eyes, and a build should not spend its time compressing it.
+    contact_sheet(images, sheet_indices(len(images), tiles), columns, tile, title=title).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
