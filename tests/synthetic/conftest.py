@@ -9,7 +9,31 @@ import pytest
 from service.config import Config
 from service.dicom.store import Store
 from service.home import Home
+from service.logs import configure
 from tests.helpers import make_config
+
+
+class _Stdout:
+    """Whatever sys.stdout is when a line is written (pytest swaps it per test)."""
+
+    def write(self, text: str) -> int:
+        import sys
+
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        import sys
+
+        sys.stdout.flush()
+
+
+@pytest.fixture(autouse=True)
+def _live_log_stream():
+    """A command run in-process (``service.cli.main``) points structlog at that test's captured stdout,
+    closed once the test ends; before and after every test here, logs follow the live stdout again."""
+    configure("info", "json", stream=_Stdout())
+    yield
+    configure("info", "json", stream=_Stdout())
 
 
 def export_tiny_dcgan(models_dir: Path, name: str = "tiny-dcgan", dataset: dict | None = None, seed: int = 0):
