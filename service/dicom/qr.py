@@ -368,7 +368,7 @@ class QueryRetrieveSCP:
                 params += cond[1]
         return where, params, post
 
-    def _rows(self, level: str, where: list[str], params: list[Any]) -> list[Any]:
+    def _rows(self, level: str, where: list[str], params: list[Any]) -> Any:
         cols = [f"v.{a.column} AS {a.column}" for a in ATTRIBUTES.values() if _RANK[a.level] <= _RANK[level]]
         if level == IMAGE:
             cols += ["v.synthetic AS any_synthetic", "v.path AS rep_path", "1 AS n_instances"]
@@ -387,7 +387,8 @@ class QueryRetrieveSCP:
                 SERIES: "v.series_number, v.series_uid",
             }[level]
         sql = f"SELECT {', '.join(cols)} FROM ({INSTANCE_VIEW}) v" + (f" WHERE {' AND '.join(where)}" if where else "") + group + f" ORDER BY {order}"
-        return self.index.reader.execute(sql, params).fetchall()
+        # A cursor, not a list: rows are read as matches are made, so max_results also bounds memory.
+        return self.index.reader.execute(sql, params)
 
     def _header_value(self, row: Any, keyword: str, cache: dict[str, Dataset]) -> Any:
         path = row["rep_path"]

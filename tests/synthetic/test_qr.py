@@ -147,6 +147,15 @@ def test_synthetic_only_hides_received_studies(archive):
     assert QueryRetrieveSCP(only, store).retrieve_records(ident, "STUDY") == []
 
 
+def test_results_stop_at_max_results(archive):
+    cfg, store, _ = archive
+    import dataclasses
+
+    capped = dataclasses.replace(cfg, qr=dataclasses.replace(cfg.qr, max_results=2))
+    assert len(_find(capped, store, "STUDY", StudyInstanceUID="")) == 2
+    assert len(_find(cfg, store, "STUDY", StudyInstanceUID="")) == 3
+
+
 # -- dcmtk against the running service -------------------------------------------------------------------
 
 
