@@ -185,7 +185,7 @@ def send_radiographs(files: list[Path], orthanc: OrthancPACS | None, cfg: Any, r
 
 
 def demo_model(home: Path, dataset_ref: str) -> tuple[str, bool]:
-    """The bundled demo model; without it, an untrained DCGAN (its images are noise-like) so the loop still runs."""
+    """The bundled demo model; without it, an untrained DCGAN (its images are flat gray) so the loop still runs."""
     from models.registry import ModelNotFound, Registry
 
     registry = Registry.with_bundled(home / "models")
@@ -207,6 +207,23 @@ def demo_model(home: Path, dataset_ref: str) -> tuple[str, bool]:
         "training": {"kimg": 0},
     }
     return registry.export(net.eval(), card, FALLBACK_MODEL).ref, False
+
+
+def near_copy_note(home: Path, model_ref: str) -> str:
+    """Whether the memorization guard could check the images: it needs the model's training dataset here."""
+    from models.datasets import DatasetError, resolve_dataset
+    from models.registry import Registry
+    from service.studies import dataset_ref_of
+
+    card = Registry.with_bundled(home / "models").resolve(model_ref).card
+    ref = dataset_ref_of(card)
+    if not ref:
+        return "near-copy check: skipped (the model card names no training dataset)"
+    try:
+        resolve_dataset(home / "datasets", ref)
+    except (DatasetError, LookupError, ValueError):
+        return f"near-copy check: skipped (the model's training dataset {ref} is not in this home)"
+    return f"near-copy check: every image was compared with the training images of {ref}"
 
 
 def generate_study(address: str, model: str, count: int, psi: float, destination: str | None, timeout: float = 300) -> Any:
@@ -335,7 +352,7 @@ def run(home: Path, count: int, psi: float, keep_running: bool, log_level: str) 
         model_ref, bundled = demo_model(home, version.ref)
         if not bundled:
             print("      NOTE: this installation has no bundled demo-dcgan; using an UNTRAINED DCGAN, so the synthetic "
-                  "images are noise-like (the loop is the same)", flush=True)
+                  "images are flat gray (the loop is the same)", flush=True)
         cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, preload=(model_ref,)))
         runtime.cfg = cfg
         grpc_server = runtime.add_grpc()
@@ -352,6 +369,7 @@ def run(home: Path, count: int, psi: float, keep_running: bool, log_level: str) 
         summary = ", ".join(f"{n} {pb.InstanceStatus.State.Name(s).removeprefix('STATE_').lower()}" for s, n in states.items())
         _say("6/7", f"GenerateStudy ({count} images, psi {psi:g}) in {time.monotonic() - t:.1f} s: "
                     f"Study Instance UID {response.study_instance_uid}; {summary}")
+        print(f"      {near_copy_note(home, model_ref)}", flush=True)
 
         uids = [i.sop_instance_uid for i in response.instances if i.sop_instance_uid]
         in_pacs = None
