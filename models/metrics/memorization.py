@@ -10,6 +10,11 @@ them by construction; a generated image that close to a training image is flagge
 An image is flagged when it is at or below the threshold in **any** space (a tiny absolute floor also
 flags exact copies when the training set itself holds duplicates and the percentile is 0).
 
+Mirror images count as copies: the training set is described together with its left-right mirrors
+(a flipped radiograph is the same patient, and training with x-flip augmentation can produce one), so a
+distance is to the nearest training image or mirrored training image, for the threshold as for the
+checked images; ``mirror=False`` turns this off.
+
 Spaces, both weight-free by default (:mod:`models.metrics.descriptors`): ``pixels`` (32 x 32
 downsampled, standardized: catches copies under noise and exposure changes) and ``hog`` (gradient
 orientation histograms: catches copies by structure). Another feature extractor (the FID Inception,
@@ -52,7 +57,7 @@ class MemorizationReport:
     ``distances[space][i]``: distance of image i to its nearest training image in that space;
     ``nearest[space][i]``: that training image's index; ``thresholds[space]``: the training set's
     ``percentile`` of its own nearest-neighbour distances; ``near_copy[i]``: flagged in any space;
-    ``offending``: indices of the flagged images.
+    ``offending``: indices of the flagged images; ``mirrored[space][i]``: the nearest is the mirror image.
     """
 
     spaces: tuple[str, ...]
@@ -62,6 +67,7 @@ class MemorizationReport:
     percentile: float
     near_copy: np.ndarray
     offending: list[int] = field(default_factory=list)
+    mirrored: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -94,6 +100,7 @@ class MemorizationReport:
         if per_image:
             out["distances"] = {s: [float(v) for v in d] for s, d in self.distances.items()}
             out["nearest"] = {s: [int(v) for v in n] for s, n in self.nearest.items()}
+            out["mirrored"] = {s: [bool(v) for v in m] for s, m in self.mirrored.items()}
         return out
 
 
@@ -117,6 +124,8 @@ class MemorizationGuard:
         float32 (N, 1, H, W) in [0, 1] to (N, D) with a ``name``), e.g. ``InceptionFeatures``.
     max_reference:
         At most this many training images (a fixed random subset) estimate the thresholds.
+    mirror:
+        Also compare with the left-right mirrors of the training images (default True).
     """
 
     def __init__(
@@ -130,6 +139,7 @@ class MemorizationGuard:
         seed: int = 0,
         device: str | torch.device = "cpu",
         source: str = "",
+        mirror: bool = True,
     ):
         images = check_images(training_images, "training images")
         if images.shape[0] < 2:
@@ -144,6 +154,7 @@ class MemorizationGuard:
         self.device = torch.device(device)
         self.source = source
         self.training_count = int(images.shape[0])
+        self.mirror = bool(mirror)
         self._descriptors: dict[str, Descriptor] = {"pixels": lambda x: pixel_descriptor(x, self.pixel_size)}
         if isinstance(features, str):
             if features != "hog":
@@ -152,31 +163,37 @@ class MemorizationGuard:
         else:
             self._descriptors[str(getattr(features, "name", "features"))] = features
         self.spaces = tuple(self._descriptors)
-        self._train = self._describe(images)
+        # Rows 0..N-1 describe the training images, rows N..2N-1 (with mirror) their mirrors.
+        self._train = self._describe(images, with_mirrors=self.mirror)
         n = self.training_count
         rs = np.random.RandomState(seed)
         self.reference_index = np.sort(rs.choice(n, max_reference, replace=False)) if n > max_reference else np.arange(n)
+        # A training image may match neither itself nor its own mirror.
+        own = np.stack([self.reference_index, self.reference_index + n], 1) if self.mirror else self.reference_index[:, None]
         self.training_nn: dict[str, np.ndarray] = {}
         self.thresholds: dict[str, float] = {}
         for space, feats in self._train.items():
-            d, _ = self._nearest(feats[torch.as_tensor(self.reference_index)], feats, exclude=self.reference_index)
+            d, _ = self._nearest(feats[torch.as_tensor(self.reference_index)], feats, exclude=own)
             self.training_nn[space] = d
             self.thresholds[space] = float(np.percentile(d, self.percentile))
 
-    def _describe(self, images) -> dict[str, torch.Tensor]:
+    def _describe(self, images, with_mirrors: bool = False) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {s: [] for s in self._descriptors}
+        mirrored: dict[str, list[torch.Tensor]] = {s: [] for s in self._descriptors}
         with torch.inference_mode():
             for start, stop in batches(images.shape[0], self.batch_size):
                 x = to_unit(images[start:stop], self.device)
                 for space, fn in self._descriptors.items():
                     out[space].append(fn(x).to(torch.float32))
-        return {s: torch.cat(v) for s, v in out.items()}
+                    if with_mirrors:
+                        mirrored[space].append(fn(x.flip(-1)).to(torch.float32))
+        return {s: torch.cat(out[s] + mirrored[s]) for s in out}
 
     def _nearest(self, queries: torch.Tensor, train: torch.Tensor, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Nearest training row for each query (float32 search, float64 distance of the winner).
 
-        ``exclude[i]`` is a training index that query i may not match (itself, for the training set's
-        own distances)."""
+        ``exclude[i]`` holds the training rows that query i may not match (itself and its mirror, for
+        the training set's own distances)."""
         tn = (train * train).sum(1)
         idx_all, dist_all = [], []
         with torch.inference_mode():
@@ -184,8 +201,9 @@ class MemorizationGuard:
                 q = queries[start:stop]
                 d2 = (q * q).sum(1, keepdim=True) + tn[None, :] - 2.0 * q @ train.T
                 if exclude is not None:
-                    rows = torch.arange(stop - start, device=d2.device)
-                    d2[rows, torch.as_tensor(exclude[start:stop], device=d2.device)] = float("inf")
+                    cols = torch.as_tensor(exclude[start:stop], device=d2.device)
+                    rows = torch.arange(stop - start, device=d2.device)[:, None].expand_as(cols)
+                    d2[rows, cols] = float("inf")
                 idx = d2.argmin(1)
                 exact = (q.to(torch.float64) - train[idx].to(torch.float64)).norm(dim=1)
                 idx_all.append(idx.cpu())
@@ -196,11 +214,12 @@ class MemorizationGuard:
         """Distances of ``images`` ((N, H, W) uint8/uint16/float in [0, 1], any size) to the training set."""
         images = check_images(images, "images to check")
         feats = self._describe(images)
-        distances, nearest = {}, {}
+        distances, nearest, mirrored = {}, {}, {}
         flagged = np.zeros(images.shape[0], dtype=bool)
+        n = self.training_count
         for space in self.spaces:
             d, idx = self._nearest(feats[space], self._train[space])
-            distances[space], nearest[space] = d, idx
+            distances[space], nearest[space], mirrored[space] = d, idx % n, idx >= n
             flagged |= d <= max(self.thresholds[space], COPY_FLOOR)
         return MemorizationReport(
             spaces=self.spaces,
@@ -210,6 +229,7 @@ class MemorizationGuard:
             percentile=self.percentile,
             near_copy=flagged,
             offending=[int(i) for i in np.flatnonzero(flagged)],
+            mirrored=mirrored,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -222,6 +242,7 @@ class MemorizationGuard:
             "percentile": self.percentile,
             "thresholds": dict(self.thresholds),
             "pixel_size": self.pixel_size,
+            "mirror": self.mirror,
         }
 
     @classmethod

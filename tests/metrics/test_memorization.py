@@ -60,6 +60,22 @@ def test_lightly_noised_copy_is_flagged(guard, training):
     assert (report.ratios("pixels") < 1).all()
 
 
+def test_mirrored_copy_is_flagged(guard, training):
+    report = guard.check(training[[20, 33], :, ::-1])
+    assert report.near_copy.all()
+    assert report.nearest["pixels"].tolist() == [20, 33] and report.mirrored["pixels"].all()
+    assert not guard.check(training[[20]]).mirrored["pixels"].any()
+    d = report.to_dict(per_image=True)
+    assert d["mirrored"]["pixels"] == [True, True] and d["nearest"]["hog"] == [20, 33]
+
+
+def test_mirror_off_compares_with_the_images_as_they_are(training):
+    plain = MemorizationGuard(training, mirror=False)
+    assert plain.describe()["mirror"] is False
+    assert plain.check(training[[4]]).near_copy.all()
+    assert not plain.check(training[[20], :, ::-1]).mirrored["pixels"].any()
+
+
 def test_another_distribution_passes(guard):
     report = guard.check(_other_distribution(16))
     assert not report.near_copy.any() and report.offending == [] and report.fraction == 0.0
