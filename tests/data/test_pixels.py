@@ -9,9 +9,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.encaps import encapsulate, generate_frames
+from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import JPEG2000Lossless
 
 from service.data.phantom import phantom_dataset, phantom_image
 from service.data.pixels import PixelOptions, SkipImage, display_image, fit_square, prepare, quantize
