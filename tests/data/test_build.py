@@ -152,3 +152,25 @@ def test_options_from_config_and_bad_name(store):
     assert (opts.resolution, opts.fit, opts.percentiles) == (128, "crop", (0.5, 99.5))
     with pytest.raises(ValueError, match="not valid"):
         _build(store, name="../x")
+
+
+@pytest.mark.slow
+def test_spawned_workers_when_threads_are_running(store, monkeypatch):
+    """With other threads alive a fork could copy a held lock: the pool spawns fresh workers instead."""
+    import threading
+
+    from service.data import build as build_module
+
+    put_phantoms(store)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    try:
+        assert build_module._start_method() == "spawn"
+        spawned = _build(store, workers=2)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert build_module._start_method() == "fork"
+    forked = _build(store, workers=2)
+    assert spawned.version.content_hash == forked.version.content_hash and spawned.version.count == 5
