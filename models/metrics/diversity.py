@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from models.metrics.images import batches, check_images, to_unit
+from models.metrics.progress import Progress, Reporter
 from models.metrics.ssim import ms_ssim
 
 
@@ -33,15 +34,17 @@ def random_pairs(n: int, pairs: int, seed: int = 0) -> np.ndarray:
     return np.stack([i, j], 1)
 
 
-def pairwise_ms_ssim(images, pairs: int = 1000, seed: int = 0, batch: int = 64, device: str | torch.device = "cpu") -> dict[str, float]:
+def pairwise_ms_ssim(images, pairs: int = 1000, seed: int = 0, batch: int = 64, device: str | torch.device = "cpu", progress: Reporter | None = None, label: str = "MS-SSIM diversity") -> dict[str, float]:
     """Mean and std of MS-SSIM over random pairs of ``images`` ((N, H, W) uint8/uint16/float)."""
     images = check_images(images)
     idx = random_pairs(images.shape[0], int(pairs), seed)
     values = []
+    p = Progress(label, idx.shape[0], progress, unit="pairs")
     for start, stop in batches(idx.shape[0], batch):
         a = to_unit(_rows(images, idx[start:stop, 0]), device)
         b = to_unit(_rows(images, idx[start:stop, 1]), device)
         values.append(ms_ssim(a, b, 1.0).cpu())
+        p.update(stop - start)
     v = torch.cat(values).numpy()
     return {"mean": float(v.mean()), "std": float(v.std()), "pairs": int(v.size)}
 

@@ -258,16 +258,16 @@ def evaluate_images(fake: np.ndarray, inputs: Inputs, settings: EvaluationSettin
         if tuple(reference.shape[1:]) != tuple(fake.shape[1:]):
             ref = resize_images(reference, fake.shape[1])
             out["reference_resized_to"] = int(fake.shape[1])
-        matched = matched_fidelity(fake, ref, device=settings.device)
+        matched = matched_fidelity(fake, ref, device=settings.device, progress=progress)
         metrics.update(matched.summary())
         timings["ssim_psnr"] = time.perf_counter() - t
 
     if "diversity" in wanted:
         t = time.perf_counter()
-        d = pairwise_ms_ssim(fake, settings.diversity_pairs, device=settings.device)
+        d = pairwise_ms_ssim(fake, settings.diversity_pairs, device=settings.device, progress=progress, label="MS-SSIM diversity of the generated set")
         r = inputs.reference_diversity
         if r is None and reference.shape[0] >= 2:
-            r = inputs.reference_diversity = pairwise_ms_ssim(reference, settings.diversity_pairs, device=settings.device)
+            r = inputs.reference_diversity = pairwise_ms_ssim(reference, settings.diversity_pairs, device=settings.device, progress=progress, label="MS-SSIM diversity of the reference set")
         metrics["diversity"] = d["mean"]
         out["diversity"] = {"generated": d, "reference": r}
         if r is not None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from models.metrics.images import batches, check_images, to_unit
+from models.metrics.progress import Progress, Reporter
 from models.metrics.ssim import mse, psnr_from_mse, ssim
 
 _CACHE_BYTES = 1 << 30
@@ -81,12 +82,13 @@ def nearest_by_mse(fake, real, chunk: int = 256, device: str | torch.device = "c
     return best_i.numpy()
 
 
-def matched_fidelity(fake, real, chunk: int = 256, device: str | torch.device = "cpu") -> MatchedFidelity:
+def matched_fidelity(fake, real, chunk: int = 256, device: str | torch.device = "cpu", progress: Reporter | None = None) -> MatchedFidelity:
     """SSIM and PSNR of each generated image against its nearest reference image (module docstring)."""
     nearest = nearest_by_mse(fake, real, chunk=chunk, device=device)
     fake = check_images(fake, "generated images")
     real = check_images(real, "reference images")
     errs, ssims = [], []
+    p = Progress("SSIM/PSNR against the nearest reference images", fake.shape[0], progress)
     for fs, fe in batches(fake.shape[0], chunk):
         f = to_unit(fake[fs:fe], device).to(torch.float64)
         idx = nearest[fs:fe]
@@ -96,5 +98,6 @@ def matched_fidelity(fake, real, chunk: int = 256, device: str | torch.device = 
         r = to_unit(rows, device).to(torch.float64)[torch.as_tensor(np.searchsorted(uniq, idx))]
         errs.append(mse(f, r).cpu())
         ssims.append(ssim(f, r, 1.0).cpu())
+        p.update(fe - fs)
     err = torch.cat(errs)
     return MatchedFidelity(nearest=nearest, mse=err.numpy(), psnr=psnr_from_mse(err, 1.0).numpy(), ssim=torch.cat(ssims).numpy())

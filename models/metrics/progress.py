@@ -23,8 +23,9 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, total: int, report: Reporter | None, every_s: float = 2.0):
+    def __init__(self, label: str, total: int, report: Reporter | None, every_s: float = 2.0, unit: str = "images"):
         self.label = label
+        self.unit = unit
         self.total = int(total)
         self.report = report
         self.every_s = every_s
@@ -46,4 +47,4 @@ class Progress:
         rate = self.rate
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         tail = f"ETA {_duration(eta)}" if self.done < self.total else f"done in {_duration(now - self.started)}"
-        self.report(f"{self.label}: {self.done}/{self.total} ({rate:.1f} images/s, {tail})")
+        self.report(f"{self.label}: {self.done}/{self.total} ({rate:.1f} {self.unit}/s, {tail})")
