@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import pydicom
+from prometheus_client import Counter
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import evt
@@ -46,6 +47,9 @@ from service.dicom import status
 from service.dicom.index import INSTANCE_VIEW
 from service.dicom.scu import TUNING_HANDLERS, storage_contexts_for
 from service.logs import get_logger
+
+QR_REQUESTS = Counter("synthpacs_qr_requests_total", "Query/Retrieve requests, by operation and outcome", ["operation", "outcome"])
+QR_MATCHES = Counter("synthpacs_qr_matches_total", "C-FIND matches returned and C-GET/C-MOVE instances sent", ["operation"])
 
 log = get_logger("qr")
 
@@ -282,10 +286,12 @@ class QueryRetrieveSCP:
             matches = self.find(identifier, level)
         except QueryError as exc:
             log.warning("c_find_refused", status=f"0x{exc.status:04X}", reason=str(exc))
+            QR_REQUESTS.labels("find", "refused").inc()
             yield exc.status, None
             return
         except Exception as exc:  # a broken query must not end the association
             log.exception("c_find_failed", error=type(exc).__name__)
+            QR_REQUESTS.labels("find", "failed").inc()
             yield status.QR_UNABLE_TO_PROCESS, None
             return
         sent = 0
@@ -297,6 +303,8 @@ class QueryRetrieveSCP:
             sent += 1
             yield status.PENDING, ds
         log.info("c_find", level=level, model=root, matches=sent, seconds=round(time.perf_counter() - started, 3))
+        QR_REQUESTS.labels("find", "ok").inc()
+        QR_MATCHES.labels("find").inc(sent)
 
     def find(self, identifier: Dataset, level: str) -> list[Dataset]:
         """The response identifiers for a C-FIND at ``level``."""
@@ -514,16 +522,20 @@ class QueryRetrieveSCP:
             records = self.retrieve_records(identifier, level)
         except QueryError as exc:
             log.warning("c_get_refused", status=f"0x{exc.status:04X}", reason=str(exc))
+            QR_REQUESTS.labels("get", "refused").inc()
             # pynetdicom answers a count of 0 with Success; one (failing) sub-operation carries the status.
             yield 1
             yield exc.status, None
             return
         except Exception as exc:
             log.exception("c_get_failed", error=type(exc).__name__)
+            QR_REQUESTS.labels("get", "failed").inc()
             yield 1
             yield status.QR_UNABLE_TO_PROCESS, None
             return
         log.info("c_get", level=level, instances=len(records))
+        QR_REQUESTS.labels("get", "ok").inc()
+        QR_MATCHES.labels("get").inc(len(records))
         yield len(records)
         yield from self._datasets(records, event, lambda: [cx for cx in event.assoc.accepted_contexts if cx.as_scu])
 
@@ -533,6 +545,7 @@ class QueryRetrieveSCP:
         peer = self.cfg.peer(destination)
         if peer is None or peer.port is None:
             log.warning("c_move_refused", reason="unknown move destination", destination=destination)
+            QR_REQUESTS.labels("move", "refused").inc()
             yield None, None
             return
         problem: QueryError | None = None
@@ -549,6 +562,7 @@ class QueryRetrieveSCP:
             problem = QueryError(status.QR_UNABLE_TO_PERFORM_SUBOPS, str(exc))
         if problem is not None:
             log.warning("c_move_refused", status=f"0x{problem.status:04X}", reason=str(problem))
+            QR_REQUESTS.labels("move", "refused").inc()
             # pynetdicom asks for the destination first and answers a count of 0 with Success, so one
             # (failing) sub-operation carries the status.
             yield peer.host, peer.port, {"contexts": storage_contexts_for([("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.1.2.1")]),
@@ -563,6 +577,8 @@ class QueryRetrieveSCP:
 
         handlers = TUNING_HANDLERS + [(evt.EVT_ACCEPTED, _remember)]
         log.info("c_move", level=level, instances=len(records), destination=destination)
+        QR_REQUESTS.labels("move", "ok").inc()
+        QR_MATCHES.labels("move").inc(len(records))
         yield peer.host, peer.port, {"contexts": contexts, "evt_handlers": handlers}
         yield len(records)
         yield from self._datasets(records, event, lambda: list(sub["assoc"].accepted_contexts) if "assoc" in sub else [])
