@@ -136,6 +136,9 @@ class InferenceConfig:
     half_precision: bool = True
     # How often the registry is rescanned for new versions (seconds; 0 disables).
     reload_interval_s: float = 10.0
+    # PyTorch intra-op threads for CPU inference in this process; 0 keeps PyTorch's default (one per core).
+    # On a CPU shared with other work, fewer threads can be faster (README "gRPC inference").
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)

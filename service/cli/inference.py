@@ -17,6 +17,7 @@ def add_grpc_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--preload", help="comma-separated models to load at start, e.g. demo-dcgan,other:v2 (inference.preload)")
     g.add_argument("--max-batch", dest="max_batch", type=int, help="largest forward pass (inference.max_batch)")
     g.add_argument("--max-queue-delay-ms", dest="max_queue_delay_ms", type=float, help="longest wait to fill a batch (inference.max_queue_delay_ms)")
+    g.add_argument("--cpu-threads", dest="cpu_threads", type=int, help="PyTorch threads for CPU inference, 0 = one per core (inference.cpu_threads)")
     g.add_argument("--no-batching", dest="batching", action="store_false", default=None, help="one image per forward pass (inference.batching)")
     g.add_argument("--tls-cert", dest="tls_cert", help="server certificate, PEM (grpc.tls_cert)")
     g.add_argument("--tls-key", dest="tls_key", help="server private key, PEM (grpc.tls_key)")
@@ -37,6 +38,7 @@ def grpc_overrides(args: argparse.Namespace) -> dict:
         "inference.max_batch": getattr(args, "max_batch", None),
         "inference.max_queue_delay_ms": getattr(args, "max_queue_delay_ms", None),
         "inference.batching": getattr(args, "batching", None),
+        "inference.cpu_threads": getattr(args, "cpu_threads", None),
     }
 
 

@@ -28,7 +28,7 @@ import torch
 from models.registry import CARD_FILE, GENERATOR_FILE, CorruptModel, ModelNotFound, ModelVersion, Registry, RegistryError, load_generator, parse_ref
 from models.sampling import latents
 from service.inference import metrics
-from service.inference.calibrate import calibrate_batch_sizes, half_is_faithful, pad_to
+from service.inference.calibrate import calibrate, half_is_faithful, pad_to
 from service.inference.device import memory_stats
 from service.logs import get_logger
 
@@ -154,7 +154,12 @@ def load_model(version: ModelVersion, device: torch.device, max_batch: int, half
         if ok:
             model = half_model
             net = half_net
-    model.batch_sizes = calibrate_batch_sizes(model.run, z_dim, max_batch)
+    calibration = calibrate(model.run, z_dim, max_batch)
+    model.batch_sizes = calibration.sizes
+    log.info(
+        "model_calibrated", model=version.ref, batch_sizes=list(model.batch_sizes),
+        ms_per_image={s: round(1000 * t / s, 2) for s, t in calibration.seconds.items()},
+    )
     model.weight_bytes = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])
     model.load_seconds = time.perf_counter() - started
     return model

@@ -18,6 +18,8 @@ algorithm changes the bits of thousands of output values and the probes see it.
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -41,26 +43,40 @@ def candidate_sizes(max_batch: int) -> list[int]:
     return sizes + [max_batch]
 
 
-def calibrate_batch_sizes(run: Run, z_dim: int, max_batch: int) -> tuple[int, ...]:
-    """The forward sizes (ascending) at which ``run`` gives the same bits for a latent wherever it sits.
+@dataclass(frozen=True)
+class Calibration:
+    """What calibration found for one model on one device: ``sizes``, the forward sizes whose images are
+    bit-identical (the batcher uses only these), and ``seconds``, the faster of the two probe passes at
+    each of them (logged for operators: the time per image at each size shows whether batching pays on
+    this device; on a shared 2-core CPU it did not, measured in bench/RESULTS.md)."""
+
+    sizes: tuple[int, ...]
+    seconds: dict[int, float]
+
+
+def calibrate(run: Run, z_dim: int, max_batch: int) -> Calibration:
+    """Find the forward sizes (ascending) at which ``run`` gives the same bits for a latent wherever it
+    sits, and time them.
 
     ``run`` maps float32 CPU latents (N, z_dim) to images (it moves them to the model's device and
-    dtype); it is called about
-    ``2 * sum(candidate_sizes(max_batch))`` rows' worth. The answer always contains 1 or the largest
-    size that is consistent with itself, so there is always a way to serve.
+    dtype); it is called about ``2 * sum(candidate_sizes(max_batch))`` rows' worth. The consistent sizes
+    always contain 1 or the largest size that is consistent with itself, so there is always a way to serve.
     """
     a, b = latents(list(PROBE_SEEDS), z_dim)
     results: dict[int, tuple[bytes, bytes]] = {}
+    seconds: dict[int, float] = {}
     for size in candidate_sizes(max_batch):
         if size == 1:
-            results[size] = (_bits(run(a[None])[0]), _bits(run(b[None])[0]))
+            (out_a, t1), (out_b, t2) = _timed(run, a[None]), _timed(run, b[None])
+            results[size], seconds[size] = (_bits(out_a[0]), _bits(out_b[0])), min(t1, t2)
             continue
         first = torch.zeros(size, z_dim)
         first[0], first[-1] = a, b
-        out1 = run(first)
+        out1, t1 = _timed(run, first)
         second = torch.zeros(size, z_dim)
         second[0], second[-1] = b, a
-        out2 = run(second)
+        out2, t2 = _timed(run, second)
+        seconds[size] = min(t1, t2)
         a1, b1, b2, a2 = _bits(out1[0]), _bits(out1[-1]), _bits(out2[0]), _bits(out2[-1])
         if a1 == a2 and b1 == b2:  # position-invariant at this size
             results[size] = (a1, b1)
@@ -69,7 +85,18 @@ def calibrate_batch_sizes(run: Run, z_dim: int, max_batch: int) -> tuple[int, ..
         groups.setdefault(key, []).append(size)
     # Prefer the sizes that agree with the largest one: that is where batching pays.
     best = max(groups.values(), key=lambda sizes: (max(sizes), len(sizes)))
-    return tuple(sorted(best))
+    return Calibration(tuple(sorted(best)), {s: seconds[s] for s in best})
+
+
+def calibrate_batch_sizes(run: Run, z_dim: int, max_batch: int) -> tuple[int, ...]:
+    """The sizes that give bit-identical images (:attr:`Calibration.sizes`)."""
+    return calibrate(run, z_dim, max_batch).sizes
+
+
+def _timed(run: Run, z: torch.Tensor) -> tuple[torch.Tensor, float]:
+    started = time.perf_counter()
+    out = run(z)  # run returns CPU tensors, so a GPU pass has finished when it returns
+    return out, time.perf_counter() - started
 
 
 def half_is_faithful(run32: Run, run16: Run, z_dim: int) -> tuple[bool, str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -76,6 +77,12 @@ class InferenceServer:
             self.device = pick_device(inf.device)
         except DeviceError as exc:
             raise ConfigError(str(exc)) from None
+        if inf.cpu_threads < 0 or inf.max_queue_delay_ms < 0 or inf.max_loaded_models < 1:
+            raise ConfigError("inference.cpu_threads and max_queue_delay_ms must not be negative, max_loaded_models at least 1")
+        if inf.cpu_threads and self.device.type == "cpu":
+            # Process-wide: with every core in a forward pass, threads that wait at each barrier for a
+            # sibling preempted by other work (gRPC threads, other processes) slow the pass several times.
+            torch.set_num_threads(inf.cpu_threads)
         if registry is None:
             registry = Registry.with_bundled(Home.at(cfg.home_path).models_dir)
         self.registry = registry

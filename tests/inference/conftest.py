@@ -14,7 +14,7 @@ from models.registry import Registry
 from service.inference.server import InferenceServer
 from synthpacs.v1 import synthesizer_pb2_grpc as pb_grpc
 from tests.helpers import make_config
-from tests.inference.nets import BrokenGenerator, Gate, GatedGenerator, SlowGenerator, TinyGenerator
+from tests.inference.nets import BrokenGenerator, CrashingGenerator, Gate, GatedGenerator, SlowGenerator, TinyGenerator
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +23,7 @@ def _test_architectures(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(reg.ARCHITECTURES, "test-slow", "tests.inference.nets:SlowGenerator")
     monkeypatch.setitem(reg.ARCHITECTURES, "test-gated", "tests.inference.nets:GatedGenerator")
     monkeypatch.setitem(reg.ARCHITECTURES, "test-broken", "tests.inference.nets:BrokenGenerator")
+    monkeypatch.setitem(reg.ARCHITECTURES, "test-crashing", "tests.inference.nets:CrashingGenerator")
     Gate.reset(open_=True)
     yield
     Gate.reset(open_=True)  # never leave a server thread waiting
@@ -35,8 +36,8 @@ def models_root(home: Path) -> Path:
 
 @pytest.fixture
 def export(models_root: Path) -> Callable[..., reg.ModelVersion]:
-    """export(name, kind="tiny"|"slow"|"gated"|"broken", **generator kwargs) -> the new version."""
-    classes = {"tiny": TinyGenerator, "slow": SlowGenerator, "gated": GatedGenerator, "broken": BrokenGenerator}
+    """export(name, kind="tiny"|"slow"|"gated"|"broken"|"crashing", **generator kwargs) -> the new version."""
+    classes = {"tiny": TinyGenerator, "slow": SlowGenerator, "gated": GatedGenerator, "broken": BrokenGenerator, "crashing": CrashingGenerator}
 
     def _export(name: str, kind: str = "tiny", **kwargs) -> reg.ModelVersion:
         net = classes[kind](**kwargs)

@@ -89,3 +89,10 @@ class BrokenGenerator(TinyGenerator):
         if psi == 0.25:
             raise RuntimeError("kernel exploded")
         return super().forward(z, psi)
+
+
+class CrashingGenerator(TinyGenerator):
+    """Loads fine and fails on every forward pass (a generator that cannot run at all)."""
+
+    def forward(self, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
