@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
