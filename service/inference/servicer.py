@@ -200,16 +200,23 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         window = max(1, model.max_batch)
         pending: deque = deque()
         next_index = 0
+        ended = threading.Event()
 
         def refill() -> None:
             nonlocal next_index
+            if ended.is_set():
+                return
             n = min(window - len(pending), len(seeds) - next_index)
             if n > 0:
                 futures = self.batcher.submit(model, seeds[next_index : next_index + n], psi, bits)
                 pending.extend(zip(range(next_index, next_index + n), futures))
                 next_index += n
+                if ended.is_set():  # the call ended while these were being queued
+                    for fut in futures:
+                        fut.cancel()
 
         def cancel_pending() -> None:
+            ended.set()  # no more submissions for this call, even from a refill already under way
             for _i, fut in list(pending):
                 fut.cancel()
 
@@ -223,6 +230,8 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             except CancelledError:
                 return
             pending.popleft()
+            if ended.is_set():
+                return
             if len(pending) <= window // 2:
                 refill()
             yield index, seeds[index], image
