@@ -15,6 +15,10 @@ gets the next number.
 The generator contract every architecture meets: ``G(z, psi=1.0)`` takes latents of shape
 ``(N, G.z_dim)`` (see :mod:`models.sampling`) and returns images in [-1, 1] of shape
 ``(N, G.channels, G.resolution, G.resolution)``; ``G.init_kwargs`` holds its constructor arguments.
+``psi`` is the truncation each architecture defines (DCGAN: the generator sees ``psi * z``; StyleGAN:
+w is pulled toward its running mean); ``psi = 1`` is the plain sample. In eval mode on the CPU the
+output for one latent does not depend on the batch it is in, to the last bit, so model, version, seed
+and psi regenerate the same pixels (DCGAN: see ``models.dcgan._batch_invariant``).
 """
 
 from __future__ import annotations
@@ -160,6 +164,9 @@ def load_generator(folder: str | os.PathLike[str], device: str | torch.device = 
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CorruptModel(f"{weights} does not fit the architecture in {folder / CARD_FILE}: {str(exc).splitlines()[0]}") from None
+    for key in ("z_dim", "resolution", "channels"):
+        if key in card and getattr(net, key, card[key]) != card[key]:
+            raise CorruptModel(f"{folder / CARD_FILE} says {key} {card[key]}, but its init_kwargs build a network with {key} {getattr(net, key)}")
     net.requires_grad_(False)
     return net.eval().to(device=device, dtype=dtype), card
 
