@@ -146,10 +146,11 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> Iterator[pb.GeneratedImage]:
         started, code = time.monotonic(), grpc.StatusCode.OK
-        request_id = request.request_id or uuid.uuid4().hex[:16]
+        request_id, bad_id = _request_id(request.request_id)
         sent, served_by = 0, request.model[:80]
         try:
-            check_request_id(request.request_id)
+            if bad_id is not None:
+                raise bad_id
             with self._admitted():
                 ref = check_model_ref(request.model)
                 seeds = plan_seeds(request.count, request.seeds, request.first_seed if request.HasField("first_seed") else None, self.cfg.inference.max_count)
@@ -194,9 +195,9 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"cannot write synthetic DICOM with this server's settings: {exc}") from None
 
     def _images(self, model: LoadedModel, seeds: list[int], psi: float, context: grpc.ServicerContext, bits: int):
-        """(index, seed, pixels (C, H, W) of ``bits``) in request order. At most one model batch of this request waits in the
-        batcher at a time (refilled at half), so one big request cannot starve many small ones; a
-        cancelled or expired call cancels what it still has queued."""
+        """(index, seed, pixels (C, H, W) of ``bits``) in request order. At most one model batch of this
+        request waits in the batcher at a time (refilled at half), so one big request cannot starve many
+        small ones; a cancelled or expired call cancels what it still has queued."""
         window = max(1, model.max_batch)
         pending: deque = deque()
         next_index = 0
@@ -238,9 +239,10 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
 
     def GenerateStudy(self, request: pb.GenerateStudyRequest, context: grpc.ServicerContext) -> pb.GenerateStudyResponse:
         started, code = time.monotonic(), grpc.StatusCode.OK
-        request_id = request.request_id or uuid.uuid4().hex[:16]
+        request_id, bad_id = _request_id(request.request_id)
         try:
-            check_request_id(request.request_id)
+            if bad_id is not None:
+                raise bad_id
             with self._admitted():
                 ref = check_model_ref(request.model)
                 seeds = plan_seeds(request.count, request.seeds, request.first_seed if request.HasField("first_seed") else None, self.cfg.inference.max_count)
@@ -305,6 +307,16 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                         "GenerateStudy needs the synthetic study writer (service/studies.py), which this installation lacks",
                     ) from None
             return self._study_writer
+
+
+def _request_id(given: str) -> tuple[str, InvalidRequest | None]:
+    """The id to log and echo: the client's when it is acceptable, else a new one (and why not)."""
+    if not given:
+        return uuid.uuid4().hex[:16], None
+    try:
+        return check_request_id(given), None
+    except InvalidRequest as exc:
+        return uuid.uuid4().hex[:16], exc
 
 
 def model_info(status: ModelStatus) -> pb.ModelInfo:
