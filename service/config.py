@@ -59,6 +59,8 @@ class DicomConfig:
     peers: tuple[DicomPeer, ...] = ()
     # Refuse associations whose Called AE Title is not ours (dcmtk storescp --require-match).
     require_called_ae_title: bool = False
+    # Write each C-STORE dataset to its temporary file while it arrives (service/dicom/streaming.py).
+    stream_writes: bool = True
 
 
 @dataclass(frozen=True)

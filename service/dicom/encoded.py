@@ -127,6 +127,50 @@ def _complete(ds: Dataset, tsyntax: UID) -> EncodedInstance:
     return EncodedInstance(ds, tsyntax, pixel_length=pixel_length, complete=True)
 
 
+@dataclass(frozen=True)
+class HeaderSplit:
+    """Where the pixel data element starts in a dataset whose header has fully arrived."""
+
+    instance: EncodedInstance  # the header only: no pixel element, no trailing bytes
+    pixel_offset: int
+    pixel_header_length: int
+    pixel_length: int | None  # None: encapsulated (undefined length)
+
+
+def parse_header(data: bytes | memoryview, transfer_syntax: str) -> HeaderSplit | None:
+    """Parse a dataset still arriving, up to its pixel data element; None while that is not complete.
+
+    Not for deflated transfer syntaxes. Raises :class:`EncodingError` only for what more bytes cannot
+    fix (an element other than pixel data where parsing stopped).
+    """
+    tsyntax = UID(str(transfer_syntax))
+    view = memoryview(data)
+    fp = io.BytesIO(view)
+    try:
+        ds = read_dataset(fp, tsyntax.is_implicit_VR, tsyntax.is_little_endian, stop_when=_stop_at_pixels)
+        _check_lengths(ds)
+    except Exception:
+        return None  # cut inside an element: wait for more
+    offset = fp.tell()
+    if offset >= len(view):
+        return None
+    u16, u32 = ("<H", "<L") if tsyntax.is_little_endian else (">H", ">L")
+    try:
+        tag, value_start, length = _element_header(view, offset, tsyntax.is_implicit_VR, u16, u32)
+    except EncodingError:
+        return None
+    if tag not in PIXEL_TAGS:
+        raise EncodingError("parsing stopped at an element that is not pixel data")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = tsyntax
+    return HeaderSplit(EncodedInstance(ds, tsyntax), offset, value_start - offset, None if length == _UNDEFINED else length)
+
+
+def split_pixel_data(data: bytes | memoryview, transfer_syntax: str, offset: int) -> EncodedInstance:
+    """The pixel data element at ``offset`` of a complete dataset and what follows it (header not parsed)."""
+    return _split(Dataset(), UID(str(transfer_syntax)), data, offset)
+
+
 def _check_lengths(ds: Dataset) -> None:
     """pydicom keeps a value cut short by the end of the data without a word: refuse it here."""
     for tag in ds.keys():

@@ -36,6 +36,7 @@ from service.config import Config
 from service.dicom import status
 from service.dicom.polling import responsive
 from service.dicom.sockets import large_reads
+from service.dicom.streaming import StreamingDIMSE, streaming
 from service.dicom.store import Store, StoreError
 from service.logs import get_logger
 
@@ -134,11 +135,13 @@ class _AllowListACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
-def _request_handler(allow_list: AllowList) -> type[RequestHandler]:
+def _request_handler(allow_list: AllowList, store: Store | None) -> type[RequestHandler]:
     class Handler(RequestHandler):
         def _create_association(self):  # type: ignore[override]
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             assoc = large_reads(responsive(super()._create_association()))
+            if store is not None:
+                streaming(assoc, store)
             acse = _AllowListACSE(assoc)
             acse.allow_list = allow_list
             assoc.acse = acse
@@ -202,7 +205,7 @@ class StorageSCP:
             self.cfg.dicom.ae_title,
             self.contexts,
             evt_handlers=self.handlers,
-            request_handler=_request_handler(AllowList.from_config(self.cfg)),
+            request_handler=_request_handler(AllowList.from_config(self.cfg), self.store if self.cfg.dicom.stream_writes else None),
         )
         self.ae._servers.append(server)
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
@@ -247,6 +250,8 @@ class StorageSCP:
         log.info("association_released", association=self._ids.pop(id(event.assoc), 0), **_summary(counts))
 
     def _on_aborted(self, event: evt.Event) -> None:
+        if isinstance(event.assoc.dimse, StreamingDIMSE):
+            event.assoc.dimse.abort_stream()  # the message in flight will never complete
         if id(event.assoc) in self._ids:
             metrics.ACTIVE_ASSOCIATIONS.dec()
         metrics.ASSOCIATIONS.labels(outcome="aborted").inc()
@@ -269,7 +274,8 @@ class StorageSCP:
         self._bind(event)
         try:
             # The dataset as received, without a copy; it is parsed in the context's transfer syntax.
-            data = event.request.DataSet.getbuffer()
+            received = event.request.DataSet
+            data = received.getbuffer()
             tsyntax = event.context.transfer_syntax
         except Exception as exc:  # the bytes could not even be framed as a dataset
             metrics.STORE_FAILURES.labels(reason="malformed").inc()
@@ -277,7 +283,11 @@ class StorageSCP:
             return _status(status.CANNOT_UNDERSTAND, "the dataset could not be decoded")
         counts = self._counts.setdefault(id(event.assoc), Counter())
         try:
-            result = self.store.put_bytes(data, source="cstore", source_ae=event.assoc.requestor.ae_title, transfer_syntax=tsyntax)
+            stream = getattr(received, "stream", None)
+            if stream is not None:  # written while it arrived (streaming.py); it falls back to put_bytes
+                result = stream.finish(data)
+            else:
+                result = self.store.put_bytes(data, source="cstore", source_ae=event.assoc.requestor.ae_title, transfer_syntax=tsyntax)
         except StoreError as exc:
             counts["refused"] += 1
             return _status(exc.status, str(exc))

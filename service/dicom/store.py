@@ -76,6 +76,16 @@ PARALLEL_HASH_MIN_BYTES = 256 * 1024
 _HASHERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-sha256")
 
 
+@dataclass
+class Prepared:
+    """An instance ready to be written: validated, de-identified, encoded as ``parts``."""
+
+    encoded: EncodedInstance
+    dataset: Dataset
+    exclusion: str
+    parts: list
+
+
 class StoreError(Exception):
     """An instance that was not stored. ``status`` is the DICOM status to answer (PS3.4 Annex B.2.3)."""
 
@@ -133,7 +143,7 @@ class Store:
         self._uid_locks: dict[str, list] = {}
         self._uid_locks_guard = threading.Lock()
         # Start times of puts in flight, for the durable mark (see checkpoint()).
-        self._inflight: dict[int, float] = {}
+        self._inflight: dict[object, float] = {}
         self._inflight_guard = threading.Lock()
         self._last_checkpoint = time.monotonic()
         self._checkpoint_lock = threading.Lock()
@@ -171,16 +181,31 @@ class Store:
         return self._guarded(enc, source, source_ae, synthetic, started)
 
     def _guarded(self, enc: EncodedInstance, source: str, source_ae: str, synthetic: bool, started: float) -> PutResult:
-        key = threading.get_ident()
+        key = ("put", threading.get_ident())
+        self.begin_inflight(key)
+        try:
+            return self._measured(lambda: self._put(enc, source, source_ae, synthetic), source, started)
+        finally:
+            self.end_inflight(key)
+
+    def commit_streamed(self, prep: "Prepared", source: str, source_ae: str, written: Path, digest: str, size: int, started: float) -> PutResult:
+        """Finish an instance whose bytes a stream already wrote and fsynced to ``written``."""
+        return self._measured(lambda: self._commit(prep, source, source_ae, False, written, digest, size), source, started)
+
+    def begin_inflight(self, key: object) -> None:
+        """A put started: files it writes from now on are newer than any durable mark taken meanwhile."""
         with self._inflight_guard:
             self._inflight[key] = time.time()
+
+    def end_inflight(self, key: object) -> None:
+        with self._inflight_guard:
+            self._inflight.pop(key, None)
+
+    def _measured(self, fn: Callable[[], PutResult], source: str, started: float) -> PutResult:
         try:
-            result = self._put(enc, source, source_ae, synthetic)
+            result = fn()
         except StoreError as exc:
             raise self._refused(exc, source) from None
-        finally:
-            with self._inflight_guard:
-                self._inflight.pop(key, None)
         metrics.STORE_LATENCY.observe(time.perf_counter() - started)
         if result.outcome in ("stored", "replaced"):
             metrics.INSTANCES_RECEIVED.labels(source=source).inc()
@@ -198,7 +223,15 @@ class Store:
         return exc
 
     def _put(self, enc: EncodedInstance, source: str, source_ae: str, synthetic: bool) -> PutResult:
-        self._validate(enc)
+        return self._commit(self._prepare(enc, synthetic), source, source_ae, synthetic)
+
+    def _prepare(self, enc: EncodedInstance, synthetic: bool, pixels_later: bool = False) -> "Prepared":
+        """Validate, de-identify and encode: everything before the first byte is written.
+
+        ``pixels_later``: ``enc`` is a header whose pixel data is still arriving (streaming.py); the
+        caller checks it with :meth:`_validate_pixels` once it is complete.
+        """
+        self._validate(enc, pixels_later)
         exclusion = ""
         keep_trailing = True
         if self.deidentifier is not None and not synthetic:
@@ -215,65 +248,79 @@ class Store:
         ds = enc.dataset
         if not exclusion and not synthetic and _text(ds, "BurnedInAnnotation").upper() == "YES":
             exclusion = "burned-in annotation"
-        parts = self._encode(enc, keep_trailing)
-        size = sum(len(p) for p in parts)
+        return Prepared(enc, ds, exclusion, self._encode(enc, keep_trailing))
+
+    def _commit(
+        self, prep: "Prepared", source: str, source_ae: str, synthetic: bool,
+        written: Path | None = None, digest: str = "", size: int = 0,
+    ) -> PutResult:
+        """Deduplicate, make durable and index. ``written``: a temporary file already holding the
+        instance's bytes, fsynced (with its ``digest`` and ``size``); otherwise ``prep.parts`` are written."""
+        ds, parts = prep.dataset, prep.parts
+        if written is None:
+            size = sum(len(p) for p in parts)
         study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
         rel = Path(study) / series / f"{sop}.dcm"
         final = self.root / rel
-        with self._uid_lock(sop):
-            existing = self.index.get(sop)
-            replace = False
-            if existing is None:
-                # The usual case: hash on another core while this one writes and fsyncs (both release
-                # the GIL), so a 6 MB instance pays for the slower of the two, not their sum.
-                pending = _HASHERS.submit(_sha256_parts, parts) if size >= PARALLEL_HASH_MIN_BYTES else None
-                digest = "" if pending else _sha256_parts(parts)
+        try:
+            with self._uid_lock(sop):
+                existing = self.index.get(sop)
+                replace = False
+                if existing is not None:
+                    digest = digest or _sha256_parts(parts)
+                    if existing.sha256 == digest:
+                        log.debug("instance_duplicate", sop=uid_hash(sop), outcome="identical", source=source)
+                        return PutResult(existing, "identical")
+                    policy = self.cfg.store.duplicate_policy
+                    if policy == "keep":
+                        log.warning("instance_duplicate", sop=uid_hash(sop), outcome="kept", policy=policy, source=source)
+                        return PutResult(existing, "kept")
+                    if policy == "reject":
+                        raise StoreError(
+                            status.DUPLICATE_SOP_INSTANCE,
+                            "duplicate_rejected",
+                            "a different instance with this SOP Instance UID is already stored (store.duplicate_policy = reject)",
+                        )
+                    replace = True
+                if written is None:
+                    # Hash on another core while this one writes and fsyncs (both release the GIL),
+                    # so a 6 MB instance pays for the slower of the two, not their sum.
+                    pending = _HASHERS.submit(_sha256_parts, parts) if not digest and size >= PARALLEL_HASH_MIN_BYTES else None
+                    digest = digest or ("" if pending else _sha256_parts(parts))
+                    try:
+                        written = self._write_tmp(parts)
+                    finally:
+                        if pending is not None:
+                            digest = pending.result()
+                self._publish(written, final)
+                written = None
+                old_path = self.root / existing.path if existing is not None else None
+                record = self._record(ds, rel, size, digest, source, source_ae, synthetic, prep.exclusion)
                 try:
-                    self._write_durably(final, parts)
-                finally:
-                    if pending is not None:
-                        digest = pending.result()
-            else:
-                digest = _sha256_parts(parts)
-                if existing.sha256 == digest:
-                    log.debug("instance_duplicate", sop=uid_hash(sop), outcome="identical", source=source)
-                    return PutResult(existing, "identical")
-                policy = self.cfg.store.duplicate_policy
-                if policy == "keep":
-                    log.warning("instance_duplicate", sop=uid_hash(sop), outcome="kept", policy=policy, source=source)
-                    return PutResult(existing, "kept")
-                if policy == "reject":
-                    raise StoreError(
-                        status.DUPLICATE_SOP_INSTANCE,
-                        "duplicate_rejected",
-                        "a different instance with this SOP Instance UID is already stored (store.duplicate_policy = reject)",
-                    )
-                replace = True
-                self._write_durably(final, parts)
-            old_path = self.root / existing.path if existing is not None else None
-            record = self._record(ds, rel, size, digest, source, source_ae, synthetic, exclusion)
-            try:
-                self.index.add(record, replace=replace)
-            except sqlite3.IntegrityError:
-                # Another process (a recovery scan, an import) indexed these very bytes meanwhile.
-                again = self.index.get(sop)
-                if again is not None and again.sha256 == digest:
-                    return PutResult(again, "identical")
-                if old_path != final:
-                    _unlink_quietly(final)
-                raise StoreError(status.OUT_OF_RESOURCES, "index_failed", "could not index the instance (conflicting row)") from None
-            except Exception as exc:
-                # Not indexed means not stored: take the file away again so nothing half-exists.
-                if old_path != final:
-                    _unlink_quietly(final)
-                raise StoreError(status.OUT_OF_RESOURCES, "index_failed", f"could not index the instance ({type(exc).__name__})") from None
-            if old_path is not None and old_path != final:
-                _unlink_quietly(old_path)
+                    self.index.add(record, replace=replace)
+                except sqlite3.IntegrityError:
+                    # Another process (a recovery scan, an import) indexed these very bytes meanwhile.
+                    again = self.index.get(sop)
+                    if again is not None and again.sha256 == digest:
+                        return PutResult(again, "identical")
+                    if old_path != final:
+                        _unlink_quietly(final)
+                    raise StoreError(status.OUT_OF_RESOURCES, "index_failed", "could not index the instance (conflicting row)") from None
+                except Exception as exc:
+                    # Not indexed means not stored: take the file away again so nothing half-exists.
+                    if old_path != final:
+                        _unlink_quietly(final)
+                    raise StoreError(status.OUT_OF_RESOURCES, "index_failed", f"could not index the instance ({type(exc).__name__})") from None
+                if old_path is not None and old_path != final:
+                    _unlink_quietly(old_path)
+        finally:
+            if written is not None:  # written but not published: a duplicate, or a failure
+                _unlink_quietly(written)
         outcome = "replaced" if replace else "stored"
         # Debug: one line per instance is the sender's log; ours counts per association (scp.py).
         log.debug(
             "instance_stored", sop=uid_hash(sop), study=uid_hash(study), size=size, outcome=outcome,
-            source=source, synthetic=synthetic, excluded=bool(exclusion),
+            source=source, synthetic=synthetic, excluded=bool(prep.exclusion),
         )
         return PutResult(record, outcome)
 
@@ -436,19 +483,28 @@ class Store:
             except InvalidUID as exc:
                 raise StoreError(status.CANNOT_UNDERSTAND, "invalid_uid", str(exc)) from None
 
-    def _validate(self, enc: EncodedInstance) -> None:
+    def _validate(self, enc: EncodedInstance, pixels_later: bool = False) -> None:
+        self._validate_header(enc)
+        if not pixels_later:
+            self._validate_pixels(enc)
+
+    def _validate_header(self, enc: EncodedInstance) -> None:
         ds = enc.dataset
         self._validate_uids(ds)
-        rows, cols, frames = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "NumberOfFrames") or 1
-        if rows is None or cols is None:
-            return
-        if rows * cols > self.cfg.store.max_pixels:
+        rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+        if rows is not None and cols is not None and rows * cols > self.cfg.store.max_pixels:
             raise StoreError(
                 status.CANNOT_UNDERSTAND,
                 "image_too_large",
                 f"the header claims a {rows} x {cols} image; the store accepts at most {self.cfg.store.max_pixels} "
                 "pixels per frame (store.max_pixels)",
             )
+
+    def _validate_pixels(self, enc: EncodedInstance) -> None:
+        ds = enc.dataset
+        rows, cols, frames = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "NumberOfFrames") or 1
+        if rows is None or cols is None:
+            return
         has_pixels = enc.pixel_element is not None or (enc.complete and any(t in ds for t in PIXEL_TAGS))
         if not has_pixels:
             # Rows and Columns describe an image whose pixels are Type 1 (PS3.3 C.7.6.3): a dataset
@@ -503,11 +559,14 @@ class Store:
                 parts.append(enc.trailing)
         return parts
 
-    def _write_durably(self, final: Path, parts: list) -> None:
-        """Temporary file, fsync, atomic rename, fsync of the folder: after this the file survives a crash."""
-        tmp_path = self.tmp / f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.part"
+    def new_tmp_path(self) -> Path:
+        """A fresh temporary file name on the store's filesystem, tagged with our pid (see _clean_tmp)."""
+        return self.tmp / f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.part"
+
+    def _write_tmp(self, parts: list) -> Path:
+        """The instance in a temporary file, fsynced; nothing is left behind if that fails."""
+        tmp_path = self.new_tmp_path()
         try:
-            new_dirs = _makedirs(final.parent, self.root)
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
                 _writev_all(fd, parts)
@@ -515,13 +574,29 @@ class Store:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            # A file already at ``final`` without a row (a crash between rename and commit) is replaced.
+        except OSError as exc:
+            _unlink_quietly(tmp_path)
+            raise StoreError(status.OUT_OF_RESOURCES, "write_failed", f"could not write the instance to disk: {exc.strerror or exc}") from None
+        return tmp_path
+
+    def _publish(self, tmp_path: Path, final: Path) -> None:
+        """Atomic rename into place and fsync of the folder(s): after this the file survives a crash.
+
+        A file already at ``final`` without a row (a crash between rename and commit) is replaced.
+        """
+        renamed = existed = False
+        try:
+            new_dirs = _makedirs(final.parent, self.root)
+            existed = final.exists()
             os.replace(tmp_path, final)
+            renamed = True
             if self.cfg.store.fsync:
                 for d in [final.parent, *new_dirs]:
                     _fsync_dir(d)
         except OSError as exc:
             _unlink_quietly(tmp_path)
+            if renamed and not existed:
+                _unlink_quietly(final)  # not durable, so not stored
             raise StoreError(status.OUT_OF_RESOURCES, "write_failed", f"could not write the instance to disk: {exc.strerror or exc}") from None
 
     def _record(self, ds: Dataset, rel: Path, size: int, digest: str, source: str, source_ae: str, synthetic: bool, exclusion: str) -> InstanceRecord:

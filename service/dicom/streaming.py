@@ -1,0 +1,243 @@
+"""C-STORE datasets written to their temporary file while they arrive.
+
+A C-STORE request's dataset comes in P-DATA fragments (PS3.8 §9.3.5; dcmtk sends at most 128 KB each).
+pynetdicom collects them and hands the whole dataset to our handler, which then writes it: for a 6 MB
+radiograph the write (and the page-cache throttling that comes with it on a busy disk) would happen after
+the last byte arrived, while the sender waits. Here the header is parsed, validated, de-identified and
+encoded as soon as it is complete, and every later fragment of pixel data is written and hashed as it
+arrives, in pynetdicom's reading thread. When the message is complete, only the fsync, the rename and
+the index row remain, and the C-STORE response follows them exactly as before: success still means
+durable and indexed.
+
+The stream takes the common case only: a Pixel Data element in a non-deflated transfer syntax with
+nothing after it but Data Set Trailing Padding. Anything else, and any error, makes it step aside: its
+temporary file is removed and the complete dataset (which pynetdicom still collects) goes through
+:meth:`Store.put_bytes` as if there had been no stream, so both paths give the same bytes, the same
+status and the same log line. An association that ends mid-message removes the stream's file
+(:meth:`StreamingPut.abort`); a crash leaves it in ``store/.tmp``, which the next start empties.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+import time
+from pathlib import Path
+
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ
+
+from service.dicom.encoded import DATASET_TRAILING_PADDING, EncodingError, parse_header, split_pixel_data
+from service.dicom.store import Prepared, PutResult, Store, StoreError
+from service.logs import get_logger
+
+log = get_logger("store")
+
+# A header still incomplete after this many bytes is left to the whole-dataset path.
+HEADER_LIMIT = 4 * 1024 * 1024
+
+
+class StreamingPut:
+    """One C-STORE dataset, fed fragment by fragment (DUL thread), finished once (association thread)."""
+
+    def __init__(self, store: Store, transfer_syntax: str, source: str, source_ae: str):
+        self.store, self.source, self.source_ae = store, source, source_ae
+        self.tsyntax = UID(str(transfer_syntax))
+        self.active = self.tsyntax.is_transfer_syntax and self.tsyntax != DeflatedExplicitVRLittleEndian
+        self.started = time.perf_counter()
+        self.prep: Prepared | None = None
+        self.fd: int | None = None
+        self.tmp: Path | None = None
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.pixel_offset = 0  # where the pixel data element starts in the received dataset
+        self.pixel_end: int | None = None  # where it ends, when its length is defined
+        self.written_to = 0  # received bytes before this offset are in the file
+        self._key = ("stream", id(self))
+        # feed() runs in pynetdicom's reading thread, abort() and finish() in the association's: one at a
+        # time, so a file descriptor is never closed under a write.
+        self._lock = threading.Lock()
+
+    # -- DUL thread ------------------------------------------------------------------------------------
+
+    def feed(self, buffer: io.BytesIO) -> None:
+        """New bytes were appended to ``buffer`` (the dataset so far)."""
+        if not self.active:
+            return
+        with self._lock:
+            self._feed(buffer)
+
+    def _feed(self, buffer: io.BytesIO) -> None:
+        if not self.active:
+            return
+        try:
+            with buffer.getbuffer() as view:
+                if self.prep is None:
+                    self._try_header(view)
+                else:
+                    self._write_until(view, len(view))
+        except Exception as exc:  # never into pynetdicom's reactor: the whole-dataset path decides
+            self._step_aside(type(exc).__name__)
+
+    def _try_header(self, view: memoryview) -> None:
+        split = parse_header(view, self.tsyntax)
+        if split is None:
+            if len(view) > HEADER_LIMIT:
+                self._step_aside("header_too_large")
+            return
+        self.pixel_offset = split.pixel_offset
+        if split.pixel_length is not None:
+            self.pixel_end = split.pixel_offset + split.pixel_header_length + split.pixel_length
+        enc = split.instance
+        enc.fragments = 1  # the fragments are counted when the message is complete
+        enc.pixel_length = split.pixel_length
+        try:
+            self.prep = self.store._prepare(enc, synthetic=False, pixels_later=True)
+        except StoreError as exc:
+            self._step_aside(exc.reason)  # refused: the whole-dataset path answers and logs it, once
+            return
+        self.store.begin_inflight(self._key)
+        self.tmp = self.store.new_tmp_path()
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        for part in self.prep.parts:  # File Meta Information and the de-identified header
+            self._out(part)
+        self.written_to = self.pixel_offset
+        self._write_until(view, len(view))
+
+    def _write_until(self, view: memoryview, end: int, past_pixels: bool = False) -> None:
+        if self.pixel_end is not None and not past_pixels:
+            end = min(end, self.pixel_end)  # what follows the pixel data is decided in _complete
+        if end > self.written_to:
+            self._out(view[self.written_to : end])
+            self.written_to = end
+
+    def _out(self, data) -> None:
+        with memoryview(data) as view:
+            chunk = view.cast("B")
+            self.hasher.update(chunk)
+            self.size += len(chunk)
+            while len(chunk):
+                n = os.write(self.fd, chunk)  # type: ignore[arg-type]
+                chunk = chunk[n:]
+
+    def _step_aside(self, why: str) -> None:
+        if self.active:
+            log.debug("stream_fallback", reason=why)
+        self.active = False
+        self._discard()
+
+    def _discard(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        if self.tmp is not None:
+            try:
+                self.tmp.unlink()
+            except FileNotFoundError:
+                pass
+            self.tmp = None
+        self.store.end_inflight(self._key)
+
+    # -- association thread ----------------------------------------------------------------------------
+
+    def finish(self, data: memoryview) -> PutResult:
+        """The whole dataset arrived: commit the streamed file, or store ``data`` the usual way."""
+        with self._lock:
+            return self._finish(data)
+
+    def _finish(self, data: memoryview) -> PutResult:
+        try:
+            if self.active and self.prep is not None:
+                try:
+                    written = self._complete(data)
+                except (EncodingError, StoreError, OSError) as exc:
+                    written = None
+                    self._step_aside(type(exc).__name__)
+                if written is not None:
+                    return self.store.commit_streamed(self.prep, self.source, self.source_ae, written, self.hasher.hexdigest(), self.size, self.started)
+            self._discard()
+            return self.store.put_bytes(data, source=self.source, source_ae=self.source_ae, transfer_syntax=self.tsyntax)
+        finally:
+            self._discard()
+
+    def _complete(self, data: memoryview) -> Path | None:
+        """Check the whole message as put_bytes would, write what remains, fsync. None: step aside."""
+        tail = split_pixel_data(data, self.tsyntax, self.pixel_offset)  # raises on truncation
+        keep_trailing = self.store.deidentifier is None  # as put_bytes: kept as received without de-identification
+        if not keep_trailing and set(tail.trailing_tags) - {DATASET_TRAILING_PADDING}:
+            return None  # elements after the pixel data need de-identifying: the whole-dataset path
+        end = len(data) if keep_trailing else len(data) - len(tail.trailing)
+        if self.written_to > end:
+            return None  # trailing padding was written (encapsulated): not what put_bytes stores
+        tail.dataset = self.prep.dataset  # type: ignore[union-attr]
+        self.store._validate_pixels(tail)
+        self._write_until(data, end, past_pixels=True)
+        if self.store.cfg.store.fsync:
+            os.fsync(self.fd)  # type: ignore[arg-type]
+        os.close(self.fd)  # type: ignore[arg-type]
+        self.fd = None
+        written, self.tmp = self.tmp, None
+        return written
+
+    def abort(self) -> None:
+        """The association ended before the message did: nothing of it may remain."""
+        with self._lock:
+            self.active = False
+            self._discard()
+
+
+class StreamingBuffer(io.BytesIO):
+    """What pynetdicom collects a C-STORE dataset into: a BytesIO that also feeds a :class:`StreamingPut`."""
+
+    stream: StreamingPut | None = None
+
+    def write(self, data) -> int:  # type: ignore[override]
+        n = super().write(data)
+        if self.stream is not None:
+            self.stream.feed(self)
+        return n
+
+
+class StreamingDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, giving each incoming C-STORE-RQ a :class:`StreamingBuffer`."""
+
+    store: Store | None = None
+
+    def receive_primitive(self, primitive) -> None:  # type: ignore[override]
+        super().receive_primitive(primitive)
+        message = self.message  # None once a message completed; else the one still arriving
+        if isinstance(message, C_STORE_RQ) and not isinstance(message.data_set, StreamingBuffer):
+            self._install(message)
+
+    def _install(self, message: C_STORE_RQ) -> None:
+        if self.store is None or message.context_id is None or message.data_set is None:
+            return
+        try:
+            tsyntax = self.assoc._accepted_cx[message.context_id].transfer_syntax[0]
+        except (KeyError, IndexError, AttributeError):
+            return
+        buffer = StreamingBuffer()
+        buffer.write(message.data_set.getvalue())  # what came with the command, before the buffer
+        buffer.stream = StreamingPut(self.store, tsyntax, "cstore", self.assoc.requestor.ae_title)
+        buffer.stream.feed(buffer)
+        message.data_set = buffer
+
+    def abort_stream(self) -> None:
+        """Remove the file of a message the association will never complete."""
+        buffer = getattr(self.message, "data_set", None)
+        if isinstance(buffer, StreamingBuffer) and buffer.stream is not None:
+            buffer.stream.abort()
+
+
+def streaming(assoc, store: Store):
+    """Make a freshly created acceptor association stream its C-STOREs into ``store``; returns it."""
+    if type(assoc.dimse) is DIMSEServiceProvider:
+        assoc.dimse.__class__ = StreamingDIMSE
+        assoc.dimse.store = store
+    return assoc
