@@ -59,18 +59,18 @@ def _gaussian(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return g.view(1, 1, 1, WINDOW), g.view(1, 1, WINDOW, 1)
 
 
-def _filter(x: torch.Tensor, g: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def _filter(x, g: tuple[torch.Tensor, torch.Tensor]):
     """Gaussian-weighted local means, same size as ``x``; only positions at least ``WINDOW // 2`` from
     the border (where the window lies inside the image) are meaningful, and :func:`_ssim_terms` keeps
     only those.
 
-    The 2-D Gaussian is separable: two 1-D passes. On the CPU, SciPy's C correlation is about three
-    times faster than PyTorch's float64 convolution (bench/RESULTS.md); on a GPU, zero-padded
-    convolutions. Both give the same values at the kept positions.
+    The 2-D Gaussian is separable: two 1-D passes. On the CPU (NumPy arrays) SciPy's C correlation,
+    as scikit-image does; on a GPU (tensors), zero-padded convolutions. Both give the same values at
+    the kept positions (tested).
     """
-    if x.device.type == "cpu":
-        w = g[0].flatten().numpy()
-        return torch.from_numpy(ndimage.correlate1d(ndimage.correlate1d(x.numpy(), w, axis=-1), w, axis=-2))
+    if isinstance(x, np.ndarray):
+        w = g[0].flatten().cpu().numpy()
+        return ndimage.correlate1d(ndimage.correlate1d(x, w, axis=-1), w, axis=-2)
     return _filter_conv(x, g)
 
 
@@ -79,29 +79,35 @@ def _filter_conv(x: torch.Tensor, g: tuple[torch.Tensor, torch.Tensor]) -> torch
     return F.conv2d(F.conv2d(x, g[0], padding=(0, r)), g[1], padding=(r, 0))
 
 
-def _valid(m: torch.Tensor) -> torch.Tensor:
+def _valid(m):
     r = (WINDOW - 1) // 2
     return m[..., r:-r, r:-r]
 
 
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor, data_range: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image mean SSIM and mean contrast-structure term over the valid positions."""
+    """Per-image mean SSIM and mean contrast-structure term over the valid positions.
+
+    On the CPU the arithmetic runs in NumPy, single-threaded like scikit-image: this work is
+    memory-bound, and PyTorch's threads gained nothing on the 2-core machines here while losing
+    badly when other processes kept the cores busy (bench/RESULTS.md).
+    """
     if min(x.shape[-2:]) < WINDOW:
         raise ValueError(f"SSIM needs images of at least {WINDOW} x {WINDOW} pixels, got {tuple(x.shape[-2:])}")
     g = _gaussian(x.device)
+    a, b = (x.numpy(), y.numpy()) if x.device.type == "cpu" else (x, y)
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    mx, my = _filter(x, g), _filter(y, g)
-    vx = _filter(x * x, g) - mx * mx
-    vy = _filter(y * y, g) - my * my
-    cxy = _filter(x * y, g) - mx * my
+    mx, my = _filter(a, g), _filter(b, g)
+    vx = _filter(a * a, g) - mx * mx
+    vy = _filter(b * b, g) - my * my
+    cxy = _filter(a * b, g) - mx * my
     cs = (2 * cxy + c2) / (vx + vy + c2)
     lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
-    return _valid(lum * cs).mean(dim=(1, 2, 3)), _valid(cs).mean(dim=(1, 2, 3))
+    s, c = _valid(lum * cs).mean(axis=(1, 2, 3)), _valid(cs).mean(axis=(1, 2, 3))
+    return torch.as_tensor(s, device=x.device), torch.as_tensor(c, device=x.device)
 
 
 def _per_chunk(fn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # The work is memory-bound: on the CPU a few images at a time stay in cache (measured ~1.5x faster
-    # than the whole batch at 256 px); a GPU takes the batch at once.
+    # The work is memory-bound: on the CPU a few images at a time stay in cache; a GPU takes the batch.
     if x.device.type != "cpu":
         return fn(x, y)
     step = max(1, _CPU_CHUNK_PIXELS // (x.shape[-1] * x.shape[-2]))
