@@ -3,7 +3,7 @@
 * Memorization guard (the release path runs it on every generated study): build over the training
   set and check 16 images, against a brute-force nearest-neighbour search over full-resolution pixels
   in NumPy (what a first implementation would do).
-* SSIM + PSNR of image pairs: batched float64 in PyTorch against scikit-image's
+* SSIM + PSNR of image pairs: batched float64 (SciPy filters on the CPU, convolutions on GPUs) against scikit-image's
   ``structural_similarity`` / ``peak_signal_noise_ratio`` called pair by pair (the values must agree).
 * Frechet distance at 2048 dimensions: the eigenvalue form against pytorch-fid's
   ``scipy.linalg.sqrtm(sigma1 @ sigma2)`` (the values must agree).
@@ -16,6 +16,7 @@ otherwise phantoms.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def _ssim_psnr(train: np.ndarray) -> list[str]:
     return [
         "### SSIM + PSNR",
         "",
-        f"| pairs | synthpacs (torch, float64, batched) | scikit-image {__import__('skimage').__version__} (pair by pair) | speed | max abs SSIM difference |",
+        f"| pairs | synthpacs (float64, batched) | scikit-image {__import__('skimage').__version__} (pair by pair) | speed | max abs SSIM difference |",
         "| ---: | ---: | ---: | ---: | ---: |",
         f"| {n} x {SIZE}x{SIZE} | {ours_t * 1000:.0f} ms | {ref_t * 1000:.0f} ms | {ref_t / ours_t:.1f}x | {np.abs(ours - ref).max():.1e} |",
     ]
@@ -173,7 +174,13 @@ def _inception() -> list[str]:
 def main() -> None:
     train, what = _training_images()
     print(f"training set: {what}", flush=True)
-    parts = [f"## Metrics (`bench/bench_metrics.py`)", "", f"Training set: {what}. Best of 2-3 runs unless one."]
+    load = os.getloadavg()[0]
+    parts = [
+        "## Metrics (`bench/bench_metrics.py`)",
+        "",
+        f"Training set: {what}. Best of 2-3 runs unless one. Load average at the start: {load:.1f} on {os.cpu_count()} cores "
+        "(other processes share the CPU; the ratios are measured side by side, the absolute times move with the load).",
+    ]
     for section in (_memorization(train), _detection(train), _ssim_psnr(train), _frechet(), _inception()):
         print("\n".join(section), flush=True)
         parts += [""] + section
