@@ -113,3 +113,14 @@ def test_chart_and_grids_are_drawn():
     with pytest.raises(ValueError, match="non-empty"):
         image_grid(np.zeros((0, 4, 4), np.uint8))
     assert isinstance(both, Image.Image)
+
+
+def test_generated_images_take_the_reference_bit_depth():
+    from models.dcgan import Generator
+    from models.metrics.evaluate import evaluate_generator
+
+    ref16 = np.stack([phantom_image(64, 64, bits_stored=12, seed=s)[0] for s in range(4)]).astype(np.uint16) << 4
+    G = Generator(z_dim=8, resolution=64, base_channels=4)
+    out, images = evaluate_generator(G, Inputs(reference=ref16), EvaluationSettings(metrics=("ssim_psnr",), n=3, seed_start=5))
+    assert images.dtype == np.uint16 and images.shape == (3, 64, 64)
+    assert out["generated"]["dtype"] == "uint16" and out["generated"]["seeds"] == [5, 7]
