@@ -78,7 +78,7 @@ def test_feature_network_distances(world, feature_net, capsys):
 @pytest.mark.slow
 def test_fid_kid_precision_recall_with_an_inception_weights_file(tmp_path, monkeypatch, capsys):
     home = tmp_path / "home"
-    dv = make_dataset(home / "datasets", "small", 5)
+    dv = make_dataset(home / "datasets", "small", 4)
     export_dcgan(home / "models", "m", dv)
     weights = golden_weights_file(tmp_path / inc.WEIGHTS_FILE)
     monkeypatch.setattr(inc, "WEIGHTS_SHA256", hashlib.sha256(weights.read_bytes()).hexdigest())
