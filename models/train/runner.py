@@ -726,6 +726,13 @@ class Trainer:
             "images_per_s": round(images_per_s, 2),
             "wall_time_s": round(self._wall_time(), 2),
         }
+        bad = [k for k, v in zip(keys, values) if not math.isfinite(v)]
+        if bad:
+            last = ckpt.latest_checkpoint(self.run_dir.checkpoints)
+            raise TrainError(
+                f"training diverged: {', '.join(bad)} became NaN or infinite by iteration {self.iteration}; "
+                + (f"resume from {last.path.name} (--from-checkpoint) with a lower learning rate (--set lr=...)" if last else "start again with a lower learning rate (--set lr=...)")
+            )
         row.update({k: round(v, 6) for k, v in zip(keys, values)})
         row["mem_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         if self.device.type == "cuda":

@@ -195,3 +195,8 @@ def test_resume_from_a_damaged_newest_checkpoint_names_the_file(tiny_home):
     # An earlier checkpoint still works when named.
     earlier = ckpt.list_checkpoints(r.run_dir / "checkpoints")[0].path
     assert resume("t", ds, runs, epochs=3, from_checkpoint=earlier).iteration == 9
+
+
+def test_divergence_stops_with_a_message(tiny_home):
+    with pytest.raises(TrainError, match="training diverged: .* became NaN or infinite by iteration 1; start again with a lower learning rate"):
+        train(options(run_id="nan", log_every=1, hparams={"g_channels": 8, "d_channels": 4, "lr": 1e30}), tiny_home / "datasets", tiny_home / "runs")
