@@ -42,7 +42,7 @@ class Progress:
         self._last = now
         pct = 100.0 * done / self.total if self.total else 100.0
         parts = [
-            f"[{pct:5.1f}%] {self.unit} {done:.1f}/{self.total:g}",
+            f"[{pct:5.1f}%] {self.unit} {round(done, 1):g}/{self.total:g}",
             f"{images_per_s:.1f} img/s",
             f"ETA {format_duration(eta_s)}",
         ]

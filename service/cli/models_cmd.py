@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from models.registry import RegistryError
     from models.sampling import latents, to_uint
+    from models.train.progress import Progress
     from models.train.runner import TrainError, pick_device
 
     try:
@@ -179,6 +181,8 @@ def _generate(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seed, args.seed + args.count))
     written = 0
+    progress = Progress(len(seeds), "images", interval=10.0)
+    started = time.monotonic()
     with open(args.out / "manifest.jsonl", "a") as manifest:
         for i in range(0, len(seeds), args.batch):
             chunk = seeds[i : i + args.batch]
@@ -197,5 +201,8 @@ def _generate(args: argparse.Namespace) -> int:
                        "pixels_sha256": hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()}
                 manifest.write(json.dumps(row) + "\n")
                 written += 1
+            rate = written / max(time.monotonic() - started, 1e-9)
+            progress.update(written, rate, (len(seeds) - written) / rate)
+    progress.close()
     print(f"wrote {written} image(s) from {mv.ref} to {args.out}", file=sys.stderr)
     return 0
