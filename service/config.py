@@ -49,8 +49,10 @@ class DicomConfig:
     bind: str = "127.0.0.1"
     port: int = 11112
     max_associations: int = 16
-    # Measured in bench/RESULTS.md: pynetdicom pays per PDU, so large PDUs are the fast default.
-    max_pdu: int = 4194304
+    # 128 KiB: dcmtk-based senders (storescu, Orthanc, most PACS) never send larger PDUs whatever we
+    # offer; it was the fastest size measured (bench/RESULTS.md sweep, ../shared/NOTES.md), 16 KiB is
+    # clearly slower; and several fragments per radiograph let writes overlap the transfer (streaming.py).
+    max_pdu: int = 131072
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
