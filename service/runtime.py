@@ -98,7 +98,7 @@ class Runtime:
             except Exception:
                 log.exception("stop_failed", part=name)
         if self._store is not None:
-            self._store.index.close()
+            self._store.close()  # checkpoints the index first (store.py: the durable mark)
         log.info("stopped")
 
     def run_until_signalled(self) -> None:
