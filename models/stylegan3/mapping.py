@@ -36,5 +36,5 @@ class MappingNetwork(nn.Module):
         ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)
         if psi != 1:
             cut = self.num_ws if truncation_cutoff is None else truncation_cutoff
-            ws[:, :cut] = self.w_avg.lerp(ws[:, :cut], psi)
+            ws[:, :cut] = self.w_avg.to(ws.dtype).lerp(ws[:, :cut], psi)
         return ws

@@ -11,6 +11,7 @@ time, so the temporary memory is bounded by a budget rather than by the batch si
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import torch
@@ -22,8 +23,7 @@ class _ChunkedRecompute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn: Callable[..., torch.Tensor], chunk: int, n_batched: int, *tensors: torch.Tensor) -> torch.Tensor:
         ctx.fn, ctx.chunk, ctx.n_batched = fn, chunk, n_batched
-        device_type = tensors[0].device.type
-        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        ctx.autocast = _autocast_state(tensors[0].device.type)
         ctx.save_for_backward(*tensors)
         return _run_chunks(fn, chunk, tensors[:n_batched], tensors[n_batched:])
 
@@ -34,11 +34,10 @@ class _ChunkedRecompute(torch.autograd.Function):
         needs = ctx.needs_input_grad[3:]
         batched, shared = tensors[:n_batched], tensors[n_batched:]
         grads: list[torch.Tensor | None] = [torch.zeros_like(t) if need and t is not None else None for t, need in zip(tensors, needs)]
-        device_type, enabled, dtype = ctx.autocast
         total = batched[0].shape[0]
         for start in range(0, total, chunk):
             stop = min(start + chunk, total)
-            with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            with torch.enable_grad(), _autocast_like(ctx.autocast):
                 inputs = [t[start:stop].detach().requires_grad_(need) for t, need in zip(batched, needs[:n_batched])]
                 inputs += [None if t is None else t.detach().requires_grad_(need) for t, need in zip(shared, needs[n_batched:])]
                 out = ctx.fn(*inputs)
@@ -54,6 +53,21 @@ class _ChunkedRecompute(torch.autograd.Function):
                 else:
                     grads[i] += g
         return (None, None, None, *grads)
+
+
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype] | None:
+    """The forward pass's autocast setting, so the recomputation runs in the same precision."""
+    try:
+        return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    except RuntimeError:  # a device type autocast does not know (e.g. "meta")
+        return None
+
+
+def _autocast_like(state: tuple[str, bool, torch.dtype] | None):
+    if state is None:
+        return contextlib.nullcontext()
+    device_type, enabled, dtype = state
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled)
 
 
 def _run_chunks(fn: Callable[..., torch.Tensor], chunk: int, batched: Sequence[torch.Tensor], shared: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -112,8 +112,10 @@ class SynthesisInput(nn.Module):
         learned[:, 0, 2], learned[:, 1, 2] = -t[:, 2], -t[:, 3]
         m = learned if transform is None else learned @ transform.to(w.device, torch.float32)
         # A sinusoid of frequency f read at A p + b is a sinusoid of frequency A^T f with phase f.b.
-        freqs = self.freqs.unsqueeze(0) @ m[:, :2, :2]  # (N, C, 2)
-        phases = self.phases.unsqueeze(0) + (self.freqs.unsqueeze(0) @ m[:, :2, 2:]).squeeze(2)
+        # The features are computed in float32 whatever the weights' precision: phases need the bits.
+        base_freqs = self.freqs.float().unsqueeze(0)
+        freqs = base_freqs @ m[:, :2, :2]  # (N, C, 2)
+        phases = self.phases.float().unsqueeze(0) + (base_freqs @ m[:, :2, 2:]).squeeze(2)
         # Frequencies pushed beyond the band by a scaling transform fade out before they would alias.
         amp = (1 - (freqs.norm(dim=2) - self.bandwidth) / (self.rate / 2 - self.bandwidth)).clamp(0, 1)
         pos = (torch.arange(self.size, device=w.device, dtype=torch.float32) + 0.5 - self.size / 2) / self.rate
@@ -123,7 +125,7 @@ class SynthesisInput(nn.Module):
         x = x.transpose(1, 2).reshape(n, self.channels, self.size, self.size)
         # The channel mix as a 1x1 convolution: unlike a matrix product over (N*H*W) rows, its result
         # for one image does not depend on the batch size.
-        mix = (self.weight.t() / math.sqrt(self.channels)).to(x.dtype)
+        mix = (self.weight.float().t() / math.sqrt(self.channels)).to(x.dtype)
         # On the CPU the memory layout a convolution returns can depend on the batch size, and the
         # next convolution's summation order on the layout: fix it, so inference is batch-invariant.
         x = F.conv2d(x, mix.unsqueeze(2).unsqueeze(3))
@@ -318,7 +320,9 @@ class SynthesisNetwork(nn.Module):
         read, which is how the equivariance metrics move the content (paper §3.1 and Appendix E)."""
         if ws.ndim != 3 or ws.shape[1] != self.num_ws:
             raise ValueError(f"ws must have shape (N, {self.num_ws}, w_dim), got {tuple(ws.shape)}")
-        x = self.input(ws[:, 0], transform)
+        # The layers compute in their weights' precision (float16 or bfloat16 after .half()/.to(dtype)
+        # for inference; autocast decides under mixed-precision training).
+        x = self.input(ws[:, 0], transform).to(self.layers[0].weight.dtype)
         for layer, w in zip(self.layers, ws[:, 1:].unbind(1)):
             chunk = None
             if self.memory_budget is not None:

@@ -175,3 +175,20 @@ def test_discriminator_channels_follow_the_resolution_rule():
     widths = [D.from_image.weight.shape[0]] + [b.conv1.weight.shape[0] for b in D.blocks]
     assert widths == [128, 256, 512, 512, 512, 512, 512]
     assert sum(p.numel() for p in D.parameters()) > 20_000_000
+
+
+@pytest.mark.parametrize("dtype,levels", [(torch.float16, 1.0), (torch.bfloat16, 6.0)])
+def test_reduced_precision_inference_stays_close_to_float32(dtype, levels):
+    """What the inference service does on a GPU (``net.half()``, half-precision latents): the layers
+    compute in the weights' precision, the Fourier features and mapping in float32."""
+    import copy
+
+    G32 = tiny_generator(64).eval()
+    G32.mapping.w_avg.normal_()
+    z = latents([0, 1, 2], Z)
+    G = copy.deepcopy(G32).to(dtype=dtype)
+    with torch.no_grad():
+        ref = G32(z, psi=0.7)
+        out = G(z.to(dtype), psi=0.7)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max() * 127.5 <= levels  # in 8-bit levels
