@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
@@ -107,8 +109,22 @@ class PutResult:
         return self.outcome != "stored"
 
 
+_TAGS: dict[str, int] = {}
+_RAW_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"})
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    elem = ds.get_item(tag) if tag in ds else None
+    if elem is None:
+        return ""
+    if isinstance(elem, RawDataElement) and (elem.VR or dictionary_VR(tag)) in _RAW_TEXT_VRS:
+        raw = elem.value or b""
+        if raw.isascii():  # the common case, read without pydicom's conversion; other charsets below
+            return raw.decode("ascii").strip(" \x00")
+    value = ds[tag].value
     if value is None:
         return ""
     if isinstance(value, pydicom.multival.MultiValue):
