@@ -157,7 +157,7 @@ def load_model(version: ModelVersion, device: torch.device, max_batch: int, half
     calibration = calibrate(model.run, z_dim, max_batch)
     model.batch_sizes = calibration.sizes
     log.info(
-        "model_calibrated", model=version.ref, batch_sizes=list(model.batch_sizes),
+        "model_calibrated", model=version.ref, consistent_sizes=list(calibration.consistent), batch_sizes=list(model.batch_sizes),
         ms_per_image={s: round(1000 * t / s, 2) for s, t in calibration.seconds.items()},
     )
     model.weight_bytes = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])

@@ -73,3 +73,24 @@ def test_half_precision_check() -> None:
     assert not ok and "8-bit levels" in reason
     ok, reason = half_is_faithful(run32, lambda z: run32(z) * float("nan"), net.z_dim)
     assert not ok and "NaN" in reason
+
+
+def test_batching_only_up_to_the_size_that_pays() -> None:
+    from service.inference.calibrate import Calibration
+
+    gpu_like = Calibration((1, 2, 4, 8), {1: 0.010, 2: 0.010, 4: 0.011, 8: 0.012})
+    assert gpu_like.sizes == (1, 2, 4, 8)
+    flat = Calibration((1, 2, 4, 8), {1: 0.004, 2: 0.010, 4: 0.020, 8: 0.030})  # within 10% at batch 1
+    assert flat.sizes == (1,)
+    cpu_like = Calibration((1, 2, 4, 8), {1: 0.004, 2: 0.016, 4: 0.040, 8: 0.100})  # batch 1 is 3x cheaper
+    assert cpu_like.sizes == (1,)
+    middle = Calibration((2, 4, 8, 16), {2: 0.010, 4: 0.012, 8: 0.040, 16: 0.160})
+    assert middle.sizes == (2, 4)
+
+
+def test_calibration_times_every_consistent_size() -> None:
+    from service.inference.calibrate import calibrate
+
+    cal = calibrate(_rowwise, 64, 8)
+    assert cal.consistent == (1, 2, 4, 8) and set(cal.seconds) == {1, 2, 4, 8}
+    assert all(t >= 0 for t in cal.seconds.values()) and set(cal.sizes) <= set(cal.consistent) and cal.sizes[0] == 1
