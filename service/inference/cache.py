@@ -28,7 +28,7 @@ import torch
 from models.registry import CARD_FILE, GENERATOR_FILE, CorruptModel, ModelNotFound, ModelVersion, Registry, RegistryError, load_generator, parse_ref
 from models.sampling import latents
 from service.inference import metrics
-from service.inference.calibrate import calibrate, half_is_faithful, pad_to
+from service.inference.calibrate import Calibration, calibrate, half_is_faithful, pad_to
 from service.inference.device import memory_stats
 from service.logs import get_logger
 
@@ -55,6 +55,7 @@ class LoadedModel:
     batch_sizes: tuple[int, ...]
     weight_bytes: int
     load_seconds: float
+    calibration: Calibration | None = None
 
     @property
     def ref(self) -> str:
@@ -155,7 +156,7 @@ def load_model(version: ModelVersion, device: torch.device, max_batch: int, half
             model = half_model
             net = half_net
     calibration = calibrate(model.run, z_dim, max_batch)
-    model.batch_sizes = calibration.sizes
+    model.batch_sizes, model.calibration = calibration.sizes, calibration
     log.info(
         "model_calibrated", model=version.ref, consistent_sizes=list(calibration.consistent), batch_sizes=list(model.batch_sizes),
         ms_per_image={s: round(1000 * t / s, 2) for s, t in calibration.seconds.items()},
