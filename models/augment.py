@@ -10,9 +10,10 @@ to 1 in ``speed_kimg`` thousand images.
 The transforms are the paper's "bgc" pipeline (Appendix B) restricted to what means something for a
 grayscale radiograph:
 
-- pixel blitting, exact (no resampling): x-flip (configurable: anatomy has laterality, and the side
-  marker letter reads mirrored), rotations by 90 degrees (off by default: radiographs are hung in a
-  standard orientation), integer translation (reflected borders);
+- pixel blitting, exact (no resampling): x-flip (off by default: anatomy has laterality and a burned-in
+  side marker reads mirrored; ADA keeps flips from leaking only while p stays below about 0.8, which
+  small datasets exceed), rotations by 90 degrees (off by default: radiographs are hung in a standard
+  orientation), integer translation (reflected borders);
 - general geometry, one resampling pass at 2x with a Kaiser low-pass (anti-aliased): isotropic scaling,
   arbitrary rotation (probability 1 - sqrt(1 - p) before and after the anisotropic step, so the
   chance of any rotation is p), anisotropic scaling, fractional translation;
@@ -40,7 +41,7 @@ from models.stylegan3.filters import downsample2d, lowpass_filter, upsample2d
 class AugmentSpec:
     """Which transforms run, and their strengths (ADA Appendix B's values)."""
 
-    xflip: bool = True
+    xflip: bool = False  # anatomy has laterality: opt in with xflip=True
     rotate90: bool = False
     xint: bool = True
     scale: bool = True

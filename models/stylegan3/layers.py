@@ -77,19 +77,24 @@ class FullyConnected(nn.Module):
 
 
 class Conv2d(nn.Module):
-    """A 2-D convolution with equalized learning rate, used by the discriminator."""
+    """A 2-D convolution with equalized learning rate, used by the discriminator. Outputs are clamped
+    to +-``clamp`` (StyleGAN2-ADA's conv_clamp: keeps float16 activations finite; inactive in a healthy
+    float32 network)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True, activation: str = "lrelu"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True, activation: str = "lrelu", clamp: float | None = 256.0):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
         self.activation = activation
+        self.clamp = clamp
 
     def forward(self, x: torch.Tensor, stride: int = 1, padding: int = 0, gain: float = 1.0) -> torch.Tensor:
         w = self.weight.to(x.dtype) * self.weight_gain
         b = None if self.bias is None else self.bias.to(x.dtype)
         x = F.conv2d(x, w, b, stride=stride, padding=padding)
         if self.activation == "lrelu":
-            return lrelu(x, LRELU_GAIN * gain)
-        return x * gain if gain != 1 else x
+            x = lrelu(x, LRELU_GAIN * gain)
+        elif gain != 1:
+            x = x * gain
+        return x.clamp(-self.clamp, self.clamp) if self.clamp is not None else x

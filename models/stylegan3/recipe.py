@@ -32,6 +32,17 @@ ADA                  target 0.6, every 4 steps,   ADA paper §3 (Karras et al. 2
 R's blur of D input  sigma 10 px fading over      paper Appendix D ("blur ... during the first
                      200 kimg at batch 32         200k images")
 ===================  ===========================  =================================================
+
+Every setting is a keyword of :class:`StyleGAN3Recipe` (``synthpacs train --set key=value``, JSON
+values), e.g. ``--set channel_base=16384``, ``--set 'augment={"xflip": true}'`` (ADA transforms, see
+:class:`models.augment.AugmentSpec`; x-flips are off by default because anatomy has laterality),
+``--set ada=false --set augment_p=0`` (no augmentation), ``--set gamma=1``.
+
+Memory and speed: ``memory_budget`` (values per temporary signal, default 2**27) makes each synthesis
+layer keep only its input for the backward pass and recompute the rest in slices of the batch
+(:mod:`models.stylegan3.memory`); ``null`` gives plain autograd. ``compile=true`` wraps G and D in
+``torch.compile`` on CUDA; the recomputed layers are opaque to the compiler (one graph per layer), so
+with memory to spare ``memory_budget=null`` lets it see the whole network.
 """
 
 from __future__ import annotations

@@ -29,6 +29,12 @@ def test_probability_zero_is_exactly_the_identity():
     assert AugmentPipe(AugmentSpec(), p=0.0)(x) is x
 
 
+def test_defaults_respect_laterality_and_orientation():
+    spec = AugmentSpec()
+    assert spec.xflip is False and spec.rotate90 is False
+    assert all(getattr(spec, f) for f in ("xint", "scale", "rotate", "aniso", "xfrac", "brightness", "contrast"))
+
+
 def test_xflip_flips_or_keeps_each_image():
     x = torch.randn(64, 1, 8, 8)
     y = AugmentPipe(only(xflip=True), p=1.0)(x, torch.Generator().manual_seed(0))
@@ -91,7 +97,7 @@ def test_brightness_and_contrast_are_affine_per_image():
 
 def test_gradients_and_second_derivatives_flow_through_every_transform():
     x = smooth(6).requires_grad_(True)
-    y = AugmentPipe(AugmentSpec(rotate90=True), p=0.8)(x, torch.Generator().manual_seed(2))
+    y = AugmentPipe(AugmentSpec(rotate90=True, xflip=True), p=0.8)(x, torch.Generator().manual_seed(2))
     (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     g.square().sum().backward()  # what R1 does through the augmentation
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -158,6 +158,8 @@ def test_published_defaults_at_256px():
     assert make_recipe("stylegan3-t", 1024).hparams["gamma"] == 32.0  # gamma grows with the image area
     G = make_recipe("stylegan3-t", 256).build().G
     assert sum(p.numel() for p in G.parameters()) > 10_000_000
+    assert make_recipe("stylegan3-t", 256).augment_pipe.spec.xflip is False
+    assert make_recipe("stylegan3-t", 256, 1, augment={"xflip": True}).augment_pipe.spec.xflip is True
 
 
 @pytest.mark.parametrize(
