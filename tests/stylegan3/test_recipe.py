@@ -23,7 +23,6 @@ from models.train.export import export_run
 from models.train.recipe import RecipeError, make_recipe
 from models.train.runner import TrainOptions, resume, train
 from tests.helpers import REPO
-from tests.train.conftest import blobs
 
 # 8 channels in G and D: every code path of the real networks at a small fraction of the cost.
 TINY = dict(z_dim=16, w_dim=16, channel_base=512, channel_max=8, d_channel_base=128, d_channel_max=8)
@@ -32,6 +31,18 @@ TINY = dict(z_dim=16, w_dim=16, channel_base=512, channel_max=8, d_channel_base=
 # halves of a resumed run.
 P0 = 0.3
 FAST = dict(augment_p=P0, ada_interval=1, ada_kimg=0.2, r1_interval=4)
+
+
+def blobs(n: int, res: int, seed: int = 0) -> np.ndarray:
+    """Bright ellipses (bone-like) on a dark noisy field, uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:res, 0:res] / res
+    out = np.empty((n, res, res), np.uint8)
+    for i in range(n):
+        cy, cx, ry, rx = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.1, 0.4), rng.uniform(0.05, 0.15)]
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        out[i] = np.clip(20 + 200 * inside + rng.normal(0, 8, (res, res)), 0, 255).astype(np.uint8)
+    return out
 
 
 @pytest.fixture
