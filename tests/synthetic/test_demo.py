@@ -33,3 +33,18 @@ def test_the_demo_never_deletes_a_folder_it_did_not_make(tmp_path):
     with pytest.raises(DemoError, match="not a previous demo"):
         prepare_home(precious)
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_the_demo_serves_demo_dcgan_when_it_exists(tmp_path):
+    """The demo switches to the bundled demo-dcgan by itself: a demo-dcgan in the registry is chosen over the
+    untrained placeholder (here exported into the home's registry, which the bundled folder backs)."""
+    from service.demo import FALLBACK_MODEL, demo_model
+    from tests.synthetic.conftest import export_tiny_dcgan
+
+    home = prepare_home(tmp_path / "demo")
+    (home / "models").mkdir()
+    ref, bundled = demo_model(home, "demo-radiographs@v1")
+    assert (ref, bundled) == (f"{FALLBACK_MODEL}:v1", False) or ref.startswith("demo-dcgan:")
+    export_tiny_dcgan(home / "models", name="demo-dcgan")
+    ref, bundled = demo_model(home, "demo-radiographs@v1")
+    assert ref == "demo-dcgan:v1" and bundled
