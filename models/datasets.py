@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from models.fileio import fsync_path
+
 FORMAT = "synthpacs-dataset/1"
 IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.jsonl"
@@ -402,14 +404,14 @@ class DatasetWriter:
                 raise ValueError(f"extra_info cannot replace the dataset.json key {key!r}")
             info[key] = value
         for p in self.tmp.iterdir():
-            _fsync_file(p)
+            fsync_path(p)
         # Take the next version number by renaming: rename() onto a non-empty folder fails, so two
         # writers can never publish the same number.
         while True:
             version = 1 + max((int(m.group(1)) for p in self.name_dir.iterdir() if (m := _VERSION_DIR_RE.match(p.name))), default=0)
             info["version"] = version
             (self.tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-            _fsync_file(self.tmp / INFO_FILE)
+            fsync_path(self.tmp / INFO_FILE)
             final = self.name_dir / f"v{version}"
             try:
                 # Fails (ENOTEMPTY/EEXIST) when a racing writer published this number first.
@@ -419,7 +421,7 @@ class DatasetWriter:
                     continue
                 raise
             break
-        _fsync_dir(self.name_dir)
+        fsync_path(self.name_dir)
         self._closed = True
         return read_version(final)
 
@@ -453,15 +455,3 @@ def write_dataset(
         for img, row in zip(images, rows_list):
             w.append(img, row)
         return w.commit(parameters=parameters, **commit_kwargs)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)

@@ -23,7 +23,6 @@ and psi regenerate the same pixels (DCGAN: see ``models.dcgan._batch_invariant``
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -38,6 +37,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from models.fileio import sha256_file
 
 FORMAT = "synthpacs-model/1"
 GENERATOR_FILE = "generator.safetensors"
@@ -113,14 +114,6 @@ def build_generator(card: dict[str, Any]) -> torch.nn.Module:
     if not isinstance(kwargs, dict):
         raise CorruptModel("init_kwargs in the model card must be an object")
     return cls(**kwargs)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_card(folder: Path) -> dict[str, Any]:

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from models.metrics.images import batches, check_images, to_unit
-from models.metrics.inception import load_fid_inception, sha256_of
+from models.fileio import sha256_file
+from models.metrics.inception import load_fid_inception
 from models.metrics.progress import Progress, Reporter
 
 
@@ -78,7 +79,7 @@ class TorchScriptFeatures:
             raise FeatureNetworkError(f"{self.path} is not a TorchScript file that torch.jit.load can read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
         # Cached reference features are keyed by the file's content and the input contract.
-        self.cache_key = f"torchscript-{sha256_of(self.path)[:16]}-{self.input_channels}c{self.input_size}"
+        self.cache_key = f"torchscript-{sha256_file(self.path)[:16]}-{self.input_channels}c{self.input_size}"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device)

@@ -24,13 +24,14 @@ and checked against its published sha256 first.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.fileio import sha256_file
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 # Published with pytorch-fid's release "fid_weights"; torch.hub names files <name>-<first 8 hex of sha256>.
@@ -59,14 +60,6 @@ def weights_instructions() -> str:
     )
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_weights_file(path: str | os.PathLike[str] | None) -> Path:
     """The path of a verified FID weights file, or :class:`InceptionWeightsError` saying what to do.
 
@@ -79,7 +72,7 @@ def check_weights_file(path: str | os.PathLike[str] | None) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
         raise InceptionWeightsError(f"the FID Inception weights file {p} does not exist: {weights_instructions()}")
-    actual = sha256_of(p)
+    actual = sha256_file(p)
     if actual != WEIGHTS_SHA256:
         raise InceptionWeightsError(
             f"{p} is not pytorch-fid's {WEIGHTS_FILE}: its sha256 is {actual}, expected {WEIGHTS_SHA256} "

@@ -14,7 +14,6 @@ damage torch's zip reader would not notice. Every failure raises :class:`Checkpo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from models.fileio import sha256_file, fsync_path
 
 FORMAT = "synthpacs-checkpoint/1"
 _NAME_RE = re.compile(r"^ckpt-([0-9]{9,})\.pt$")
@@ -49,22 +50,6 @@ def checkpoint_name(iteration: int) -> str:
     return f"ckpt-{iteration:09d}.pt"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -85,9 +70,9 @@ def save_checkpoint(folder: Path, iteration: int, state: dict[str, Any], meta: d
     path = folder / checkpoint_name(iteration)
     state = dict(state, format=FORMAT)
     _write_atomic(path, lambda f: torch.save(state, f))
-    sidecar = dict(meta, format=FORMAT, iteration=int(iteration), file=path.name, size=path.stat().st_size, sha256=_sha256(path))
+    sidecar = dict(meta, format=FORMAT, iteration=int(iteration), file=path.name, size=path.stat().st_size, sha256=sha256_file(path))
     _write_atomic(path.with_suffix(".json"), lambda f: f.write((json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode()))
-    _fsync_dir(folder)
+    fsync_path(folder)
     return path
 
 
@@ -136,7 +121,7 @@ def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
                 f"checkpoint {path} is truncated or damaged: {size} bytes, but {sidecar.name} records {meta['size']}; "
                 "resume from an earlier checkpoint (--from-checkpoint)"
             )
-        if isinstance(meta, dict) and meta.get("sha256") and _sha256(path) != meta["sha256"]:
+        if isinstance(meta, dict) and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
             raise CheckpointError(
                 f"checkpoint {path} is damaged: its sha256 differs from the one in {sidecar.name}; "
                 "resume from an earlier checkpoint (--from-checkpoint)"

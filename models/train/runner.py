@@ -41,7 +41,7 @@ from models.train import distributed as D
 from models.train.grids import grid_shape, sample_images, save_grid, save_progression
 from models.train.progress import Progress
 from models.train.recipe import UNITS, Networks, Recipe, RecipeError, StepContext, make_recipe
-from models.train.rundir import RunDir, RunError, new_run_id, resolve_run
+from models.train.rundir import RunDir, new_run_id, resolve_run
 
 
 class TrainError(Exception):
@@ -487,7 +487,6 @@ class Trainer:
 
     def run(self) -> TrainResult:
         self._setup()
-        o = self.opts
         main = self.dist.is_main
         D.init_process_group(self.device, self.dist)
         try:
@@ -496,7 +495,6 @@ class Trainer:
             D.shutdown()
 
     def _run(self, main: bool) -> TrainResult:
-        o = self.opts
         self._build()
         self._make_loader()
         self.iteration = self.cur_nimg = self.epoch = self.batch_in_epoch = 0

@@ -40,6 +40,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from models.fileio import sha256_file, fsync_path
 from service import metrics
 from service.config import Config
 from service.dicom import status
@@ -362,7 +363,7 @@ class Store:
         for n, rec in enumerate(records, 1):
             known.add(rec.path)
             try:
-                digest = _sha256_file(self.path_of(rec))
+                digest = sha256_file(self.path_of(rec))
             except FileNotFoundError:
                 missing.append(rec.path)
                 continue
@@ -608,7 +609,7 @@ class Store:
             renamed = True
             if self.cfg.store.fsync:
                 for d in [final.parent, *new_dirs]:
-                    _fsync_dir(d)
+                    fsync_path(d)
         except OSError as exc:
             _unlink_quietly(tmp_path)
             if renamed and not existed:
@@ -725,7 +726,7 @@ def _write_small_file_durably(path: Path, data: bytes, tmp_dir: Path) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def _process_alive(pid: int) -> bool:
@@ -755,24 +756,8 @@ def _makedirs(path: Path, root: Path) -> list[Path]:
     return created
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink_quietly(path: Path) -> None:
     try:
         path.unlink()
     except FileNotFoundError:
         pass
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
