@@ -8,20 +8,15 @@ import re
 import time
 from pathlib import Path
 
+from models.hardware import cpu_name
+
 RESULTS = Path(__file__).parent / "RESULTS.md"
 HEADER = "# Benchmark results\n\nWritten by `make bench` (`python -m bench`); each section by its own benchmark module.\n"
 
 
 def machine() -> str:
     """One line describing this machine: CPU model, cores, memory, OS, Python, torch, GPU."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem = ""
     try:
         kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import platform
 import random
 import resource
 import signal
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from models import registry
 from models.datasets import DatasetError, DatasetVersion, ImageDataset, resolve_dataset
+from models.hardware import cpu_name
 from models.train import checkpoint as ckpt
 from models.train import distributed as D
 from models.train.grids import grid_shape, sample_images, save_grid, save_progression
@@ -186,14 +186,7 @@ def hardware(device: torch.device, world_size: int) -> str:
     """One line naming what trained: GPU model and count, or CPU model and cores."""
     if device.type == "cuda":
         return f"{world_size} x {torch.cuda.get_device_name(device)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     procs = f"{world_size} processes on " if world_size > 1 else ""
     return f"CPU: {procs}{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 

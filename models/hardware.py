@@ -1,0 +1,17 @@
+"""What machine this is, in words people recognise (for model cards and benchmark results)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo ("Intel(R) Xeon(R) ..."), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
