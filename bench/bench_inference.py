@@ -203,18 +203,30 @@ def _table(r: dict) -> list[str]:
 
 
 def main() -> None:
+    from service.logs import configure
+
+    configure(level="warning")  # the servers' per-request log lines would share the 2 cores with them
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="synthpacs-bench-inference-") as tmp:
         home = Path(tmp)
         registry, ref, described = _model_source(home / "models")
-        default = _compare(home, registry, ref, 0)
-        single = _compare(home, registry, ref, 1)
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            default = _compare(home, registry, ref, 0)
+            single = _compare(home, registry, ref, 1)
+        finally:
+            torch.set_num_threads(threads)  # `python -m bench` runs the training benchmark next, in this process
+    load_after = os.getloadavg()[0]
     md = "\n".join([
         "## gRPC inference (`bench/bench_inference.py`)",
         "",
         f"Generator: {described}. Device: CPU, float32. No GPU was lent to this session, so the issue's 256 px GPU run was not made. "
         f"Server defaults: max_batch {MAX_BATCH}, max_queue_delay_ms 5. Clients: 16 grpc.aio tasks in a separate process on the same 2 cores, each calling Generate(count=1, RAW_UINT8) "
         f"with a new seed; {SECONDS:.0f} s measured after {WARMUP:.0f} s warm-up; best of {ROUNDS} interleaved rounds "
-        "(six engineers' builds, tests and trainings shared these 2 cores while it ran). (a) runs at the mean batch size (b) reached.",
+        f"(load average {load_before:.1f} before, {load_after:.1f} after). Request log lines off (log level warning). "
+        "(a) runs at the mean batch size (b) reached.",
         "",
         f"**PyTorch default threads ({default['threads']}, `inference.cpu_threads = 0`)**",
         "",
