@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.metrics.images import batches, check_images, to_unit
 from models.fileio import sha256_file
+from models.metrics.images import batches, check_images, to_unit
 from models.metrics.inception import load_fid_inception
 from models.metrics.progress import Progress, Reporter
 
