@@ -79,7 +79,7 @@ def _setup(home: Path):
     store = Store(cfg)
     files = [store.path_of(r) for r in store.index.instances(order="i.sop_instance_uid")]
     store.close()
-    return cfg, files, (files_n, stored), import_seconds
+    return cfg, files, files_n, stored, import_seconds
 
 
 def main() -> None:
@@ -87,7 +87,7 @@ def main() -> None:
         raise RuntimeError(f"{RADIOGRAPHS} is not here; this benchmark needs the shared FracAtlas radiographs")
     with tempfile.TemporaryDirectory(prefix="synthpacs-bench-dataset-") as tmp:
         home = Path(tmp) / "home"
-        cfg, files, imported, import_seconds = _setup(home)
+        cfg, files, jpegs, stored_jpegs, import_seconds = _setup(home)
         n = len(files)
         total_bytes = sum(f.stat().st_size for f in files)
         for f in files:  # both contenders read from the page cache
@@ -133,7 +133,7 @@ def main() -> None:
     lines = [
         "## Dataset build vs the seed notebook",
         "",
-        f"{n} stored instances: {imported[1]} FracAtlas JPEGs wrapped as CR by `dataset import-images` "
+        f"{n} stored instances: {stored_jpegs} FracAtlas JPEGs wrapped as CR by `dataset import-images` "
         f"(373x454 up to 2304x2880, 8 bits) plus pydicom-data RG1 and RG3 (CR, MONOCHROME1, 15 and 10 bits); "
         f"{total_bytes / 1e6:.0f} MB, read from the page cache by both. Best of {ROUNDS} interleaved runs.",
         "",
@@ -150,8 +150,8 @@ def main() -> None:
         f"(median ratio {statistics.median(baseline_s) / statistics.median(ours_s):.2f}x). "
         f"The build's time includes starting its worker processes, the index query, the sha256 check of every file, "
         f"the contact sheet and the atomic commit. Content hash identical across all {ROUNDS + len(single_s)} builds: "
-        f"{'yes' if len(hashes) == 1 else 'NO'}. Importing the {imported[0]} JPEGs (decode, wrap, de-identify, fsync, index) "
-        f"took {import_seconds:.1f} s ({imported[0] / import_seconds:.0f} files/s).",
+        f"{'yes' if len(hashes) == 1 else 'NO'}. Importing the {jpegs} JPEGs (decode, wrap, de-identify, fsync, index) "
+        f"took {import_seconds:.1f} s ({jpegs / import_seconds:.0f} files/s).",
     ]
     print("\n".join(lines))
     write_section("dataset", "\n".join(lines))

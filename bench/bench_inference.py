@@ -203,6 +203,8 @@ def _table(r: dict) -> list[str]:
 
 
 def main() -> None:
+    import torch
+
     from service.logs import configure
 
     configure(level="warning")  # the servers' per-request log lines would share the 2 cores with them
@@ -210,8 +212,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="synthpacs-bench-inference-") as tmp:
         home = Path(tmp)
         registry, ref, described = _model_source(home / "models")
-        import torch
-
         threads = torch.get_num_threads()
         try:
             default = _compare(home, registry, ref, 0)

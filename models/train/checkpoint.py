@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from models.fileio import sha256_file, fsync_path
+from models.fileio import fsync_path, sha256_file
 
 FORMAT = "synthpacs-checkpoint/1"
 _NAME_RE = re.compile(r"^ckpt-([0-9]{9,})\.pt$")

@@ -40,7 +40,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from models.fileio import sha256_file, fsync_path
+from models.fileio import fsync_path, sha256_file
 from service import metrics
 from service.config import Config
 from service.dicom import status
