@@ -272,12 +272,19 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
 
 
 class DatasetWriter:
-    """Writes one new version: images streamed into a memory map, then committed atomically.
+    """Writes one new version: images streamed into ``images.npy``, then committed atomically.
 
     ``capacity`` is the most images it may hold (the candidates); fewer may be written, and the array
     is trimmed at :meth:`commit`. Use as a context manager: an exception discards the temporary folder.
     Images must be written in order (``append``) so the version's order is the caller's order.
+
+    Rows go into the file with ``pwrite`` and are synced every :data:`SYNC_BYTES`, so the disk works
+    while the caller is still producing images and the commit has little left to flush. The content
+    hash is computed as rows arrive, on the assumption that every candidate gives an image (its header
+    names the final count); only when some were skipped is the file read again at commit.
     """
+
+    SYNC_BYTES = 8 << 20
 
     def __init__(self, root: Path, name: str, resolution: int, capacity: int, dtype: str = "uint8"):
         validate_name(name)
@@ -298,15 +305,13 @@ class DatasetWriter:
         self._images_path = self.tmp / IMAGES_FILE
         self._manifest = open(self.tmp / MANIFEST_FILE, "w", encoding="utf-8", newline="\n")
         self._manifest_hash = hashlib.sha256()
-        shape = (self.capacity, self.resolution, self.resolution)
-        with open(self._images_path, "wb") as f:
-            f.write(_npy_header(self.dtype, shape))
-            f.truncate(_NPY_HEADER_BYTES + self.capacity * self.resolution**2 * self.dtype.itemsize)
-        self._map = (
-            np.memmap(self._images_path, dtype=self.dtype, mode="r+", offset=_NPY_HEADER_BYTES, shape=shape)
-            if self.capacity
-            else None
-        )
+        self._row_bytes = self.resolution**2 * self.dtype.itemsize
+        self._fd: int | None = os.open(self._images_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        header = _npy_header(self.dtype, (self.capacity, self.resolution, self.resolution))
+        self._pwrite(header, 0)
+        os.ftruncate(self._fd, _NPY_HEADER_BYTES + self.capacity * self._row_bytes)
+        self._unsynced = 0
+        self._running_hash: Any = self._hash_start(self.capacity)
         self._closed = False
 
     def __enter__(self) -> "DatasetWriter":
@@ -315,6 +320,18 @@ class DatasetWriter:
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if not self._closed:
             self.abort()
+
+    def _hash_start(self, count: int) -> Any:
+        h = hashlib.sha256()
+        h.update(f"{FORMAT}\n{self.dtype.str}\n{(count, self.resolution, self.resolution)}\n".encode())
+        return h
+
+    def _pwrite(self, data: Any, offset: int) -> None:
+        assert self._fd is not None
+        view = memoryview(data).cast("B")
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
 
     def append(self, image: np.ndarray, row: Mapping[str, Any]) -> int:
         """Add one image (H, W) of the dataset's dtype and its manifest row; returns its index."""
@@ -325,8 +342,14 @@ class DatasetWriter:
         expected = (self.resolution, self.resolution)
         if image.shape != expected or image.dtype != self.dtype:
             raise ValueError(f"image is {image.dtype} {image.shape}; this dataset takes {self.dtype} {expected}")
-        assert self._map is not None
-        self._map[self.count] = image
+        data = np.ascontiguousarray(image)
+        self._pwrite(data, _NPY_HEADER_BYTES + self.count * self._row_bytes)
+        self._running_hash.update(data)
+        self._unsynced += self._row_bytes
+        if self._unsynced >= self.SYNC_BYTES:
+            assert self._fd is not None
+            os.fdatasync(self._fd)
+            self._unsynced = 0
         line = json.dumps({"index": self.count, **row}, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
         self._manifest.write(line)
         self._manifest_hash.update(line.encode("utf-8"))
@@ -334,18 +357,21 @@ class DatasetWriter:
         return self.count - 1
 
     def written(self) -> np.ndarray:
-        """The images appended so far (a view of the memory map, valid until commit)."""
-        if self._map is None:
+        """The images appended so far (a read-only memory map of the file, valid until commit)."""
+        if self.count == 0:
             return np.zeros((0, self.resolution, self.resolution), self.dtype)
-        return self._map[: self.count]
+        return np.memmap(self._images_path, dtype=self.dtype, mode="r", offset=_NPY_HEADER_BYTES,
+                         shape=(self.count, self.resolution, self.resolution))
 
     def _content_hash(self) -> str:
-        h = hashlib.sha256()
-        h.update(f"{FORMAT}\n{self.dtype.str}\n{(self.count, self.resolution, self.resolution)}\n".encode())
-        if self._map is not None:
-            step = max(1, (64 << 20) // (self.resolution**2 * self.dtype.itemsize))
+        if self.count == self.capacity:
+            h = self._running_hash.copy()
+        else:
+            h = self._hash_start(self.count)
+            images = self.written()
+            step = max(1, (64 << 20) // self._row_bytes)
             for start in range(0, self.count, step):
-                h.update(np.ascontiguousarray(self._map[start : min(self.count, start + step)]).tobytes())
+                h.update(np.ascontiguousarray(images[start : min(self.count, start + step)]))
         h.update(self._manifest_hash.digest())
         return h.hexdigest()
 
@@ -371,15 +397,12 @@ class DatasetWriter:
                 raise ValueError(f"cannot write an extra file named {fname!r}")
         self._manifest.close()
         content_hash = self._content_hash()
-        if self._map is not None:
-            self._map.flush()
-            del self._map
-            self._map = None
-        with open(self._images_path, "r+b") as f:
-            f.write(_npy_header(self.dtype, (self.count, self.resolution, self.resolution)))
-            f.truncate(_NPY_HEADER_BYTES + self.count * self.resolution**2 * self.dtype.itemsize)
-            f.flush()
-            os.fsync(f.fileno())
+        assert self._fd is not None
+        self._pwrite(_npy_header(self.dtype, (self.count, self.resolution, self.resolution)), 0)
+        os.ftruncate(self._fd, _NPY_HEADER_BYTES + self.count * self._row_bytes)
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
         for fname, text in (extra_files or {}).items():
             if isinstance(text, bytes):
                 (self.tmp / fname).write_bytes(text)
@@ -404,7 +427,8 @@ class DatasetWriter:
                 raise ValueError(f"extra_info cannot replace the dataset.json key {key!r}")
             info[key] = value
         for p in self.tmp.iterdir():
-            fsync_path(p)
+            if p.name != IMAGES_FILE:  # synced above
+                fsync_path(p)
         # Take the next version number by renaming: rename() onto a non-empty folder fails, so two
         # writers can never publish the same number.
         while True:
@@ -432,7 +456,9 @@ class DatasetWriter:
         self._closed = True
         if not self._manifest.closed:
             self._manifest.close()
-        self._map = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

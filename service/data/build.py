@@ -30,7 +30,7 @@ from models.datasets import DatasetVersion, DatasetWriter, validate_name
 from service.config import Config
 from service.data.pixels import REASONS, PixelOptions
 from service.data.progress import Progress
-from service.data.sheet import contact_sheet_png
+from service.data.sheet import SHEET_TILES, contact_sheet_png, sheet_indices, sheet_tile
 from service.data.worker import run_task, worker_init
 from service.dicom.index import Index, InstanceRecord
 from service.home import Home
@@ -311,6 +311,10 @@ def _write(cfg: Config, home: Home, name: str, opts: PixelOptions, filters: Filt
     skipped: collections.Counter = collections.Counter()
     report_lines: list[str] = []
     bar = Progress(total, f"dataset build {name}", enabled=progress)
+    # The contact sheet's thumbnails are made as their images arrive, while the workers are busy, for
+    # the indices the sheet takes when no candidate is skipped; the end of the build only assembles them.
+    wanted = set(sheet_indices(total, SHEET_TILES))
+    tiles: dict[int, Any] = {}
     with DatasetWriter(home.datasets_dir, name, opts.resolution, total, opts.dtype) as writer:
         for rec, image, info in _results(_tasks(records), home.store_dir, opts, workers):
             if image is None:
@@ -318,7 +322,9 @@ def _write(cfg: Config, home: Home, name: str, opts: PixelOptions, filters: Filt
                 report_lines.append(json.dumps({"sop_instance_uid": rec.sop_instance_uid, "path": rec.path, **info}, sort_keys=True))
                 log.info("dataset_image_skipped", dataset=name, sop=uid_hash(rec.sop_instance_uid), reason=info["reason"])
             else:
-                writer.append(image, _manifest_row(rec, info))
+                index = writer.append(image, _manifest_row(rec, info))
+                if index in wanted:
+                    tiles[index] = sheet_tile(image)
                 counts["body_part"][_label(rec.body_part_examined)] += 1
                 counts["modality"][_label(rec.modality)] += 1
                 counts["view"][_label(rec.view_position)] += 1
@@ -340,7 +346,7 @@ def _write(cfg: Config, home: Home, name: str, opts: PixelOptions, filters: Filt
             "images_per_second": round(total / seconds, 2) if seconds > 0 else None,
             "workers": workers,
         }
-        sheet = contact_sheet_png(writer.written(), title=None)
+        sheet = contact_sheet_png(writer.written(), SHEET_TILES, made=tiles)
         version = writer.commit(
             parameters=parameters,
             filters=filters.as_dict(),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+from typing import Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+SHEET_TILES = 64
 
 
 def sheet_indices(count: int, tiles: int) -> list[int]:
@@ -17,10 +20,24 @@ def sheet_indices(count: int, tiles: int) -> list[int]:
     return [int(round(i * (count - 1) / (tiles - 1))) for i in range(tiles)] if tiles > 1 else [0]
 
 
-def contact_sheet(images: np.ndarray, indices: list[int] | None = None, columns: int = 8, tile: int = 128, labels: bool = True, title: str | None = None) -> Image.Image:
-    """An 8-bit grayscale grid of ``images[indices]`` (N, H, W), each tile labelled with its index."""
+def sheet_tile(image: np.ndarray, tile: int = 128) -> Image.Image:
+    """One image as an 8-bit ``tile`` x ``tile`` thumbnail (uint16 keeps its top 8 bits)."""
+    img = np.asarray(image)
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    im = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
+    return im if im.size == (tile, tile) else im.resize((tile, tile), Image.Resampling.LANCZOS)
+
+
+def contact_sheet(images: np.ndarray, indices: list[int] | None = None, columns: int = 8, tile: int = 128, labels: bool = True,
+                  title: str | None = None, tiles: Mapping[int, Image.Image] | None = None) -> Image.Image:
+    """An 8-bit grayscale grid of ``images[indices]`` (N, H, W), each tile labelled with its index.
+
+    ``tiles`` holds thumbnails already made (by :func:`sheet_tile`, keyed by index), such as those a
+    build renders while its workers are busy; the others are made here.
+    """
     if indices is None:
-        indices = sheet_indices(len(images), 64)
+        indices = sheet_indices(len(images), SHEET_TILES)
     columns = max(1, min(columns, len(indices) or 1))
     rows = max(1, -(-len(indices) // columns))
     gap = 2
@@ -30,12 +47,9 @@ def contact_sheet(images: np.ndarray, indices: list[int] | None = None, columns:
     if title:
         draw.text((gap + 2, 2), title, fill=255)
     for k, i in enumerate(indices):
-        img = np.asarray(images[i])
-        if img.dtype == np.uint16:
-            img = (img >> 8).astype(np.uint8)
-        im = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
-        if im.size != (tile, tile):
-            im = im.resize((tile, tile), Image.Resampling.LANCZOS)
+        im = tiles.get(i) if tiles else None
+        if im is None or im.size != (tile, tile):
+            im = sheet_tile(images[i], tile)
         x, y = gap + (k % columns) * (tile + gap), top + gap + (k // columns) * (tile + gap)
         sheet.paste(im, (x, y))
         if labels:
@@ -46,8 +60,9 @@ def contact_sheet(images: np.ndarray, indices: list[int] | None = None, columns:
     return sheet
 
 
-def contact_sheet_png(images: np.ndarray, tiles: int = 64, columns: int = 8, tile: int = 128, title: str | None = None) -> bytes:
+def contact_sheet_png(images: np.ndarray, tiles: int = SHEET_TILES, columns: int = 8, tile: int = 128, title: str | None = None,
+                      made: Mapping[int, Image.Image] | None = None) -> bytes:
     buf = io.BytesIO()
     # Fast zlib: the sheet is for eyes, and a build should not spend its time compressing it.
-    contact_sheet(images, sheet_indices(len(images), tiles), columns, tile, title=title).save(buf, format="PNG", compress_level=1)
+    contact_sheet(images, sheet_indices(len(images), tiles), columns, tile, title=title, tiles=made).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
