@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from service.data.header_reader import read_header
 from service.data.pixels import REASONS, PixelOptions, SkipImage, prepare
 
 
@@ -28,10 +29,12 @@ def process_file(path: Path, sha256: str, opts: PixelOptions) -> tuple[np.ndarra
         return None, {"reason": "missing_file", "message": f"the file cannot be read ({exc.strerror})"}
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         return None, {"reason": "corrupt", "message": REASONS["corrupt"]}
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except Exception as exc:
-        return None, {"reason": "unreadable", "message": f"{REASONS['unreadable']} ({type(exc).__name__})"}
+    ds: Any = read_header(data)  # the plain common case in one pass; anything else through pydicom
+    if ds is None:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+        except Exception as exc:
+            return None, {"reason": "unreadable", "message": f"{REASONS['unreadable']} ({type(exc).__name__})"}
     try:
         image, info = prepare(ds, opts)
     except SkipImage as exc:
