@@ -63,6 +63,9 @@ class DicomConfig:
     require_called_ae_title: bool = False
     # Write each C-STORE dataset to its temporary file while it arrives (service/dicom/streaming.py).
     stream_writes: bool = True
+    # Serve storage-only associations (C-STORE, C-ECHO) straight from the socket once they are
+    # established (service/dicom/direct.py); false leaves every association to pynetdicom's reactors.
+    direct_receive: bool = True
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
 FAST_POLL_S = 0.0001
+HANDED_OFF_POLL_S = 0.005
 BUSY_WINDOW_S = 0.5
 _PYNETDICOM_DEFAULT_S = 0.001
 
@@ -37,11 +38,26 @@ def _busy(dul: DULServiceProvider) -> bool:
 
 
 class ResponsiveDUL(DULServiceProvider):
-    """The DUL reactor; its idle sleep is short while PDUs keep arriving (the idle timer restarts on each)."""
+    """The DUL reactor; its idle sleep is short while PDUs keep arriving (the idle timer restarts on each).
+
+    ``handed_off``: :mod:`service.dicom.direct` reads the socket itself once the association is
+    established; the reactor then only runs the state machine for what is sent through it (the
+    A-ASSOCIATE-AC) and for the socket's closing, and idles at :data:`HANDED_OFF_POLL_S`.
+    """
+
+    handed_off = False
 
     @property  # a data descriptor, so it wins over the attribute pynetdicom sets in __init__
     def _run_loop_delay(self) -> float:  # type: ignore[override]
+        if self.handed_off:
+            # Quick until the A-ASSOCIATE-AC is out (Sta6), then idle: the socket is not ours to read.
+            return HANDED_OFF_POLL_S if self.state_machine.current_state == "Sta6" else FAST_POLL_S
         return FAST_POLL_S if _busy(self) else _PYNETDICOM_DEFAULT_S
+
+    def _is_transport_event(self) -> bool:
+        if self.handed_off:
+            return False
+        return super()._is_transport_event()
 
     @_run_loop_delay.setter
     def _run_loop_delay(self, _value: float) -> None:

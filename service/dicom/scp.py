@@ -7,8 +7,11 @@ Built the pynetdicom way: a declaratively configured AE (contexts, timeouts, PDU
   unknown peer gets an A-ASSOCIATE-RJ "calling AE title not recognized" (PS3.8 §9.3.4);
 * TCP_NODELAY on every accepted socket: with Nagle and delayed ACK, each C-STORE response waits
   40-80 ms on loopback (../shared/NOTES.md);
-* shorter poll intervals while an association is busy (:mod:`service.dicom.polling`), and PDUs read with
-  a few large ``recv_into`` calls instead of pynetdicom's 4 KB loop (:mod:`service.dicom.sockets`).
+* associations that carry only Storage and Verification (what a PACS or a modality opens) are served,
+  once established, straight from the socket by :class:`service.dicom.direct.DirectLoop` instead of
+  pynetdicom's two polling reactors; associations that also carry Query/Retrieve keep pynetdicom, with
+  shorter poll intervals while busy (:mod:`service.dicom.polling`) and PDUs read with a few large
+  ``recv_into`` calls instead of its 4 KB loop (:mod:`service.dicom.sockets`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from service import metrics
 from service.config import Config
 from service.dicom import status
-from service.dicom.polling import responsive
+from service.dicom.direct import DirectLoop, eligible
+from service.dicom.polling import ResponsiveAssociation, ResponsiveDUL, responsive
 from service.dicom.sockets import large_reads
 from service.dicom.streaming import StreamingDIMSE, streaming
 from service.dicom.store import Store, StoreError
@@ -68,6 +72,9 @@ _assoc_ids = itertools.count(1)
 def storage_sop_classes() -> list[str]:
     """Every Storage SOP Class pynetdicom knows (PS3.4 Annex B.5)."""
     return sorted(set(_STORAGE_CLASSES.values()))
+
+
+STORAGE_SOP_CLASSES = frozenset(storage_sop_classes())
 
 
 def storage_contexts() -> list:
@@ -115,10 +122,31 @@ def _resolve(host: str) -> set[str]:
         return set()
 
 
+class _DirectAssociation(ResponsiveAssociation):
+    """An acceptor association that, once established, may be served by a :class:`DirectLoop`."""
+
+    direct_loop: DirectLoop | None = None
+
+    def _run_reactor(self) -> None:
+        if self.direct_loop is None:
+            return super()._run_reactor()
+        self.direct_loop.run()
+
+
 class _AllowListACSE(ACSE):
-    """ACSE that rejects callers not on the allow-list before any other negotiation."""
+    """ACSE that rejects callers not on the allow-list before any other negotiation, and hands
+    storage-only associations to a :class:`DirectLoop` (``direct``) as it accepts them."""
 
     allow_list: AllowList
+    direct: Callable[[Any], DirectLoop] | None = None
+
+    def send_accept(self) -> None:
+        assoc = self.assoc
+        if self.direct is not None and isinstance(assoc, _DirectAssociation) and isinstance(assoc.dul, ResponsiveDUL) and eligible(assoc, STORAGE_SOP_CLASSES):
+            assoc.direct_loop = self.direct(assoc)
+            # Before the A-ASSOCIATE-AC leaves: from then on only the loop reads the socket.
+            assoc.dul.handed_off = True
+        super().send_accept()
 
     def _negotiate_as_acceptor(self) -> None:
         calling = self.requestor.primitive.calling_ae_title  # type: ignore[union-attr]
@@ -135,15 +163,18 @@ class _AllowListACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
-def _request_handler(allow_list: AllowList, store: Store | None) -> type[RequestHandler]:
+def _request_handler(allow_list: AllowList, store: Store | None, direct: Callable[[Any], DirectLoop] | None = None) -> type[RequestHandler]:
     class Handler(RequestHandler):
         def _create_association(self):  # type: ignore[override]
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             assoc = large_reads(responsive(super()._create_association()))
+            if direct is not None and type(assoc) is ResponsiveAssociation:
+                assoc.__class__ = _DirectAssociation
             if store is not None:
                 streaming(assoc, store)
             acse = _AllowListACSE(assoc)
             acse.allow_list = allow_list
+            acse.direct = direct
             assoc.acse = acse
             return assoc
 
@@ -205,7 +236,11 @@ class StorageSCP:
             self.cfg.dicom.ae_title,
             self.contexts,
             evt_handlers=self.handlers,
-            request_handler=_request_handler(AllowList.from_config(self.cfg), self.store if self.cfg.dicom.stream_writes else None),
+            request_handler=_request_handler(
+                AllowList.from_config(self.cfg),
+                self.store if self.cfg.dicom.stream_writes else None,
+                self._direct_loop if self.cfg.dicom.direct_receive else None,
+            ),
         )
         self.ae._servers.append(server)
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
@@ -265,41 +300,52 @@ class StorageSCP:
         log.info("association_rejected_sent", calling_ae=event.assoc.requestor.ae_title, host=event.assoc.requestor.address)
 
     def _on_echo(self, event: evt.Event) -> int:
-        self._bind(event)
-        log.info("c_echo", association=self.assoc_id(event.assoc))
+        return self.echo_received(event.assoc)
+
+    def echo_received(self, assoc: Any) -> int:
+        structlog.contextvars.bind_contextvars(association=self.assoc_id(assoc))
+        log.info("c_echo", association=self.assoc_id(assoc))
         return status.SUCCESS
 
+    def _direct_loop(self, assoc: Any) -> DirectLoop:
+        return DirectLoop(assoc, self, self.store if self.cfg.dicom.stream_writes else None, self.cfg.dicom.network_timeout)
+
     def _on_store(self, event: evt.Event) -> Dataset | int:
-        """C-STORE (PS3.4 Annex B): success only once the instance is durable and indexed."""
-        self._bind(event)
+        """C-STORE through pynetdicom's reactors (associations that also carry Query/Retrieve)."""
         try:
             # The dataset as received, without a copy; it is parsed in the context's transfer syntax.
             received = event.request.DataSet
             data = received.getbuffer()
             tsyntax = event.context.transfer_syntax
         except Exception as exc:  # the bytes could not even be framed as a dataset
+            self._bind(event)
             metrics.STORE_FAILURES.labels(reason="malformed").inc()
             log.warning("instance_refused", reason="malformed", detail=f"{type(exc).__name__}")
             return _status(status.CANNOT_UNDERSTAND, "the dataset could not be decoded")
-        counts = self._counts.setdefault(id(event.assoc), Counter())
+        code, comment = self.store_received(event.assoc, data, getattr(received, "stream", None), tsyntax)
+        return _status(code, comment) if comment else code
+
+    def store_received(self, assoc: Any, data: memoryview, stream: Any, transfer_syntax: str) -> tuple[int, str]:
+        """C-STORE (PS3.4 Annex B): (status, error comment); success only once the instance is durable and indexed."""
+        structlog.contextvars.bind_contextvars(association=self.assoc_id(assoc))
+        counts = self._counts.setdefault(id(assoc), Counter())
         try:
-            stream = getattr(received, "stream", None)
             if stream is not None:  # written while it arrived (streaming.py); it falls back to put_bytes
                 result = stream.finish(data)
             else:
-                result = self.store.put_bytes(data, source="cstore", source_ae=event.assoc.requestor.ae_title, transfer_syntax=tsyntax)
+                result = self.store.put_bytes(data, source="cstore", source_ae=assoc.requestor.ae_title, transfer_syntax=transfer_syntax)
         except StoreError as exc:
             counts["refused"] += 1
-            return _status(exc.status, str(exc))
+            return exc.status, str(exc)[:64]
         except Exception as exc:  # never a silent success, never a dead server
             counts["refused"] += 1
             metrics.STORE_FAILURES.labels(reason="internal").inc()
             # Where it failed, not the message: messages of pydicom and sqlite can quote values.
             log.error("instance_store_crashed", error=type(exc).__name__, where=_frames(exc))
-            return _status(status.OUT_OF_RESOURCES, "internal error while storing")
+            return status.OUT_OF_RESOURCES, "internal error while storing"
         counts["duplicates" if result.duplicate else "stored"] += 1
         counts["bytes"] += 0 if result.duplicate else result.record.size
-        return status.SUCCESS
+        return status.SUCCESS, ""
 
 
 def _summary(counts: Counter) -> dict[str, int]:
