@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,6 +77,8 @@ DURABLE_MARK = ".durable"
 # Instances at least this large are hashed on another thread while they are written.
 PARALLEL_HASH_MIN_BYTES = 256 * 1024
 _HASHERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-sha256")
+# fsyncs of streamed files, waited for by the association that wrote them (one each at a time).
+SYNCERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync")
 
 
 @dataclass
@@ -114,16 +116,29 @@ _TAGS: dict[str, int] = {}
 _RAW_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"})
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _tag(keyword: str) -> int:
     tag = _TAGS.get(keyword)
     if tag is None:
         tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    return tag
+
+
+def _raw(ds: Dataset, tag: int) -> RawDataElement | None:
+    """The element still as read (pydicom converts values lazily, and slowly), else None."""
     elem = ds.get_item(tag) if tag in ds else None
-    if elem is None:
+    return elem if isinstance(elem, RawDataElement) else None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    tag = _tag(keyword)
+    if tag not in ds:
         return ""
-    if isinstance(elem, RawDataElement) and (elem.VR or dictionary_VR(tag)) in _RAW_TEXT_VRS:
+    elem = _raw(ds, tag)
+    if elem is not None and (elem.VR or dictionary_VR(tag)) in _RAW_TEXT_VRS:
         raw = elem.value or b""
-        if raw.isascii():  # the common case, read without pydicom's conversion; other charsets below
+        # The common case, read without pydicom's conversion. ESC starts an ISO 2022 code extension
+        # (PS3.5 §6.1.2.5.3): such values and other charsets go through pydicom below.
+        if raw.isascii() and b"\x1b" not in raw:
             return raw.decode("ascii").strip(" \x00")
     value = ds[tag].value
     if value is None:
@@ -133,8 +148,34 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value)
 
 
+def _uid(ds: Dataset, keyword: str) -> str | None:
+    """A UI value as pydicom reads it (trailing NULs and spaces removed), or None when absent."""
+    tag = _tag(keyword)
+    if tag not in ds:
+        return None
+    elem = _raw(ds, tag)
+    if elem is not None and isinstance(elem.value, bytes) and elem.value.isascii():
+        return elem.value.decode("ascii").rstrip("\x00 ")
+    value = ds[tag].value
+    return None if value is None else str(value)
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+    tag = _tag(keyword)
+    if tag not in ds:
+        return None
+    elem = _raw(ds, tag)
+    if elem is not None and isinstance(elem.value, bytes):
+        raw, vr = elem.value, elem.VR or dictionary_VR(tag)
+        if vr == "US" and len(raw) == 2:
+            return int.from_bytes(raw, "little" if elem.is_little_endian else "big")
+        if vr == "IS" and raw.isascii():
+            text = raw.decode("ascii").strip(" \x00")
+            if not text:
+                return None
+            if text.lstrip("+-").isdigit():
+                return int(text)
+    value = ds.get(keyword)  # anything else as pydicom converts it
     try:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
@@ -205,9 +246,11 @@ class Store:
         finally:
             self.end_inflight(key)
 
-    def commit_streamed(self, prep: "Prepared", source: str, source_ae: str, written: Path, digest: str, size: int, started: float) -> PutResult:
-        """Finish an instance whose bytes a stream already wrote and fsynced to ``written``."""
-        return self._measured(lambda: self._commit(prep, source, source_ae, False, written, digest, size), source, started)
+    def commit_streamed(self, prep: "Prepared", source: str, source_ae: str, written: Path, digest: str, size: int, started: float,
+                        durable: Future | None = None) -> PutResult:
+        """Finish an instance whose bytes a stream already wrote to ``written`` and fsynced (or is
+        fsyncing: ``durable``)."""
+        return self._measured(lambda: self._commit(prep, source, source_ae, False, written, digest, size, durable), source, started)
 
     def begin_inflight(self, key: object) -> None:
         """A put started: files it writes from now on are newer than any durable mark taken meanwhile."""
@@ -269,14 +312,25 @@ class Store:
 
     def _commit(
         self, prep: "Prepared", source: str, source_ae: str, synthetic: bool,
-        written: Path | None = None, digest: str = "", size: int = 0,
+        written: Path | None = None, digest: str = "", size: int = 0, durable: Future | None = None,
     ) -> PutResult:
         """Deduplicate, make durable and index. ``written``: a temporary file already holding the
-        instance's bytes, fsynced (with its ``digest`` and ``size``); otherwise ``prep.parts`` are written."""
+        instance's bytes (with its ``digest`` and ``size``), fsynced, or being fsynced by ``durable``
+        (a future that raises OSError if the fsync failed); otherwise ``prep.parts`` are written."""
+        try:
+            return self._commit_unsafe(prep, source, source_ae, synthetic, written, digest, size, durable)
+        finally:
+            if durable is not None:
+                _wait_quietly(durable)  # the file's descriptor is closed before anyone returns
+
+    def _commit_unsafe(
+        self, prep: "Prepared", source: str, source_ae: str, synthetic: bool,
+        written: Path | None, digest: str, size: int, durable: Future | None,
+    ) -> PutResult:
         ds, parts = prep.dataset, prep.parts
         if written is None:
             size = sum(len(p) for p in parts)
-        study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+        study, series, sop = _uid(ds, "StudyInstanceUID") or "", _uid(ds, "SeriesInstanceUID") or "", _uid(ds, "SOPInstanceUID") or ""
         rel = Path(study) / series / f"{sop}.dcm"
         final = self.root / rel
         try:
@@ -309,10 +363,16 @@ class Store:
                     finally:
                         if pending is not None:
                             digest = pending.result()
+                # Made while a streamed file's fsync runs (it releases the GIL), before it is needed.
+                record = self._record(ds, rel, size, digest, source, source_ae, synthetic, prep.exclusion)
+                if durable is not None:
+                    try:
+                        durable.result()
+                    except OSError as exc:
+                        raise StoreError(status.OUT_OF_RESOURCES, "write_failed", f"could not write the instance to disk: {exc.strerror or exc}") from None
                 self._publish(written, final)
                 written = None
                 old_path = self.root / existing.path if existing is not None else None
-                record = self._record(ds, rel, size, digest, source, source_ae, synthetic, prep.exclusion)
                 try:
                     self.index.add(record, replace=replace)
                 except sqlite3.IntegrityError:
@@ -496,7 +556,7 @@ class Store:
     def _validate_uids(ds: Dataset) -> None:
         for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
             try:
-                validate_uid(ds.get(keyword), keyword)
+                validate_uid(_uid(ds, keyword), keyword)
             except InvalidUID as exc:
                 raise StoreError(status.CANNOT_UNDERSTAND, "invalid_uid", str(exc)) from None
 
@@ -618,10 +678,10 @@ class Store:
 
     def _record(self, ds: Dataset, rel: Path, size: int, digest: str, source: str, source_ae: str, synthetic: bool, exclusion: str) -> InstanceRecord:
         return InstanceRecord(
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            series_uid=str(ds.SeriesInstanceUID),
-            study_uid=str(ds.StudyInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
+            sop_instance_uid=_uid(ds, "SOPInstanceUID") or "",
+            series_uid=_uid(ds, "SeriesInstanceUID") or "",
+            study_uid=_uid(ds, "StudyInstanceUID") or "",
+            sop_class_uid=_uid(ds, "SOPClassUID") or "",
             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
             path=str(rel),
             size=size,
@@ -754,6 +814,21 @@ def _makedirs(path: Path, root: Path) -> list[Path]:
             continue
         created.append(d.parent)
     return created
+
+
+def _wait_quietly(future: Future) -> None:
+    try:
+        future.result()
+    except OSError:
+        pass  # reported where the result was needed
+
+
+def fsync_and_close(fd: int) -> None:
+    """fsync then close a file descriptor (run on :data:`SYNCERS`); closes it even if the fsync fails."""
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -5,8 +5,9 @@ pynetdicom collects them and hands the whole dataset to our handler, which then 
 radiograph the write (and the page-cache throttling that comes with it on a busy disk) would happen after
 the last byte arrived, while the sender waits. Here the header is parsed, validated, de-identified and
 encoded as soon as it is complete, and every later fragment of pixel data is written and hashed as it
-arrives, in pynetdicom's reading thread. When the message is complete, only the fsync, the rename and
-the index row remain, and the C-STORE response follows them exactly as before: success still means
+arrives (and handed to the kernel's writeback at once, so little is left for the fsync). When the message
+is complete, only the fsync, the rename and the index row remain; the row is made while the fsync runs on
+another thread, and the C-STORE response follows all three exactly as before: success still means
 durable and indexed.
 
 The stream takes the common case only: a Pixel Data element in a non-deflated transfer syntax with
@@ -24,6 +25,7 @@ import io
 import os
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -31,7 +33,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
 
 from service.dicom.encoded import DATASET_TRAILING_PADDING, EncodingError, parse_header, split_pixel_data
-from service.dicom.store import Prepared, PutResult, Store, StoreError
+from service.dicom.store import SYNCERS, Prepared, PutResult, Store, StoreError, fsync_and_close
 from service.logs import get_logger
 
 log = get_logger("store")
@@ -56,6 +58,8 @@ class StreamingPut:
         self.pixel_offset = 0  # where the pixel data element starts in the received dataset
         self.pixel_end: int | None = None  # where it ends, when its length is defined
         self.written_to = 0  # received bytes before this offset are in the file
+        self.early_writeback = store.cfg.store.fsync and hasattr(os, "posix_fadvise")
+        self.durable: Future | None = None  # the fsync of the complete file, running on SYNCERS
         self._key = ("stream", id(self))
         # feed() runs in pynetdicom's reading thread, abort() and finish() in the association's: one at a
         # time, so a file descriptor is never closed under a write.
@@ -122,6 +126,10 @@ class StreamingPut:
             while len(chunk):
                 n = os.write(self.fd, chunk)  # type: ignore[arg-type]
                 chunk = chunk[n:]
+        if self.early_writeback:
+            # Start writing what arrived to disk now (Linux begins writeback on DONTNEED), so the fsync
+            # after the last fragment waits for the rest only.
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)  # type: ignore[arg-type]
 
     def _step_aside(self, why: str) -> None:
         if self.active:
@@ -160,7 +168,8 @@ class StreamingPut:
                     written = None
                     self._step_aside(type(exc).__name__)
                 if written is not None:
-                    return self.store.commit_streamed(self.prep, self.source, self.source_ae, written, self.hasher.hexdigest(), self.size, self.started)
+                    return self.store.commit_streamed(self.prep, self.source, self.source_ae, written, self.hasher.hexdigest(), self.size,
+                                                      self.started, self.durable)
             self._discard()
             return self.store.put_bytes(data, source=self.source, source_ae=self.source_ae, transfer_syntax=self.tsyntax)
         finally:
@@ -178,10 +187,12 @@ class StreamingPut:
         tail.dataset = self.prep.dataset  # type: ignore[union-attr]
         self.store._validate_pixels(tail)
         self._write_until(data, end, past_pixels=True)
+        fd, self.fd = self.fd, None
         if self.store.cfg.store.fsync:
-            os.fsync(self.fd)  # type: ignore[arg-type]
-        os.close(self.fd)  # type: ignore[arg-type]
-        self.fd = None
+            # The commit prepares the index row while this runs, and waits for it before the rename.
+            self.durable = SYNCERS.submit(fsync_and_close, fd)
+        else:
+            os.close(fd)  # type: ignore[arg-type]
         written, self.tmp = self.tmp, None
         return written
 

@@ -1,10 +1,12 @@
 """The store's core contract: durable, indexed, UID-validated, duplicates by policy, nothing left on failure."""
 
+import copy
 import io
 import os
 
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from service.data.phantom import phantom_dataset
 from service.dicom import status
@@ -112,3 +114,48 @@ def test_truncated_file_is_refused(store):
         store.put_bytes(data[: len(data) // 2], source="import")
     assert err.value.status == status.CANNOT_UNDERSTAND
     assert store.index.stats()["instances"] == 0
+
+
+def _reread(ds, implicit: bool) -> pydicom.Dataset:
+    buf = io.BytesIO()
+    ds = copy.deepcopy(ds)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=implicit)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_index_fields_read_raw_give_what_pydicom_gives(implicit):
+    """The store reads index fields from the raw elements (fast); each must equal pydicom's value."""
+    from service.dicom.store import _int, _text, _uid
+
+    ds = phantom_dataset(48, 40)
+    ds.SeriesNumber, ds.InstanceNumber = "  +12 ", "-3"
+    ds.NumberOfFrames = ""
+    ds.AcquisitionNumber = "1\\2"  # several values: pydicom's MultiValue, which is no int
+    ds.StudyDescription = "KNEE^LEFT  "
+    ds.SeriesInstanceUID = ds.SeriesInstanceUID + "\0" if len(ds.SeriesInstanceUID) % 2 else ds.SeriesInstanceUID
+    raw = _reread(ds, implicit)
+    converted = _reread(ds, implicit)
+    for keyword in ("Rows", "Columns", "BitsStored", "SeriesNumber", "InstanceNumber", "NumberOfFrames", "AcquisitionNumber", "PatientWeight"):
+        value = converted.get(keyword)
+        try:
+            expected = int(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            expected = None
+        assert _int(raw, keyword) == expected, keyword
+    for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID"):
+        assert _uid(raw, keyword) == str(converted[keyword].value), keyword
+    assert _uid(raw, "FrameOfReferenceUID") is None
+    assert _text(raw, "StudyDescription") == "KNEE^LEFT"
+
+
+def test_iso_2022_text_is_decoded_by_pydicom():
+    """A value with ISO 2022 escape sequences is ASCII bytes but not ASCII text (PS3.5 §6.1.2.5.3)."""
+    from service.dicom.store import _text
+
+    ds = phantom_dataset(16, 16)
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.PatientName = "Yamada^Tarou=山田^太郎"
+    raw = _reread(ds, False)
+    assert _text(raw, "PatientName") == "Yamada^Tarou=山田^太郎"
