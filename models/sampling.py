@@ -7,6 +7,7 @@ batch it was generated in.
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -15,10 +16,19 @@ import torch
 MAX_SEED = 2**32 - 1
 
 
+_local = threading.local()
+
+
 def latent(seed: int, z_dim: int) -> np.ndarray:
     if not 0 <= int(seed) <= MAX_SEED:
         raise ValueError(f"seed {seed} is outside 0..{MAX_SEED}")
-    return np.random.RandomState(int(seed)).randn(z_dim).astype(np.float32)
+    # Re-seeding one RandomState per thread gives exactly RandomState(seed)'s numbers; making a new
+    # one costs some 250 us in numpy 2 (9 us this way), paid for every image a server makes.
+    rs = getattr(_local, "rs", None)
+    if rs is None:
+        rs = _local.rs = np.random.RandomState()
+    rs.seed(int(seed))
+    return rs.randn(z_dim).astype(np.float32)
 
 
 def latents(seeds: Sequence[int], z_dim: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -100,3 +100,32 @@ def test_spectral_norm_discriminator_initializes():
     D = Discriminator(base_channels=4, spectral_norm=True)
     init_weights(D)
     assert D(torch.randn(2, 1, 64, 64)).shape == (2,)
+
+
+def test_a_seed_gives_the_stylegan_latent_in_any_thread_and_order():
+    """z = RandomState(seed).randn(z_dim), whatever was drawn before in this thread or another."""
+    import threading
+
+    import numpy as np
+
+    from models.sampling import MAX_SEED, latent
+
+    seeds = [0, 1, 7, 123456789, MAX_SEED]
+    expected = {s: np.random.RandomState(s).randn(100).astype(np.float32) for s in seeds}
+    wrong: list[int] = []
+
+    def draw(order):
+        for s in order:
+            if not np.array_equal(latent(s, 100), expected[s]):
+                wrong.append(s)
+
+    threads = [threading.Thread(target=draw, args=(seeds[::step],)) for step in (1, -1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    draw(seeds)
+    assert wrong == []
+    np.testing.assert_array_equal(latents(seeds, 100).numpy(), np.stack([expected[s] for s in seeds]))
+    with pytest.raises(ValueError):
+        latent(MAX_SEED + 1, 100)
