@@ -215,17 +215,17 @@ class DirectLoop:
         outcome()
 
     def _released(self) -> None:
-        self._close()
-        self.assoc.is_released = True
-        self.assoc.is_established = False
-        evt.trigger(self.assoc, evt.EVT_RELEASED, {})
-        self.assoc.kill()
+        self._end("is_released", evt.EVT_RELEASED)
 
     def _aborted(self) -> None:
+        self._end("is_aborted", evt.EVT_ABORTED)
+
+    def _end(self, flag: str, event: Any) -> None:
+        """Close, mark and announce the end as pynetdicom's reactor would, then stop its threads."""
         self._close()
-        self.assoc.is_aborted = True
+        setattr(self.assoc, flag, True)
         self.assoc.is_established = False
-        evt.trigger(self.assoc, evt.EVT_ABORTED, {})
+        evt.trigger(self.assoc, event, {})
         self.assoc.kill()
 
     def _close(self) -> None:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
