@@ -12,6 +12,8 @@ import hashlib
 import logging
 import warnings
 import sys
+import traceback
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -26,6 +28,12 @@ _PHI_KEYS = frozenset(
 )
 
 _configured = False
+
+
+def where(exc: BaseException) -> list[str]:
+    """Where an exception was raised (file:line function, innermost six), for a log line. Not its
+    message: messages of pydicom and sqlite can quote values, and values can be patient data."""
+    return [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_tb(exc.__traceback__)[-6:]]
 
 
 def uid_hash(uid: str | None) -> str | None:

@@ -38,7 +38,7 @@ from pynetdicom import evt
 
 from service.dicom.streaming import StreamingPut
 from service.dicom.store import Store
-from service.logs import get_logger
+from service.logs import get_logger, where
 
 log = get_logger("scp")
 
@@ -210,6 +210,10 @@ class DirectLoop:
             self._send_quietly(_abort_pdu(REASON_NOT_SPECIFIED))
             outcome = self._aborted
         except (_Closed, OSError):
+            outcome = self._aborted
+        except Exception as exc:  # a bug must cost this association, never leave it hanging
+            log.error("association_internal_error", error=type(exc).__name__, where=where(exc))
+            self._send_quietly(_abort_pdu(REASON_NOT_SPECIFIED))
             outcome = self._aborted
         self._drop_message()
         outcome()

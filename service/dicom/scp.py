@@ -20,10 +20,8 @@ import ipaddress
 import itertools
 import socket
 import threading
-import traceback
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import structlog
@@ -42,7 +40,7 @@ from service.dicom.polling import ResponsiveAssociation, ResponsiveDUL, responsi
 from service.dicom.sockets import large_reads
 from service.dicom.streaming import StreamingDIMSE, streaming
 from service.dicom.store import Store, StoreError
-from service.logs import get_logger
+from service.logs import get_logger, where
 
 log = get_logger("scp")
 
@@ -179,10 +177,6 @@ def _request_handler(allow_list: AllowList, store: Store | None, direct: Callabl
             return assoc
 
     return Handler
-
-
-def _frames(exc: BaseException) -> list[str]:
-    return [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_tb(exc.__traceback__)[-6:]]
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -341,7 +335,7 @@ class StorageSCP:
             counts["refused"] += 1
             metrics.STORE_FAILURES.labels(reason="internal").inc()
             # Where it failed, not the message: messages of pydicom and sqlite can quote values.
-            log.error("instance_store_crashed", error=type(exc).__name__, where=_frames(exc))
+            log.error("instance_store_crashed", error=type(exc).__name__, where=where(exc))
             return status.OUT_OF_RESOURCES, "internal error while storing"
         counts["duplicates" if result.duplicate else "stored"] += 1
         counts["bytes"] += 0 if result.duplicate else result.record.size

@@ -233,3 +233,19 @@ def test_a_peer_that_disappears_mid_message_leaves_nothing(server):
     assert server.instances() == 0
     server.nothing_left_over()
     assert send(server.port, [phantom_dataset(16, 16)]) == [status.SUCCESS]
+
+
+def test_a_bug_in_the_loop_aborts_only_that_association(server, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("PATIENT^NAME must never reach a log line")
+
+    monkeypatch.setattr("service.dicom.direct.StreamingPut", broken)
+    with capture_logs() as logs:
+        assert send(server.port, [phantom_dataset(32, 32, seed=6)]) == [-1]  # aborted: no response
+        assert _wait(lambda: any(e["event"] == "association_aborted" for e in logs))
+    errors = [e for e in logs if e["event"] == "association_internal_error"]
+    assert errors and errors[0]["error"] == "RuntimeError" and "PATIENT" not in str(logs)
+    monkeypatch.undo()
+    assert server.instances() == 0
+    server.nothing_left_over()
+    assert send(server.port, [phantom_dataset(16, 16)]) == [status.SUCCESS]
