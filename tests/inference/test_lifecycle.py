@@ -155,7 +155,11 @@ def test_stop_answers_unavailable_and_frees_the_port(start_server, export) -> No
     import socket
 
     with socket.socket() as s:
+        # As a restarted server binds (gRPC sets SO_REUSEADDR): connections the stopped server closed
+        # may sit in TIME_WAIT on this port for a minute, which only a listener still holding it would beat.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
+        s.listen()
 
 
 def test_port_in_use_and_missing_gpu_are_clear_errors(start_server, home, models_root) -> None:
