@@ -124,8 +124,8 @@ def _tag(keyword: str) -> int:
 
 
 def _raw(ds: Dataset, tag: int) -> RawDataElement | None:
-    """The element still as read (pydicom converts values lazily, and slowly), else None."""
-    elem = ds.get_item(tag) if tag in ds else None
+    """The present element ``tag`` still as read (pydicom converts values lazily, and slowly), else None."""
+    elem = ds.get_item(tag)
     return elem if isinstance(elem, RawDataElement) else None
 
 
@@ -369,7 +369,7 @@ class Store:
                     try:
                         durable.result()
                     except OSError as exc:
-                        raise StoreError(status.OUT_OF_RESOURCES, "write_failed", f"could not write the instance to disk: {exc.strerror or exc}") from None
+                        raise _write_failed(exc) from None
                 self._publish(written, final)
                 written = None
                 old_path = self.root / existing.path if existing is not None else None
@@ -653,7 +653,7 @@ class Store:
                 os.close(fd)
         except OSError as exc:
             _unlink_quietly(tmp_path)
-            raise StoreError(status.OUT_OF_RESOURCES, "write_failed", f"could not write the instance to disk: {exc.strerror or exc}") from None
+            raise _write_failed(exc) from None
         return tmp_path
 
     def _publish(self, tmp_path: Path, final: Path) -> None:
@@ -674,7 +674,7 @@ class Store:
             _unlink_quietly(tmp_path)
             if renamed and not existed:
                 _unlink_quietly(final)  # not durable, so not stored
-            raise StoreError(status.OUT_OF_RESOURCES, "write_failed", f"could not write the instance to disk: {exc.strerror or exc}") from None
+            raise _write_failed(exc) from None
 
     def _record(self, ds: Dataset, rel: Path, size: int, digest: str, source: str, source_ae: str, synthetic: bool, exclusion: str) -> InstanceRecord:
         return InstanceRecord(
@@ -814,6 +814,10 @@ def _makedirs(path: Path, root: Path) -> list[Path]:
             continue
         created.append(d.parent)
     return created
+
+
+def _write_failed(exc: OSError) -> StoreError:
+    return StoreError(status.OUT_OF_RESOURCES, "write_failed", f"could not write the instance to disk: {exc.strerror or exc}")
 
 
 def _wait_quietly(future: Future) -> None:
