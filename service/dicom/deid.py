@@ -176,11 +176,16 @@ CODE_RETAIN_DEVICE_IDENTITY = ("113109", "Retain Device Identity Option")
 
 _DUMMY_BY_VR = {"PN": "ANONYMOUS", "DS": "0", "IS": "0", "UI": "", "DA": "", "DT": "", "TM": ""}
 _DT_REST_RE = re.compile(r"^[0-9.+-]*$")
+_PLAIN_TEXT = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII but the backslash
 _AGE_RE = re.compile(r"^(\d{3})([DWMY])$")
 _GROUP_LENGTH = 0x0000
+_PLAN_CACHE_LIMIT = 4096
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 _PATIENT_NAME, _PATIENT_ID, _PATIENT_BIRTH_DATE, _PATIENT_SEX, _PATIENT_AGE = 0x00100010, 0x00100020, 0x00100030, 0x00100040, 0x00101010
+_ISSUER_OF_PATIENT_ID, _STUDY_INSTANCE_UID, _BURNED_IN_ANNOTATION = 0x00100021, 0x0020000D, 0x00280301
+# StudyDate, AcquisitionDate, ContentDate, SeriesDate: the first present dates the patient's age.
+_REFERENCE_DATES = (0x00080020, 0x00080022, 0x00080023, 0x00080021)
 
 # Pseudonyms say what they are; the prefix avoids "SYN" (synthetic patients, DESIGN.md).
 PSEUDONYM_ID_PREFIX = "ANON-"
@@ -218,17 +223,18 @@ class Deidentifier:
             raise ValueError("the de-identification secret must not be empty")
         self.secret = secret
         self.cfg = cfg or DeidConfig()
-        actions = {tag: code for tag, code in zip(_tags(_TABLE), _TABLE.values())}
+        actions = {int(tag): code for tag, code in zip(_tags(_TABLE), _TABLE.values())}
         if self.cfg.retain_patient_characteristics:
             for tag in _tags(_PATIENT_CHARACTERISTICS):
-                actions[tag] = "K"
+                actions[int(tag)] = "K"
         if self.cfg.retain_device_identity:
             for tag in _tags(_DEVICE_IDENTITY):
-                actions[tag] = "K"
+                actions[int(tag)] = "K"
         for tag in _tags(RETAINED_FOR_TRAINING):
-            actions[tag] = "K"
+            actions[int(tag)] = "K"
         self._actions = actions
-        self._birth = frozenset(_tags(_BIRTH))
+        self._birth = frozenset(int(tag) for tag in _tags(_BIRTH))
+        self._plans: dict[tuple[int, str | None], tuple[str, str]] = {}
         self._patient_id_tags = tuple(_tags(("PatientName", "PatientID")))
         self._codes = self._method_codes()
         self._raw_marks: dict[tuple[bool, bool], list] = {}
@@ -260,59 +266,35 @@ class Deidentifier:
         return hmac.new(self.secret, f"{purpose}:{value}".encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
 
     def _patient(self, ds: Dataset) -> _Patient:
-        pid = _str(ds.get("PatientID"))
-        issuer = _str(ds.get("IssuerOfPatientID"))
+        pid = _text_of(ds, _PATIENT_ID)
+        issuer = _text_of(ds, _ISSUER_OF_PATIENT_ID)
         if pid:
             identity = f"{issuer}\\{pid}"
         else:
             # No ID: the name and birth date are the identity; with neither, the study stands alone.
-            name, birth = _str(ds.get("PatientName")), _str(ds.get("PatientBirthDate"))
-            identity = f"name:{name}\\{birth}" if (name or birth) else f"study:{_str(ds.get('StudyInstanceUID'))}"
+            name, birth = _text_of(ds, _PATIENT_NAME), _text_of(ds, _PATIENT_BIRTH_DATE)
+            identity = f"name:{name}\\{birth}" if (name or birth) else f"study:{_text_of(ds, _STUDY_INSTANCE_UID)}"
         token = self._keyed("patient", identity)
         # 1..3652 days into the past, per patient: intervals within a patient survive (E.3.6).
         shift = -(1 + int(self._keyed("dateshift", identity)[:8], 16) % 3652)
         age = ""
         if self.cfg.retain_patient_characteristics:
-            given = _str(ds.get("PatientAge"))
+            given = _text_of(ds, _PATIENT_AGE)
             on = None if _AGE_RE.match(given) else _reference_date(ds)
-            age = coarse_age(given, _str(ds.get("PatientBirthDate")), on, self.cfg.age_bin_years)
+            age = coarse_age(given, _text_of(ds, _PATIENT_BIRTH_DATE), on, self.cfg.age_bin_years)
         return _Patient(token, shift, age)
 
     def _clean(self, ds: Dataset, patient: _Patient) -> None:
         # Elements are inspected raw (tag and VR only) and converted only when changed: most of a
         # header is kept, and an unconverted element is written back as received, byte for byte.
-        for tag in list(ds.keys()):
-            group, elem = tag >> 16, tag & 0xFFFF
-            if tag.is_private or elem == _GROUP_LENGTH or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
-                del ds[tag]
-                continue
-            if tag in _PIXEL_TAGS:
-                continue  # never touched: pixel data is stored as received
-            action = self._actions.get(tag)
-            known = dictionary_has_tag(tag)
-            if action is None and not known and group not in (0x0002, 0xFFFE):
-                del ds[tag]  # a public attribute no dictionary knows: nobody can say it is safe
-                continue
-            vr = ds.get_item(tag).VR
-            if vr is None or vr == "UN":
-                vr = dictionary_VR(tag) if known else "UN"
-            if tag in self._birth:
-                action = "Z" if action == "Z" else "X"
-            elif vr in ("DA", "DT"):
-                action = "K" if self.cfg.retain_longitudinal_dates else "C"
-            elif action is None:
-                if vr == "UI":
-                    action = "U"
-                elif vr == "PN":
-                    action = "X"
-                elif vr == "SQ":
-                    action = "K"
-            if action is None or action == "K":
+        for elem in list(ds.elements()):
+            tag = int(elem.tag)  # plain ints: BaseTag compares in Python, a dict lookup with it is slow
+            action, vr = self._plan(tag, elem.VR)
+            if action == "K":
                 if vr == "SQ":
                     for item in ds[tag].value:
                         self._clean(item, patient)
-                continue
-            if action == "X" or (action == "D" and vr == "SQ"):
+            elif action == "X":
                 del ds[tag]
             elif action == "Z":
                 if vr == "SQ":
@@ -322,23 +304,54 @@ class Deidentifier:
             elif action == "D":
                 _set(ds, tag, vr, [_DUMMY_BY_VR.get(vr, "ANONYMIZED")])
             elif action == "U":
-                self._remap(ds, tag, vr)
+                values = _values(ds, tag)
+                if any(values):
+                    _set(ds, tag, vr, [v if (not v or v.startswith(_STANDARD_UID_ROOT)) else self.remap_uid(v) for v in values])
             elif action == "C":
-                if vr in ("DA", "DT"):
-                    _set(ds, tag, vr, [_shift(v, vr, patient.day_shift) for v in _values(ds, tag)])
-                else:
-                    del ds[tag]
+                _set(ds, tag, vr, [_shift(v, vr, patient.day_shift) for v in _values(ds, tag)])
 
-    def _remap(self, ds: Dataset, tag: BaseTag, vr: str) -> None:
-        if vr != "UI":
-            return
-        keyword = keyword_for_tag(tag) or ""
-        if _KEPT_UID_KEYWORD.search(keyword):
-            return
-        values = _values(ds, tag)
-        if not any(values):
-            return
-        _set(ds, tag, vr, [v if (not v or v.startswith(_STANDARD_UID_ROOT)) else self.remap_uid(v) for v in values])
+    def _plan(self, tag: int, read_vr: str | None) -> tuple[str, str]:
+        """What happens to an element with this tag, read with this VR: (action, VR to write it with).
+
+        Actions: K keep (a sequence's items are cleaned), X remove, Z empty, D dummy, U remap the UIDs,
+        C shift the dates. The answer depends on nothing else, so it is worked out once per tag and VR.
+        """
+        key = (tag, read_vr)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._decide(tag, read_vr)
+            if len(self._plans) < _PLAN_CACHE_LIMIT:  # tags come from the network: keep the cache bounded
+                self._plans[key] = plan
+        return plan
+
+    def _decide(self, tag: int, read_vr: str | None) -> tuple[str, str]:
+        group, elem = tag >> 16, tag & 0xFFFF
+        vr = read_vr or "UN"
+        if group % 2 == 1 or elem == _GROUP_LENGTH or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
+            return "X", vr
+        if tag in _PIXEL_TAGS:
+            return "K", vr  # never touched: pixel data is stored as received
+        action = self._actions.get(tag)
+        known = dictionary_has_tag(tag)
+        if action is None and not known and group not in (0x0002, 0xFFFE):
+            return "X", vr  # a public attribute no dictionary knows: nobody can say it is safe
+        if read_vr is None or read_vr == "UN":
+            vr = dictionary_VR(tag) if known else "UN"
+        if tag in self._birth:
+            action = "Z" if action == "Z" else "X"
+        elif vr in ("DA", "DT"):
+            action = "K" if self.cfg.retain_longitudinal_dates else "C"
+        elif action is None:
+            action = {"UI": "U", "PN": "X", "SQ": "K"}.get(vr)
+        if action is None or action == "K":
+            return "K", vr
+        if action == "X" or (action == "D" and vr == "SQ"):
+            return "X", vr
+        if action == "U" and (vr != "UI" or _KEPT_UID_KEYWORD.search(keyword_for_tag(tag) or "")):
+            return "K", vr  # a class, syntax or scheme UID, or not a UID at all
+        if action == "C" and vr not in ("DA", "DT"):
+            return "X", vr
+        return action, vr
 
     def _pseudonymize(self, ds: Dataset, patient: _Patient) -> None:
         _set(ds, _PATIENT_ID, "LO", [PSEUDONYM_ID_PREFIX + patient.token[:16].upper()])
@@ -400,7 +413,7 @@ class Deidentifier:
 
     @staticmethod
     def _exclusion(ds: Dataset) -> str:
-        if _str(ds.get("BurnedInAnnotation")).upper() == "YES":
+        if _text_of(ds, _BURNED_IN_ANNOTATION).upper() == "YES":
             return "burned-in annotation"
         return ""
 
@@ -414,6 +427,22 @@ def _str(value: object) -> str:
     if isinstance(value, DataElement):
         value = value.value
     return str(value).strip() if value is not None else ""
+
+
+def _text_of(ds: Dataset, tag: int) -> str:
+    """``_str(ds.get(tag))``, read from the raw bytes when pydicom's conversion cannot change them.
+
+    Printable ASCII without a backslash (several values), NUL or ESC (ISO 2022, PS3.5 §6.1.2.5.3)
+    decodes alike in every character set; anything else is converted by pydicom.
+    """
+    if tag not in ds:
+        return ""
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement) and (elem.VR is None or elem.VR in _TEXT_VRS):
+        raw = elem.value or b""
+        if _PLAIN_TEXT.fullmatch(raw):
+            return raw.decode("ascii").strip()
+    return _str(ds[tag])
 
 
 def _values(ds: Dataset, tag: BaseTag) -> list[str]:
@@ -473,8 +502,8 @@ def _shift(text: str, vr: str, days: int) -> str:
 
 
 def _reference_date(ds: Dataset) -> _dt.date | None:
-    for keyword in ("StudyDate", "AcquisitionDate", "ContentDate", "SeriesDate"):
-        day = _parse_da(_str(ds.get(keyword)))
+    for tag in _REFERENCE_DATES:
+        day = _parse_da(_text_of(ds, tag))
         if day is not None:
             return day
     return None

@@ -202,3 +202,51 @@ def test_synthetic_instances_are_not_deidentified(home):
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID  # the caller's object is untouched
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize(
+    "charset, vr, value",
+    [
+        (None, "LO", "BENCH-0001"),
+        (None, "LO", "  padded  "),
+        (None, "LO", ""),
+        (None, "LO", "A\\B"),  # two values: pydicom's MultiValue text, kept as it was
+        (None, "LO", "TAB\tINSIDE"),
+        ("ISO_IR 100", "PN", "MÜLLER^JÜRGEN"),
+        ("ISO_IR 192", "PN", "ΔΗΜΗΤΡΙΟΥ^ΝΙΚΟΣ"),
+        ("ISO 2022 IR 87", "PN", "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎"),
+        ("ISO_IR 13", "LO", "~ABC"),
+        (None, "UN", "UNKNOWN-VR"),
+        (None, "DA", "20240102"),
+    ],
+)
+def test_text_read_from_raw_bytes_is_what_pydicom_converts(implicit, charset, vr, value):
+    # _text_of skips pydicom's conversion for plain ASCII; whatever the bytes, it must agree with it.
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_dataset
+
+    from service.dicom.deid import _str, _text_of
+
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    tag = {"DA": 0x00080020, "PN": 0x00100010}.get(vr, 0x00100020)  # StudyDate, PatientName, PatientID
+    ds.add_new(tag, vr, value.encode("ascii") if vr == "UN" else value)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, True
+    write_dataset(fp, ds)
+    raw = read_dataset(pydicom.filebase.DicomBytesIO(fp.getvalue()), implicit, True)
+    expected = _str(copy.deepcopy(raw).get(tag))
+    assert _text_of(raw, tag) == expected
+    assert _text_of(raw, 0x00100030) == ""  # absent
+
+
+def test_the_plan_cache_is_bounded():
+    from service.dicom import deid as module
+
+    d = Deidentifier(b"k")
+    for element in range(module._PLAN_CACHE_LIMIT + 500):
+        assert d._plan(0x00110000 | element, "LO")[0] == "X"  # private: removed, cached or not
+    assert len(d._plans) == module._PLAN_CACHE_LIMIT

@@ -143,3 +143,21 @@ def test_encapsulated_without_fragments_is_refused(home):
         assert err.value.status == status.CANNOT_UNDERSTAND and err.value.reason == "pixel_data_empty"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize("uid", ["1.2.3", "1.2.34", "", "1.2.840.10008.5.1.4.1.1.1"])
+def test_converted_uids_are_written_as_pydicom_writes_them(implicit, uid):
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = uid
+    ds.add_new(0x00080018, "UN", (uid + "\x00" * (len(uid) % 2)).encode("ascii"))  # read as UN, known as UI
+    ts = ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, True
+    write_dataset(fp, ds)
+    read = pydicom.filereader.read_dataset(io.BytesIO(fp.getvalue()), implicit, True)
+    str(read.SOPClassUID), str(read.SOPInstanceUID)  # converted, as the store's encoder meets them
+    expected = DicomBytesIO()
+    expected.is_implicit_VR, expected.is_little_endian = implicit, True
+    write_dataset(expected, read)
+    assert encode_dataset(read, ts) == expected.getvalue()
