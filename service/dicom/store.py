@@ -337,6 +337,11 @@ class Store:
             with self._uid_lock(sop):
                 existing = self.index.get(sop)
                 replace = False
+                if existing is not None and not (self.root / existing.path).exists():
+                    # A row whose file is gone (a power loss before the folder's fsync landed, or a file
+                    # removed by hand): this copy takes its place, whatever the duplicate policy says.
+                    log.warning("instance_file_missing", sop=uid_hash(sop), source=source)
+                    existing, replace = None, True
                 if existing is not None:
                     digest = digest or _sha256_parts(parts)
                     if existing.sha256 == digest:
@@ -364,21 +369,33 @@ class Store:
                         if pending is not None:
                             digest = pending.result()
                 # Made while a streamed file's fsync runs (it releases the GIL), before it is needed.
-                record = self._record(ds, rel, size, digest, source, source_ae, synthetic, prep.exclusion)
+                record = self._record(ds, prep.encoded.transfer_syntax, rel, size, digest, source, source_ae, synthetic, prep.exclusion)
                 if durable is not None:
                     try:
                         durable.result()
                     except OSError as exc:
                         raise _write_failed(exc) from None
-                self._publish(written, final)
+                # A new row is added while the folder's fsync runs: readers see the file before its row
+                # either way, and a row that outlives a power loss without its file is healed by the
+                # re-send (above). A replaced row waits for the fsync, so the old one stays until then.
+                folder_synced = self._publish(written, final, overlap=not replace)
                 written = None
                 old_path = self.root / existing.path if existing is not None else None
                 try:
                     self.index.add(record, replace=replace)
+                    if folder_synced is not None:
+                        self._wait_folder_synced(folder_synced, final, sop)
+                except StoreError:
+                    raise
                 except sqlite3.IntegrityError:
                     # Another process (a recovery scan, an import) indexed these very bytes meanwhile.
                     again = self.index.get(sop)
                     if again is not None and again.sha256 == digest:
+                        if folder_synced is not None:
+                            try:
+                                folder_synced.result()  # our rename replaced its file: durable first
+                            except OSError as exc:
+                                raise _write_failed(exc) from None
                         return PutResult(again, "identical")
                     if old_path != final:
                         _unlink_quietly(final)
@@ -505,7 +522,7 @@ class Store:
                 raise StoreError(status.CANNOT_UNDERSTAND, "misplaced", "the file's UIDs do not match its path")
             exclusion = "burned-in annotation" if _text(ds, "BurnedInAnnotation").upper() == "YES" else ""
             synthetic = _text(ds, "SyntheticData").upper() == "YES"
-            rec = self._record(ds, rel, len(data), hashlib.sha256(data).hexdigest(), source, "", synthetic, exclusion)
+            rec = self._record(ds, enc.transfer_syntax, rel, len(data), hashlib.sha256(data).hexdigest(), source, "", synthetic, exclusion)
             mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
             rec.received_at = mtime.isoformat(timespec="milliseconds")
             self.index.add(rec, replace=False)
@@ -539,7 +556,7 @@ class Store:
         data = enc.raw
         if data is None:
             return enc
-        ts = enc.dataset.file_meta.TransferSyntaxUID
+        ts = enc.transfer_syntax
         try:
             if bytes(memoryview(data)[128:132]) == b"DICM":
                 full = pydicom.dcmread(io.BytesIO(data))
@@ -612,17 +629,20 @@ class Store:
         """
         ds = enc.dataset
         try:
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            meta.TransferSyntaxUID = enc.transfer_syntax
-            meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-            meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-            ds.file_meta = meta
             if enc.complete or enc.transfer_syntax == DeflatedExplicitVRLittleEndian:
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID = ds.SOPClassUID
+                meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                meta.TransferSyntaxUID = enc.transfer_syntax
+                meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+                meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+                ds.file_meta = meta
                 buf = io.BytesIO()
                 pydicom.dcmwrite(buf, ds, enforce_file_format=True)
                 return [buf.getbuffer()]
+            # Read through pydicom, which also converts the two elements in ``ds`` (a UN element gets its
+            # dictionary VR): the stored bytes stay those of every earlier version, so re-sends of
+            # instances stored by them are still recognized as identical.
             head = file_meta_bytes(
                 str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(enc.transfer_syntax),
                 IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
@@ -656,10 +676,12 @@ class Store:
             raise _write_failed(exc) from None
         return tmp_path
 
-    def _publish(self, tmp_path: Path, final: Path) -> None:
+    def _publish(self, tmp_path: Path, final: Path, overlap: bool = False) -> Future | None:
         """Atomic rename into place and fsync of the folder(s): after this the file survives a crash.
 
-        A file already at ``final`` without a row (a crash between rename and commit) is replaced.
+        A file already at ``final`` without a row (a crash between rename and commit) is replaced. With
+        ``overlap`` the folder fsync runs on :data:`SYNCERS` and its future is returned: the caller
+        must pass it to :meth:`_wait_folder_synced` before it answers.
         """
         renamed = existed = False
         try:
@@ -668,21 +690,35 @@ class Store:
             os.replace(tmp_path, final)
             renamed = True
             if self.cfg.store.fsync:
-                for d in [final.parent, *new_dirs]:
-                    fsync_path(d)
+                folders = [final.parent, *new_dirs]
+                if overlap and not existed:
+                    return SYNCERS.submit(_fsync_folders, folders)
+                _fsync_folders(folders)
         except OSError as exc:
             _unlink_quietly(tmp_path)
             if renamed and not existed:
                 _unlink_quietly(final)  # not durable, so not stored
             raise _write_failed(exc) from None
+        return None
 
-    def _record(self, ds: Dataset, rel: Path, size: int, digest: str, source: str, source_ae: str, synthetic: bool, exclusion: str) -> InstanceRecord:
+    def _wait_folder_synced(self, synced: Future, final: Path, sop: str) -> None:
+        """The overlapped folder fsync of a new instance: if it failed, neither row nor file stays."""
+        try:
+            synced.result()
+        except OSError as exc:
+            try:
+                self.index.delete(sop)
+            finally:
+                _unlink_quietly(final)
+            raise _write_failed(exc) from None
+
+    def _record(self, ds: Dataset, transfer_syntax: str, rel: Path, size: int, digest: str, source: str, source_ae: str, synthetic: bool, exclusion: str) -> InstanceRecord:
         return InstanceRecord(
             sop_instance_uid=_uid(ds, "SOPInstanceUID") or "",
             series_uid=_uid(ds, "SeriesInstanceUID") or "",
             study_uid=_uid(ds, "StudyInstanceUID") or "",
             sop_class_uid=_uid(ds, "SOPClassUID") or "",
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            transfer_syntax_uid=str(transfer_syntax),
             path=str(rel),
             size=size,
             sha256=digest,
@@ -814,6 +850,11 @@ def _makedirs(path: Path, root: Path) -> list[Path]:
             continue
         created.append(d.parent)
     return created
+
+
+def _fsync_folders(folders: list[Path]) -> None:
+    for folder in folders:
+        fsync_path(folder)
 
 
 def _write_failed(exc: OSError) -> StoreError:

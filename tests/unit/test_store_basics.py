@@ -94,6 +94,47 @@ def test_failing_disk_write_leaves_nothing(store, monkeypatch):
     assert [p for p in store.root.rglob("*.dcm")] == []
 
 
+@pytest.mark.parametrize("resend", [False, True])
+def test_failing_folder_fsync_leaves_nothing(store, monkeypatch, resend):
+    # The folder's fsync runs while the row is added; when it fails, the row and the file go again.
+    import stat
+
+    data = _bytes(phantom_dataset(16, 16))
+    real_fsync = os.fsync
+
+    def folders_fail(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", folders_fail)
+    with pytest.raises(StoreError) as err:
+        store.put_bytes(data, source="import")
+    assert err.value.reason == "write_failed" and err.value.status == status.OUT_OF_RESOURCES
+    assert store.index.stats()["instances"] == 0
+    assert not list(store.tmp.iterdir())
+    assert [p for p in store.root.rglob("*.dcm")] == []
+    if resend:  # the disk is back: the same bytes are stored as if nothing had happened
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        assert store.put_bytes(data, source="import").outcome == "stored"
+
+
+@pytest.mark.parametrize("policy", ["replace", "keep", "reject"])
+def test_a_row_whose_file_is_gone_is_healed_by_a_resend(home, policy):
+    store = Store(make_config(home, **{"deid.enabled": False, "store.duplicate_policy": policy}))
+    data = _bytes(phantom_dataset(16, 16))
+    first = store.put_bytes(data, source="import")
+    path = store.path_of(first.record)
+    stored = path.read_bytes()
+    path.unlink()  # as a power loss before the folder's fsync landed would leave it
+    again = store.put_bytes(data, source="import")
+    assert again.outcome == "replaced"
+    assert path.read_bytes() == stored
+    assert store.index.get(first.record.sop_instance_uid).sha256 == first.record.sha256
+    assert store.put_bytes(data, source="import").outcome == "identical"
+    store.index.close()
+
+
 def test_huge_header_is_refused(store):
     ds = phantom_dataset(16, 16)
     ds.Rows = ds.Columns = 65535
