@@ -59,8 +59,8 @@ class StreamingPut:
         self.prep: Prepared | None = None
         self.fd: int | None = None
         self.tmp: Path | None = None
-        self.hasher = hashlib.sha256()
         self.size = 0
+        self.digest = ""  # sha256 of the file, computed while its fsync runs
         self.pixel_offset = 0  # where the pixel data element starts in the received dataset
         self.pixel_end: int | None = None  # where it ends, when its length is defined
         self.written_to = 0  # received bytes before this offset are in the file
@@ -129,7 +129,6 @@ class StreamingPut:
     def _out(self, data) -> None:
         with memoryview(data) as view:
             chunk = view.cast("B")
-            self.hasher.update(chunk)
             self.size += len(chunk)
             while len(chunk):
                 n = os.write(self.fd, chunk)  # type: ignore[arg-type]
@@ -177,7 +176,7 @@ class StreamingPut:
                     written = None
                     self._step_aside(type(exc).__name__)
                 if written is not None:
-                    return self.store.commit_streamed(self.prep, self.source, self.source_ae, written, self.hasher.hexdigest(), self.size,
+                    return self.store.commit_streamed(self.prep, self.source, self.source_ae, written, self.digest, self.size,
                                                       self.started, self.durable)
             self._discard()
             return self.store.put_bytes(data, source=self.source, source_ae=self.source_ae, transfer_syntax=self.tsyntax)
@@ -198,11 +197,19 @@ class StreamingPut:
         self._write_until(data, end, past_pixels=True)
         fd, self.fd = self.fd, None
         if self.store.cfg.store.fsync:
-            # The commit prepares the index row while this runs, and waits for it before the rename.
+            # The hash below and the commit's index row are made while this runs; the commit waits for
+            # it before the rename.
             self.durable = SYNCERS.submit(fsync_and_close, fd)
         else:
             os.close(fd)  # type: ignore[arg-type]
         written, self.tmp = self.tmp, None
+        # The file holds the encoded header and then the received bytes from the pixel data on, all
+        # still in memory: hashing them now costs the association nothing it would not wait anyway.
+        hasher = hashlib.sha256()
+        for part in self.prep.parts:  # type: ignore[union-attr]
+            hasher.update(part)
+        hasher.update(data[self.pixel_offset : end])
+        self.digest = hasher.hexdigest()
         return written
 
     def abort(self) -> None:
