@@ -165,3 +165,17 @@ def test_the_store_writes_the_same_bytes_whichever_reader_parsed_the_instance(ho
     monkeypatch.setattr(encoded, "_read_plain", lambda view, tsyntax: _UNSUPPORTED)
     assert digests() == fast
     assert sum(not d.startswith("refused") for d in fast) > 40
+
+
+def test_a_header_larger_than_the_first_read_is_read_whole():
+    ds = phantom_dataset(rows=8, columns=8, seed=6)
+    ds.add_new(0x00420011, "OB", bytes(range(256)) * 400)  # Encapsulated Document: 100 KB before the pixels
+    body = encode_body(ds, ExplicitVRLittleEndian)
+    assert len(body) > encoded._FIRST_READ
+    plain = _read_plain(memoryview(body), ExplicitVRLittleEndian)
+    assert isinstance(plain, tuple)
+    fp = io.BytesIO(body)
+    _same_dataset(plain[0], read_dataset(fp, False, True, stop_when=_stop_at_pixels))
+    assert plain[1] == fp.tell()
+    cut = encoded._FIRST_READ + 10  # inside the big element: more bytes are needed
+    assert _read_plain(memoryview(body[:cut]), ExplicitVRLittleEndian) == _INCOMPLETE
