@@ -135,13 +135,14 @@ def parse_dataset(data: bytes | memoryview, transfer_syntax: str) -> EncodedInst
 def _read_plain(view: memoryview, tsyntax: UID) -> tuple[Dataset, int] | str:
     """The top-level elements before the pixel data, read as pydicom's ``read_dataset`` reads them.
 
-    The common case only, in a fifth of pydicom's time: little endian, every element of defined
+    The common case only, in less than half of pydicom's time (40 elements: ~100 us against ~240 us
+    here, with no check of the lengths to add after it): little endian, every element of defined
     length (PS3.5 §7.1.1-7.1.3; a sequence of defined length stays one raw element, as in pydicom),
     explicit VRs that are standard VRs. Returns (dataset, where the pixel data element or the end is),
     ``_INCOMPLETE`` when the bytes end inside an element or before any pixel data element, or
     ``_UNSUPPORTED`` for anything else (undefined lengths, item tags, unknown VRs, big endian, an
     encoding that pydicom would take for the other one): the caller then uses pydicom, so both readers
-    give the same dataset for every input (tests/ingest/test_encoded.py).
+    give the same dataset for every input (tests/ingest/test_plain_reader.py).
     """
     if not tsyntax.is_little_endian:
         return _UNSUPPORTED
