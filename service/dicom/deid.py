@@ -182,6 +182,7 @@ _GROUP_LENGTH = 0x0000
 _PLAN_CACHE_LIMIT = 4096
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_PLAIN_TEXT_VRS = _TEXT_VRS - {"PN"}
 _PATIENT_NAME, _PATIENT_ID, _PATIENT_BIRTH_DATE, _PATIENT_SEX, _PATIENT_AGE = 0x00100010, 0x00100020, 0x00100030, 0x00100040, 0x00101010
 _ISSUER_OF_PATIENT_ID, _STUDY_INSTANCE_UID, _BURNED_IN_ANNOTATION = 0x00100021, 0x0020000D, 0x00280301
 # StudyDate, AcquisitionDate, ContentDate, SeriesDate: the first present dates the patient's age.
@@ -438,7 +439,8 @@ def _text_of(ds: Dataset, tag: int) -> str:
     if tag not in ds:
         return ""
     elem = ds.get_item(tag)
-    if isinstance(elem, RawDataElement) and (elem.VR is None or elem.VR in _TEXT_VRS):
+    # Not for names: pydicom's PersonName drops empty trailing component groups ("DOE^JOHN=" reads "DOE^JOHN").
+    if isinstance(elem, RawDataElement) and (elem.VR or dictionary_VR(tag)) in _PLAIN_TEXT_VRS:
         raw = elem.value or b""
         if _PLAIN_TEXT.fullmatch(raw):
             return raw.decode("ascii").strip()

@@ -113,7 +113,8 @@ class PutResult:
 
 
 _TAGS: dict[str, int] = {}
-_RAW_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"})
+# Not PN: pydicom's PersonName drops empty trailing component groups ("DOE^JOHN=" reads "DOE^JOHN").
+_RAW_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI"})
 
 
 def _tag(keyword: str) -> int:

@@ -219,6 +219,14 @@ def test_synthetic_instances_are_not_deidentified(home):
         ("ISO_IR 13", "LO", "~ABC"),
         (None, "UN", "UNKNOWN-VR"),
         (None, "DA", "20240102"),
+        (None, "PN", "DOE^JOHN^^^"),
+        (None, "PN", "DOE^JOHN=DOE^J=  "),
+        (None, "PN", "^^^^"),
+        (None, "PN", " LEADING^SPACE"),
+        (None, "UI", "1.2.840.10008.5.1.4.1.1.1"),
+        (None, "UI", "1.2.3"),
+        (None, "CS", "YES "),
+        (None, "AS", "055Y"),
     ],
 )
 def test_text_read_from_raw_bytes_is_what_pydicom_converts(implicit, charset, vr, value):
@@ -232,7 +240,8 @@ def test_text_read_from_raw_bytes_is_what_pydicom_converts(implicit, charset, vr
     ds = Dataset()
     if charset:
         ds.SpecificCharacterSet = charset
-    tag = {"DA": 0x00080020, "PN": 0x00100010}.get(vr, 0x00100020)  # StudyDate, PatientName, PatientID
+    # StudyDate, PatientName, StudyInstanceUID, BurnedInAnnotation, PatientAge, else PatientID
+    tag = {"DA": 0x00080020, "PN": 0x00100010, "UI": 0x0020000D, "CS": 0x00280301, "AS": 0x00101010}.get(vr, 0x00100020)
     ds.add_new(tag, vr, value.encode("ascii") if vr == "UN" else value)
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = implicit, True

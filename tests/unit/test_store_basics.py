@@ -175,6 +175,7 @@ def test_index_fields_read_raw_give_what_pydicom_gives(implicit):
     ds.NumberOfFrames = ""
     ds.AcquisitionNumber = "1\\2"  # several values: pydicom's MultiValue, which is no int
     ds.StudyDescription = "KNEE^LEFT  "
+    ds.ReferringPhysicianName = "HOUSE^GREGORY="
     ds.SeriesInstanceUID = ds.SeriesInstanceUID + "\0" if len(ds.SeriesInstanceUID) % 2 else ds.SeriesInstanceUID
     raw = _reread(ds, implicit)
     converted = _reread(ds, implicit)
@@ -189,6 +190,7 @@ def test_index_fields_read_raw_give_what_pydicom_gives(implicit):
         assert _uid(raw, keyword) == str(converted[keyword].value), keyword
     assert _uid(raw, "FrameOfReferenceUID") is None
     assert _text(raw, "StudyDescription") == "KNEE^LEFT"
+    assert _text(raw, "ReferringPhysicianName") == str(converted.ReferringPhysicianName) == "HOUSE^GREGORY"
 
 
 def test_iso_2022_text_is_decoded_by_pydicom():
