@@ -236,7 +236,6 @@ class Deidentifier:
         self._actions = actions
         self._birth = frozenset(int(tag) for tag in _tags(_BIRTH))
         self._plans: dict[tuple[int, str | None], tuple[str, str]] = {}
-        self._patient_id_tags = tuple(_tags(("PatientName", "PatientID")))
         self._codes = self._method_codes()
         self._raw_marks: dict[tuple[bool, bool], list] = {}
 

@@ -36,7 +36,7 @@ _ITEM = 0xFFFEE000
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 # Explicit VR encodings with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_LONG_VRS = frozenset(vr.encode("ascii") for vr in EXPLICIT_VR_LENGTH_32)
 # The VRs of PS3.5 Table 6.2-1 as they are encoded, with their text and header size (explicit VR).
 _VR_CODES = {vr.encode("ascii"): (str(vr), 12 if vr in EXPLICIT_VR_LENGTH_32 else 8) for vr in STANDARD_VR}
 _CHARACTER_SET = 0x00080005
@@ -172,25 +172,23 @@ def _read_plain_bytes(data: bytes, implicit: bool) -> tuple[Dataset, int] | str:
             return _INCOMPLETE
         if implicit:
             group, number, length = unpack_implicit(data, pos)
-            vr = None
-            start = pos + 8
         else:
             group, number, code, length = unpack_explicit(data, pos)
-            known = vr_codes.get(code)
-            if known is None:
-                tag = (group << 16) | number
-                if tag in pixel_tags:
-                    break
-                return _UNSUPPORTED
-            vr, start = known
-            start += pos
-            if start == pos + 12:
-                if start > end:
-                    return _INCOMPLETE
-                length = unpack_u32(data, pos + 8)[0]
         tag = (group << 16) | number
         if tag in pixel_tags:
             break
+        if implicit:
+            vr, start = None, pos + 8
+        else:
+            known = vr_codes.get(code)
+            if known is None:
+                return _UNSUPPORTED
+            vr, header = known
+            start = pos + header
+            if header == 12:
+                if start > end:
+                    return _INCOMPLETE
+                length = unpack_u32(data, pos + 8)[0]
         if group == 0xFFFE or length == _UNDEFINED:
             return _UNSUPPORTED
         pos = start + length
