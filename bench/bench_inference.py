@@ -10,6 +10,20 @@ on a shared machine only ever slows a run down):
   (``count=1``, RAW_UINT8, a new seed every call) over a real loopback channel;
 * (c) the same server with batching off (``inference.batching = false``), same clients.
 
+Two more measurements say how far the targets can be reached on the machine at hand:
+
+* the serving ceiling: the server of (b) and the same clients, with the model's forward pass replaced by
+  one that returns zeros at once. Everything else a call costs (the clients, gRPC, validation, the
+  batcher, latents, quantization, the response) still runs, so no forward pass, however fast, lets (b)
+  go beyond it;
+* the raw forward through oneDNN's transposed convolution (DCGAN only), the fastest CPU kernel here but
+  not batch-invariant, so not what the server runs (``models.dcgan._batch_invariant``).
+
+When the forward pass uses every core, it and the serving work take CPU time from the same cores, so
+(b) can reach at most ``1 / (1 / ceiling + 1 / forward)`` images/s, ``forward`` being the best raw
+rate at any batch size; with one intra-op thread, one worker thread runs every pass, so (b) can reach
+at most ``forward``. Dividing by (c) bounds what batching can show, whichever kernel served.
+
 Latency is per call as the client sees it. Targets (issue 7): (b) >= 0.9x (a) and (b) >= 3x (c).
 """
 
@@ -111,6 +125,33 @@ def _raw_forward(model, batch: int, seconds: float) -> dict:
     return {"img_s": batch * len(times) / sum(times), "p50_ms": 1000 * times[len(times) // 2], "p99_ms": 1000 * times[min(len(times) - 1, int(len(times) * 0.99))]}
 
 
+def _zero_forward(model) -> None:
+    """Replace this loaded model's forward pass with one that costs nothing (the serving ceiling)."""
+    import torch
+
+    shape = (model.channels, model.resolution, model.resolution)
+    model.run = lambda z, psi=1.0: torch.zeros((z.shape[0], *shape))
+
+
+def _onednn_forward(model, batch: int, seconds: float) -> dict | None:
+    """The DCGAN's layers straight through oneDNN (what ``net.main`` runs), timed like :func:`_raw_forward`."""
+    import torch
+
+    main = getattr(model.net, "main", None)
+    if main is None or model.device.type != "cpu":
+        return None
+
+    class _Direct:
+        z_dim = model.z_dim
+
+        @staticmethod
+        def run(z):
+            with torch.inference_mode():
+                return main(z[:, :, None, None])
+
+    return _raw_forward(_Direct, batch, seconds)
+
+
 def _model_source(models_dir: Path):
     """The bundled demo generator when it exists, else an untrained DCGAN of the same architecture."""
     from models.registry import BUNDLED_ROOT, Registry
@@ -152,9 +193,10 @@ def _compare(home: Path, registry, ref: str, cpu_threads: int) -> dict:
         s.cache.get(ref)
         return s
 
-    batched, unbatched = server(True), server(False)
+    batched, unbatched, ceiling = server(True), server(False), server(True)
     model = batched.cache.get(ref)
-    results: dict[str, list[dict]] = {"a": [], "b": [], "c": [], "a1": [], "amax": []}
+    _zero_forward(ceiling.cache.get(ref))
+    results: dict[str, list[dict]] = {"a": [], "b": [], "c": [], "a1": [], "amax": [], "ceiling": [], "onednn": []}
     try:
         for round_ in range(ROUNDS):
             before = (batched.batcher.stats.images, batched.batcher.stats.batches)
@@ -169,12 +211,21 @@ def _compare(home: Path, registry, ref: str, cpu_threads: int) -> dict:
             results["c"].append(_run_clients(unbatched.address, ref))
             results["a1"].append(_raw_forward(model, 1, SECONDS / 2))
             results["amax"].append(_raw_forward(model, MAX_BATCH, SECONDS / 2))
+            before = (ceiling.batcher.stats.images, ceiling.batcher.stats.batches)
+            top = _run_clients(ceiling.address, ref)
+            top["mean_batch"] = (ceiling.batcher.stats.images - before[0]) / max(ceiling.batcher.stats.batches - before[1], 1)
+            results["ceiling"].append(top)
+            onednn = _onednn_forward(model, MAX_BATCH, SECONDS / 2)
+            if onednn is not None:
+                results["onednn"].append(onednn)
             print(f"threads {torch.get_num_threads()}, round {round_ + 1}/{ROUNDS}: (a) {a['img_s']:.0f} img/s at batch {size}, "
-                  f"(b) {b['img_s']:.0f} img/s (mean batch {b['mean_batch']:.1f}), (c) {results['c'][-1]['img_s']:.0f} img/s", flush=True)
+                  f"(b) {b['img_s']:.0f} img/s (mean batch {b['mean_batch']:.1f}), (c) {results['c'][-1]['img_s']:.0f} img/s, "
+                  f"serving ceiling {top['img_s']:.0f} img/s", flush=True)
     finally:
         batched.stop(grace=1.0)
         unbatched.stop(grace=1.0)
-    best = {k: max(v, key=lambda r: r["img_s"]) for k, v in results.items()}
+        ceiling.stop(grace=1.0)
+    best = {k: max(v, key=lambda r: r["img_s"]) for k, v in results.items() if v}
     best["threads"] = torch.get_num_threads()
     best["sizes"] = list(model.batch_sizes)
     best["consistent"] = list(model.calibration.consistent)
@@ -182,8 +233,30 @@ def _compare(home: Path, registry, ref: str, cpu_threads: int) -> dict:
     return best
 
 
+def _bound(r: dict, forward: float) -> float:
+    """The most images/s (b) can reach with a forward pass of ``forward`` images/s at best (module docstring)."""
+    if r["threads"] == 1:
+        return min(forward, r["ceiling"]["img_s"])
+    return 1.0 / (1.0 / r["ceiling"]["img_s"] + 1.0 / forward)
+
+
 def _table(r: dict) -> list[str]:
-    a, b, c, a1, amax = r["a"], r["b"], r["c"], r["a1"], r["amax"]
+    a, b, c, a1, amax, ceil = r["a"], r["b"], r["c"], r["a1"], r["amax"], r["ceiling"]
+    served_best = max(a["img_s"], a1["img_s"], amax["img_s"])
+    onednn = r.get("onednn")
+    onednn_row = ([f"| raw forward through oneDNN (not batch-invariant, not served), batch {MAX_BATCH} | {onednn['img_s']:.0f} | "
+                   f"{onednn['img_s'] / a['img_s']:.2f}x | {onednn['p50_ms']:.1f} per pass | {onednn['p99_ms']:.1f} per pass | {MAX_BATCH} |"]
+                  if onednn else [])
+    bound_note = (f"Bound: with {r['threads']} intra-op thread{'s' if r['threads'] > 1 else ''} (b) can reach at most **{_bound(r, served_best):.0f} img/s** with the served kernel, "
+                  f"so (b)/(c) <= **{_bound(r, served_best) / c['img_s']:.2f}x**")
+    if onednn:
+        bound_note += (f"; with oneDNN's kernel at most {_bound(r, onednn['img_s']):.0f} img/s, "
+                       f"(b)/(c) <= {_bound(r, onednn['img_s']) / c['img_s']:.2f}x")
+    bound_note += " (module docstring: serving ceiling and forward share the cores)."
+    if r["threads"] > 1:
+        # 1 / (1/C + 1/a) >= 0.9 a  <=>  C >= 9 a
+        bound_note += (f" For (b) >= 0.9x (a) while the forward uses every core, the serving ceiling would have to reach 9x (a), "
+                       f"{9 * a['img_s']:.0f} img/s; it is {ceil['img_s']:.0f}.")
     return [
         "| measurement | img/s | vs (a) | p50 ms | p99 ms | images per forward pass |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -192,10 +265,14 @@ def _table(r: dict) -> list[str]:
         f"| (c) gRPC, {CLIENTS} clients x 1 image, batching off | {c['img_s']:.0f} | {c['img_s'] / a['img_s']:.2f}x | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | 1 |",
         f"| raw forward in-process, batch 1 | {a1['img_s']:.0f} | {a1['img_s'] / a['img_s']:.2f}x | {a1['p50_ms']:.1f} per pass | {a1['p99_ms']:.1f} per pass | 1 |",
         f"| raw forward in-process, batch {MAX_BATCH} | {amax['img_s']:.0f} | {amax['img_s'] / a['img_s']:.2f}x | {amax['p50_ms']:.1f} per pass | {amax['p99_ms']:.1f} per pass | {MAX_BATCH} |",
+        *onednn_row,
+        f"| serving ceiling: (b) with a forward pass that costs nothing | {ceil['img_s']:.0f} | {ceil['img_s'] / a['img_s']:.2f}x | {ceil['p50_ms']:.1f} | {ceil['p99_ms']:.1f} | {ceil['mean_batch']:.1f} (mean) |",
         "",
         f"Targets (issue 7): (b) >= 0.9x (a): **{b['img_s'] / a['img_s']:.2f}x**; (b) >= 3x (c): **{b['img_s'] / c['img_s']:.2f}x** "
         f"(the raw forward at batch {MAX_BATCH} makes {amax['img_s'] / a1['img_s']:.2f}x the images per second of batch 1 here, "
         "so that is about the most batching could give).",
+        "",
+        bound_note,
         "",
         f"Calibration at load: sizes with bit-identical images {r['consistent']}, best time per image (ms) {r['ms_per_image']}, "
         f"sizes the batcher used {r['sizes']}.",
