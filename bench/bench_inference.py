@@ -14,7 +14,6 @@ Three more measurements say how far the targets can be reached on the machine at
 
 * one client asking for 32 images per call: the per-call cost paid once for 32 images, against the raw
   forward at batch 32;
-
 * the serving ceiling: the server of (b) and the same clients, with the model's forward pass replaced by
   one that returns zeros at once. Everything else a call costs (the clients, gRPC, validation, the
   batcher, latents, quantization, the response) still runs, so no forward pass, however fast, lets (b)
@@ -276,6 +275,24 @@ def _bound(r: dict, forward: float) -> float:
     return 1.0 / (1.0 / r["ceiling"]["img_s"] + 1.0 / forward)
 
 
+def _bound_note(r: dict, served_best: float) -> str:
+    """What the serving ceiling and the forward's best rate allow (b) to reach (module docstring)."""
+    if not r["device"].startswith("cpu"):
+        return "The CPU bound does not apply on a GPU: the forward pass does not share the CPU's cores with the serving work."
+    c, a, ceil, onednn = r["c"]["img_s"], r["a"]["img_s"], r["ceiling"]["img_s"], r.get("onednn")
+    threads = r["threads"]
+    note = (f"Bound: with {threads} intra-op thread{'s' if threads > 1 else ''} (b) can reach at most "
+            f"**{_bound(r, served_best):.0f} img/s** with the served kernel, so (b)/(c) <= **{_bound(r, served_best) / c:.2f}x**")
+    if onednn:
+        note += f"; with oneDNN's kernel at most {_bound(r, onednn['img_s']):.0f} img/s, (b)/(c) <= {_bound(r, onednn['img_s']) / c:.2f}x"
+    note += " (module docstring: serving ceiling and forward share the cores)."
+    if threads > 1:
+        # 1 / (1/C + 1/a) >= 0.9 a  <=>  C >= 9 a
+        note += (f" For (b) >= 0.9x (a) while the forward uses every core, the serving ceiling would have to reach 9x (a), "
+                 f"{9 * a:.0f} img/s; it is {ceil:.0f}.")
+    return note
+
+
 def _table(r: dict) -> list[str]:
     a, b, c, a1, amax, ceil = r["a"], r["b"], r["c"], r["a1"], r["amax"], r["ceiling"]
     served_best = max(a["img_s"], a1["img_s"], amax["img_s"])
@@ -283,21 +300,7 @@ def _table(r: dict) -> list[str]:
     onednn_row = ([f"| raw forward through oneDNN (not batch-invariant, not served), batch {MAX_BATCH} | {onednn['img_s']:.0f} | "
                    f"{onednn['img_s'] / a['img_s']:.2f}x | {onednn['p50_ms']:.1f} per pass | {onednn['p99_ms']:.1f} per pass | {MAX_BATCH} |"]
                   if onednn else [])
-    if not r["device"].startswith("cpu"):
-        bound_note = "The CPU bound below does not apply on a GPU: the forward pass does not share the CPU's cores with the serving work."
-    else:
-        bound_note = ""
-    bound_note = bound_note or (f"Bound: with {r['threads']} intra-op thread{'s' if r['threads'] > 1 else ''} (b) can reach at most **{_bound(r, served_best):.0f} img/s** with the served kernel, "
-                  f"so (b)/(c) <= **{_bound(r, served_best) / c['img_s']:.2f}x**")
-    if onednn and r["device"].startswith("cpu"):
-        bound_note += (f"; with oneDNN's kernel at most {_bound(r, onednn['img_s']):.0f} img/s, "
-                       f"(b)/(c) <= {_bound(r, onednn['img_s']) / c['img_s']:.2f}x")
-    if r["device"].startswith("cpu"):
-        bound_note += " (module docstring: serving ceiling and forward share the cores)."
-    if r["threads"] > 1 and r["device"].startswith("cpu"):
-        # 1 / (1/C + 1/a) >= 0.9 a  <=>  C >= 9 a
-        bound_note += (f" For (b) >= 0.9x (a) while the forward uses every core, the serving ceiling would have to reach 9x (a), "
-                       f"{9 * a['img_s']:.0f} img/s; it is {ceil['img_s']:.0f}.")
+    bound_note = _bound_note(r, served_best)
     return [
         "| measurement | img/s | vs (a) | p50 ms | p99 ms | images per forward pass |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
