@@ -116,17 +116,19 @@ def _run_clients(address: str, model: str, clients: int = CLIENTS, count: int = 
     }
 
 
-def _raw_forward(model, batch: int, seconds: float) -> dict:
+def _raw_forward(model, batch: int, seconds: float, run=None) -> dict:
+    """Time ``run`` (``model.run`` unless given) on ``batch`` latents for ``seconds``."""
     from models.sampling import latents
 
+    run = run or model.run
     z = latents(list(range(batch)), model.z_dim)
     for _ in range(3):
-        model.run(z)
+        run(z)
     times = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         t0 = time.perf_counter()
-        model.run(z)
+        run(z)
         times.append(time.perf_counter() - t0)
     times.sort()
     return {"img_s": batch * len(times) / sum(times), "p50_ms": 1000 * times[len(times) // 2], "p99_ms": 1000 * times[min(len(times) - 1, int(len(times) * 0.99))]}
@@ -148,15 +150,11 @@ def _onednn_forward(model, batch: int, seconds: float) -> dict | None:
     if main is None or model.device.type != "cpu":
         return None
 
-    class _Direct:
-        z_dim = model.z_dim
+    def run(z):
+        with torch.inference_mode():
+            return main(z[:, :, None, None])
 
-        @staticmethod
-        def run(z):
-            with torch.inference_mode():
-                return main(z[:, :, None, None])
-
-    return _raw_forward(_Direct, batch, seconds)
+    return _raw_forward(model, batch, seconds, run=run)
 
 
 def _model_source(models_dir: Path):
@@ -353,8 +351,6 @@ def main() -> None:
     else:
         where = large["device"]
         if where.startswith("cuda"):
-            import torch
-
             where = f"GPU ({torch.cuda.get_device_name(torch.device(where))})"
         large_part = ["", f"**256 px on {where}, {large['dtype']}: {large_described}**", "", *_table(large)]
     md = "\n".join([
