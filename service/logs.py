@@ -1,4 +1,7 @@
-"""Structured logs: one JSON object per line on stdout, never any patient data.
+"""Structured logs: one JSON object per line, never any patient data.
+
+Lines go to stdout, except for commands whose stdout carries data (every ``--json`` command and the
+``store`` commands): their lines go to stderr (:class:`StderrStream`), so the data stays parseable.
 
 Every line carries ``component`` and ``event``; network work adds an association or request id.
 Patient names, IDs and birth dates are never logged; UIDs are logged only through :func:`uid_hash`,
@@ -48,6 +51,17 @@ def _drop_phi(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str,
         if key.lower() in _PHI_KEYS:
             event_dict[key] = "[removed]"
     return event_dict
+
+
+class StderrStream:
+    """Whatever ``sys.stderr`` is when a line is written (not the stream of the moment of configuring),
+    so a test's captured stderr or a redirected one receives the lines."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure(level: str = "info", fmt: str = "json", stream: Any = None) -> None:

@@ -15,6 +15,7 @@ import sys
 from service import __version__
 from service.cli.common import CommandError, add_common_options
 from service.config import ConfigError
+from service.logs import StderrStream, configure
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "json", False):
+        # Commands that never load a configuration (``client models``) log too: keep stdout for the data.
+        configure(getattr(args, "log_level", None) or "info", stream=StderrStream())
     try:
         return int(args.func(args) or 0)
     except (CommandError, ConfigError) as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 from service.config import Config, load_config
 from service.home import Home
-from service.logs import configure
+from service.logs import StderrStream, configure
 
 
 class CommandError(Exception):
@@ -20,7 +20,7 @@ def add_common_options(parser: argparse.ArgumentParser, suppress: bool = False) 
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $SYNTHPACS_CONFIG or ./synthpacs.toml)", **kw)
     parser.add_argument("--home", metavar="DIR", help="home folder for store, datasets, models and runs (default ./var, $SYNTHPACS_HOME)", **kw)
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level", **kw)
-    parser.add_argument("--log-format", choices=("json", "console"), help="log format on stdout", **kw)
+    parser.add_argument("--log-format", choices=("json", "console"), help="log format (on stdout; on stderr for --json commands)", **kw)
 
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -31,11 +31,14 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, **kwargs: Any
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
-    """The effective configuration: file, then environment, then these flags; logging set up from it."""
+    """The effective configuration: file, then environment, then these flags; logging set up from it.
+
+    A ``--json`` command prints its data on stdout, so its log lines go to stderr.
+    """
     flags = {"home": getattr(args, "home", None), "log.level": getattr(args, "log_level", None), "log.format": getattr(args, "log_format", None)}
     flags.update(overrides)
     cfg = load_config(getattr(args, "config", None), overrides=flags)
-    configure(cfg.log.level, cfg.log.format)
+    configure(cfg.log.level, cfg.log.format, stream=StderrStream() if getattr(args, "json", False) else None)
     return cfg
 
 
