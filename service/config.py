@@ -207,6 +207,9 @@ class QueryRetrieveConfig:
     synthetic_only: bool = False
     # Most C-FIND responses to one query (0: no limit); more matches end with a warning in the log.
     max_results: int = 10000
+    # Accept a Study Root C-MOVE/C-GET at PATIENT level as "the whole patient" (Orthanc 1.10 retrieves a
+    # patient that way); false refuses it with 0xA900 as PS3.4 C.6.2 has no PATIENT level in Study Root.
+    lenient_patient_level_study_root: bool = True
 
 
 @dataclass(frozen=True)

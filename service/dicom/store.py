@@ -752,7 +752,9 @@ class Store:
             image_laterality=_text(ds, "ImageLaterality"),
             burned_in_annotation=_text(ds, "BurnedInAnnotation"),
             source_ae=source_ae,
-            synthetic=synthetic,
+            # Received instances that say they are synthetic (0008,001C) are synthetic for queries and
+            # training too, as recovery (_index_file) already records them.
+            synthetic=synthetic or _text(ds, "SyntheticData").upper() == "YES",
             excluded_from_training=bool(exclusion),
             exclusion_reason=exclusion,
         )
