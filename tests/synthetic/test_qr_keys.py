@@ -219,6 +219,11 @@ def test_the_leniency_can_be_turned_off(home, tmp_path):
                                   "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=P5"],
                                  capture_output=True, text=True, timeout=60)
             output = (log.stdout + log.stderr).lower()
+            got = tmp_path / f"got-{moved}"
+            got.mkdir()
+            subprocess.run([require_tool("getscu", "dcmtk"), "-S", "-od", str(got), "127.0.0.1", str(svc.port),
+                            "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=P5"], capture_output=True, text=True, timeout=60)
+            assert len(list(got.iterdir())) == moved  # C-GET follows the same setting
             if moved:
                 assert len(peer.files()) == 1, output
             else:
@@ -227,3 +232,27 @@ def test_the_leniency_can_be_turned_off(home, tmp_path):
             svc.stop()
     peer.stop()
     assert pydicom.dcmread(peer.files()[0]).PatientID == "P5"
+
+
+@pytest.mark.integration
+def test_findscu_asks_for_the_contributing_equipment(home, tmp_path):
+    """dcmtk findscu with a sequence key and an item key inside it, against the running service."""
+    cfg = config_with_peers(home, [], **{"dicom.port": free_port(), "outbox.health_interval_s": 0})
+    svc = RunningService(cfg, outbox=False)
+    try:
+        syn = write_synthetic_study(cfg, svc.store, count=1)
+        out = tmp_path / "find"
+        out.mkdir()
+        base = [require_tool("findscu", "dcmtk"), "-S", "-X", "-od", str(out), "127.0.0.1", str(svc.port),
+                "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={syn.study_instance_uid}", "-k", "SOPInstanceUID"]
+        proc = subprocess.run([*base, "-k", "ContributingEquipmentSequence[0].Manufacturer=synthpacs",
+                               "-k", "ContributingEquipmentSequence[0].ManufacturerModelName"], capture_output=True, text=True, timeout=60)
+        (found,) = [pydicom.dcmread(p) for p in out.glob("rsp*.dcm")] or [proc.stdout + proc.stderr]
+        (item,) = found.ContributingEquipmentSequence
+        assert item.Manufacturer == "synthpacs" and item.ManufacturerModelName == "fixture-model"
+        for p in out.glob("rsp*.dcm"):
+            p.unlink()
+        subprocess.run([*base, "-k", "ContributingEquipmentSequence[0].Manufacturer=nobody"], capture_output=True, text=True, timeout=60)
+        assert list(out.glob("rsp*.dcm")) == []
+    finally:
+        svc.stop()
