@@ -415,6 +415,8 @@ class QueryEngine:
                 continue
             if kw == "ModalitiesInStudy":
                 mods = [m.strip() for m in values_of(query) if m.strip()]
+                if not mods:
+                    continue  # only backslashes: universal
                 where.append(f"v.study_uid IN (SELECT study_uid FROM series WHERE modality IN ({', '.join('?' for _ in mods)}))")
                 params += mods
                 continue

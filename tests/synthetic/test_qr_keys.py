@@ -256,3 +256,11 @@ def test_findscu_asks_for_the_contributing_equipment(home, tmp_path):
         assert list(out.glob("rsp*.dcm")) == []
     finally:
         svc.stop()
+
+
+def test_odd_keys_answer_without_failing(archive):
+    cfg, store, put, _syn = archive
+    assert len(_find(cfg, store, "STUDY", StudyInstanceUID="", ModalitiesInStudy="\\")) == 3
+    assert len(_find(cfg, store, "STUDY", StudyInstanceUID="", ContributingEquipmentSequence=Sequence([_item(Manufacturer="*")]))) == 3
+    (study,) = _find(cfg, store, "STUDY", StudyInstanceUID=put["cr"].study_uid, SOPClassesInStudy="", NumberOfStudyRelatedInstances="7")
+    assert study.NumberOfStudyRelatedInstances == 2  # counts are return keys, never matched
