@@ -49,7 +49,7 @@ from service.dicom.query import (
     QueryEngine,
     QueryError,
     element_text,
-    match_value,
+    match_value,  # noqa: F401  (re-exported: the matching rules' tests and older callers import it from here)
     values_of,
 )
 from service.dicom.scu import TUNING_HANDLERS, storage_contexts_for
@@ -59,9 +59,6 @@ QR_REQUESTS = Counter("synthpacs_qr_requests_total", "Query/Retrieve requests, b
 QR_MATCHES = Counter("synthpacs_qr_matches_total", "C-FIND matches returned and C-GET/C-MOVE instances sent", ["operation"])
 
 log = get_logger("qr")
-
-_UNIQUE_KEY = UNIQUE_KEY
-_RANK = RANK
 
 PATIENT_ROOT = "patient"
 STUDY_ROOT = "study"
@@ -173,7 +170,7 @@ class QueryRetrieveSCP:
 
     def retrieve_records(self, identifier: Dataset, level: str) -> list[Any]:
         """The stored instances a C-GET/C-MOVE identifier asks for (PS3.4 C.4.2.1.4 / C.4.3.1.3)."""
-        key = _UNIQUE_KEY[level]
+        key = UNIQUE_KEY[level]
         wanted = [v.strip() for v in values_of(element_text(identifier[key])) if v.strip()] if key in identifier else []
         if not wanted:
             raise QueryError(status.QR_IDENTIFIER_MISMATCH, f"a {level}-level retrieve needs {key} (PS3.4 C.4.2.2.1)")
@@ -181,8 +178,8 @@ class QueryRetrieveSCP:
         where = [f"{column} IN ({', '.join('?' for _ in wanted)})"]
         params: list[Any] = list(wanted)
         # Higher-level unique keys narrow the match when given (hierarchical retrieve).
-        for upper in LEVELS[: _RANK[level]]:
-            ukey = _UNIQUE_KEY[upper]
+        for upper in LEVELS[: RANK[level]]:
+            ukey = UNIQUE_KEY[upper]
             if ukey in identifier and element_text(identifier[ukey]).strip():
                 col = {PATIENT: "p.patient_id", STUDY: "i.study_uid", SERIES: "i.series_uid"}[upper]
                 vals = [v.strip() for v in values_of(element_text(identifier[ukey])) if v.strip()]
