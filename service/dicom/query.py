@@ -411,7 +411,10 @@ class QueryEngine:
                 continue
             query = element_text(elem)
             if kw == "SyntheticData":
-                post.append(_PostKey(kw, query, "CS"))
+                if query.strip().upper() in ("YES", "NO"):
+                    where.append(_synthetic_condition(level, query.strip().upper() == "YES"))
+                else:
+                    post.append(_PostKey(kw, query, "CS"))
                 continue
             if kw == "ModalitiesInStudy":
                 mods = [m.strip() for m in values_of(query) if m.strip()]
@@ -542,6 +545,21 @@ class QueryEngine:
         if elem is None or elem.value in ("", None):
             return None
         return elem
+
+
+# The entities with at least one synthetic instance, by level (what _synthetic_data answers YES for).
+_SYNTHETIC_ENTITIES = {
+    PATIENT: "v.patient_id IN (SELECT st.patient_id FROM instances i JOIN studies st ON st.study_uid = i.study_uid WHERE i.synthetic = 1)",
+    STUDY: "v.study_uid IN (SELECT study_uid FROM instances WHERE synthetic = 1)",
+    SERIES: "v.series_uid IN (SELECT series_uid FROM instances WHERE synthetic = 1)",
+    IMAGE: "v.synthetic = 1",
+}
+
+
+def _synthetic_condition(level: str, synthetic: bool) -> str:
+    """SQL for Synthetic Data YES (``synthetic``) or NO at ``level``, the same rule as :func:`_synthetic_data`."""
+    condition = _SYNTHETIC_ENTITIES[level]
+    return condition if synthetic else f"NOT ({condition})"
 
 
 def _synthetic_data(row: sqlite3.Row) -> str:

@@ -264,3 +264,16 @@ def test_odd_keys_answer_without_failing(archive):
     assert len(_find(cfg, store, "STUDY", StudyInstanceUID="", ContributingEquipmentSequence=Sequence([_item(Manufacturer="*")]))) == 3
     (study,) = _find(cfg, store, "STUDY", StudyInstanceUID=put["cr"].study_uid, SOPClassesInStudy="", NumberOfStudyRelatedInstances="7")
     assert study.NumberOfStudyRelatedInstances == 2  # counts are return keys, never matched
+
+
+@pytest.mark.parametrize("level", ["PATIENT", "STUDY", "SERIES", "IMAGE"])
+def test_synthetic_data_yes_and_no_split_every_level(archive, level):
+    cfg, store, _put, _syn = archive
+    unique = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}[level]
+    everything = _find(cfg, store, level, **{unique: "", "SyntheticData": ""})
+    yes = _find(cfg, store, level, **{unique: "", "SyntheticData": "YES"})
+    no = _find(cfg, store, level, **{unique: "", "SyntheticData": "no"})
+    wild = _find(cfg, store, level, **{unique: "", "SyntheticData": "Y*"})
+    assert {d[unique].value for d in yes} == {d[unique].value for d in everything if d.SyntheticData == "YES"} == {d[unique].value for d in wild}
+    assert {d[unique].value for d in no} == {d[unique].value for d in everything if d.SyntheticData == "NO"}
+    assert yes and no and len(yes) + len(no) == len(everything)
