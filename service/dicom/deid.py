@@ -224,9 +224,10 @@ class Deidentifier:
             identity = f"name:{name}\\{birth}" if (name or birth) else f"study:{_text_of(ds, _STUDY_INSTANCE_UID)}"
         token = self._keyed("patient", identity)
         # 1..3652 days into the past, per patient: intervals within a patient survive (E.3.6).
-        shift = -(1 + int(self._keyed("dateshift", identity)[:8], 16) % 3652)
+        keyed_shift = self._keyed("dateshift", identity)
+        shift = -(1 + int(keyed_shift[:8], 16) % 3652)
         # 1..86399 s: never 0, so no time of day is ever kept as it was.
-        seconds = 1 + int(self._keyed("timeshift", identity)[:8], 16) % 86399
+        seconds = 1 + int(keyed_shift[8:16], 16) % 86399
         age = ""
         if self.cfg.retain_patient_characteristics:
             given = _text_of(ds, _PATIENT_AGE)
@@ -237,6 +238,7 @@ class Deidentifier:
     def _clean(self, ds: Dataset, patient: _Patient) -> None:
         # Elements are inspected raw (tag and VR only) and converted only when changed: most of a
         # header is kept, and an unconverted element is written back as received, byte for byte.
+        encoding = getattr(ds, "original_encoding", (None, None))
         for elem in list(ds.elements()):
             tag = int(elem.tag)  # plain ints: BaseTag compares in Python, a dict lookup with it is slow
             action, vr = self._plan(tag, elem.VR)
@@ -250,18 +252,18 @@ class Deidentifier:
                 if vr == "SQ":
                     ds[tag] = DataElement(tag, vr, Sequence([]))
                 else:
-                    _set(ds, tag, vr, [] if vr not in _TEXT_VRS else [""])
+                    _set(ds, tag, vr, [] if vr not in _TEXT_VRS else [""], encoding)
             elif action == "D":
                 if vr in _TEXT_VRS:
-                    _set(ds, tag, vr, [_DUMMY_BY_VR.get(vr, "ANONYMIZED")])
+                    _set(ds, tag, vr, [_DUMMY_BY_VR.get(vr, "ANONYMIZED")], encoding)
                 else:  # binary: zeros of the same length say nothing and keep the value well formed
                     _set_bytes(ds, tag, vr, bytes(len(_raw_bytes(ds, tag))))
             elif action == "U":
-                values = _values(ds, tag)
+                values = _values(elem)
                 if any(values):
-                    _set(ds, tag, vr, [v if (not v or v.startswith(_STANDARD_UID_ROOT)) else self.remap_uid(v) for v in values])
+                    _set(ds, tag, vr, [v if (not v or v.startswith(_STANDARD_UID_ROOT)) else self.remap_uid(v) for v in values], encoding)
             elif action == "C":
-                _set(ds, tag, vr, [_shift(v, vr, patient.day_shift, patient.second_shift) for v in _values(ds, tag)])
+                _set(ds, tag, vr, [_shift(v, vr, patient.day_shift, patient.second_shift) for v in _values(elem)], encoding)
             elif action == "M":
                 _set_text(ds, tag, vr, _code_meaning(ds))
 
@@ -409,9 +411,8 @@ def _text_of(ds: Dataset, tag: int) -> str:
     return _str(ds[tag])
 
 
-def _values(ds: Dataset, tag: BaseTag) -> list[str]:
+def _values(elem: DataElement | RawDataElement) -> list[str]:
     """The text values of a string element, read from its raw bytes when it was never converted."""
-    elem = ds.get_item(tag)
     if isinstance(elem, RawDataElement):
         text = (elem.value or b"").decode("latin-1").rstrip("\x00 ")
         return text.split("\\") if text else []
@@ -423,14 +424,15 @@ def _values(ds: Dataset, tag: BaseTag) -> list[str]:
     return [str(value)]
 
 
-def _set(ds: Dataset, tag: int, vr: str, values: list[str]) -> None:
+def _set(ds: Dataset, tag: int, vr: str, values: list[str], encoding: tuple[bool | None, bool | None] | None = None) -> None:
     """Put an ASCII string element; as a raw element in the dataset's own encoding when it has one.
 
     Every value de-identification writes (pseudonyms, remapped UIDs, shifted dates, empties) is ASCII,
     so it is encoded here once instead of through pydicom's writer (PS3.5 §6.2: UI padded with NUL,
-    other string VRs with a space, to an even length).
+    other string VRs with a space, to an even length). ``encoding``: ``ds.original_encoding``, when the
+    caller already has it.
     """
-    implicit, little = getattr(ds, "original_encoding", (None, None))
+    implicit, little = encoding or getattr(ds, "original_encoding", (None, None))
     if implicit is None or little is None:
         empty = "" if vr in _TEXT_VRS else None
         ds[tag] = DataElement(tag, vr, (values[0] if len(values) == 1 else values) if values else empty)
@@ -438,7 +440,10 @@ def _set(ds: Dataset, tag: int, vr: str, values: list[str]) -> None:
     data = "\\".join(values).encode("ascii")
     if len(data) % 2:
         data += b"\x00" if vr == "UI" else b" "
-    ds[tag] = RawDataElement(BaseTag(tag), None if implicit else vr, len(data), data, 0, implicit, little, True, False)
+    key = BaseTag(tag)
+    # What Dataset.__setitem__ does for a raw element that is neither private nor pixel data (never
+    # written here), without its checks, which cost more than the rest of this function.
+    ds._dict[key] = RawDataElement(key, None if implicit else vr, len(data), data, 0, implicit, little, True, False)
 
 
 def _parse_da(text: str) -> _dt.date | None:

@@ -19,7 +19,7 @@ from service.config import DeidConfig
 from service.data.phantom import phantom_dataset
 from service.dicom import deid_table
 from service.dicom.deid import Deidentifier, standard_code_meaning, table_action
-from tests.ingest.deid_dataset import MARK, MARK_MEANING, markers, planted, table_vr
+from tests.ingest.deid_dataset import MARK, markers, planted, table_vr
 from tests.ingest.util import part10
 
 KITWARE_CATEGORIES = {
