@@ -457,21 +457,28 @@ def _parse_da(text: str) -> _dt.date | None:
 
 
 def _set_bytes(ds: Dataset, tag: int, vr: str, data: bytes) -> None:
-    """Put a binary element (OB, OW, US, FL, ...) holding ``data``, raw in the dataset's encoding if it has one."""
+    """Put a binary element (OB, OW, US, FL, ...) holding ``data`` (zeros), raw in the dataset's
+    encoding if it has one; a converted number becomes 0."""
     implicit, little = getattr(ds, "original_encoding", (None, None))
     if implicit is None or little is None:
-        ds[tag] = DataElement(tag, vr, data)
+        ds[tag] = DataElement(tag, vr, 0 if vr in _NUMBER_WIDTH and vr != "AT" else data)
         return
     ds[tag] = RawDataElement(BaseTag(tag), None if implicit else vr, len(data), data, 0, implicit, little, True, False)
 
 
+_NUMBER_WIDTH = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "FD": 8, "UV": 8, "SV": 8}
+
+
 def _raw_bytes(ds: Dataset, tag: int) -> bytes:
-    """The encoded value of an element, or an empty value when it is not raw (length is what matters)."""
+    """The encoded value of an element (only its length matters to the caller); one number's width
+    for a converted numeric element, whose bytes are not at hand."""
     elem = ds.get_item(tag)
     if isinstance(elem, RawDataElement):
         return bytes(elem.value or b"")
     value = elem.value
-    return value if isinstance(value, bytes) else b""
+    if isinstance(value, bytes):
+        return value
+    return bytes(_NUMBER_WIDTH.get(elem.VR, 0))
 
 
 def _set_text(ds: Dataset, tag: int, vr: str, text: str) -> None:

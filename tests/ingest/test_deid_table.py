@@ -254,3 +254,18 @@ def test_time_shift_keeps_the_precision_of_each_value(value, seconds, expected):
     from service.dicom.deid import _shift_time
 
     assert _shift_time(value, seconds) == expected
+
+
+@pytest.mark.parametrize("encoding", ["dataset", "explicit", "implicit"])
+def test_dummy_binary_values_keep_their_length_and_say_nothing(encoding):
+    # D on binary VRs (Flow Identifier OB, and a number through the same rule): zeros.
+    from service.dicom import deid as module
+
+    ds = phantom_dataset(16, 16)
+    ds.add_new(0x00340002, "OB", b"PHIMARK!")  # Flow Identifier, D
+    out, _ = Deidentifier(b"k")(_encoded(ds, encoding))
+    assert bytes(out[0x00340002].value) == bytes(8)
+    number = Dataset()
+    number.add_new(0x00280010, "US", 512)
+    module._set_bytes(number, 0x00280010, "US", module._raw_bytes(number, 0x00280010))
+    assert number.Rows == 0
