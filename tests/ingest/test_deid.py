@@ -267,3 +267,14 @@ def test_the_plan_cache_is_bounded():
     for element in range(module._PLAN_CACHE_LIMIT + 500):
         assert d._plan(0x00110000 | element, "LO")[0] == "X"  # private: removed, cached or not
     assert len(d._plans) == module._PLAN_CACHE_LIMIT
+
+
+def test_deferred_values_are_read_before_they_are_judged(tmp_path, deid):
+    # dcmread(defer_size=...) leaves values on disk until asked for: a UID must still be remapped.
+    path = tmp_path / "deferred.dcm"
+    original = _phi_dataset()
+    original.save_as(path, enforce_file_format=True)
+    ds = pydicom.dcmread(path, defer_size=1)
+    out, _ = deid(ds)
+    assert out.StudyInstanceUID == deid.remap_uid(str(original.StudyInstanceUID))
+    assert out.PatientID.startswith("ANON-") and "ImageComments" not in out
