@@ -350,7 +350,7 @@ class Deidentifier:
         marks = Dataset()
         marks.PatientIdentityRemoved = "YES"
         marks.DeidentificationMethod = "synthpacs PS3.15 E.1-1 Basic Profile" + (
-            " + dates kept" if self.cfg.retain_longitudinal_dates else " + dates shifted"
+            " + dates and times kept" if self.cfg.retain_longitudinal_dates else " + dates and times shifted"
         )
         items = []
         for value, meaning in self._codes:
