@@ -161,6 +161,17 @@ def table_action(tag: int, cfg: DeidConfig) -> str | None:
     return basic
 
 
+def basic_action(tag: int) -> str | None:
+    """The Basic Profile column of Table E.1-1 for ``tag`` (no option), or None if no row names it."""
+    row = deid_table.TABLE.get(tag)
+    if row is not None:
+        return row[1]
+    for value, mask, _name, basic, _options in deid_table.MASKED:
+        if tag & mask == value:
+            return basic
+    return None
+
+
 @dataclass(frozen=True)
 class _Patient:
     """Keyed facts about the original patient, computed before anything is removed."""
@@ -307,6 +318,8 @@ class Deidentifier:
                 action = "K" if self.cfg.retain_longitudinal_dates else "C"
             else:
                 action = {"UI": "U", "PN": "X", "SQ": "K"}.get(vr, "K")
+        if action == "C" and vr not in _DATE_VRS:  # a "timestamp" that is not a DA/DT/TM: no clean known
+            action = basic_action(tag)
         action = _COMBINED.get(action, action)
         if action == "K":
             return "K", vr
@@ -319,8 +332,6 @@ class Deidentifier:
                 return "X", vr  # U names UIDs; anything else under that tag is not one
             if tag not in deid_table.TABLE and _KEPT_UID_KEYWORD.search(keyword_for_tag(tag) or ""):
                 return "K", vr  # a class, syntax or scheme UID
-        if action == "C" and vr not in _DATE_VRS:
-            return "X", vr
         return action, vr
 
     def _pseudonymize(self, ds: Dataset, patient: _Patient) -> None:
