@@ -1,31 +1,56 @@
 """De-identification on ingest: the PS3.15 Annex E Basic Application Level Confidentiality Profile.
 
-Why our own table and not a library (compared when this was written, 2025):
+Every attribute of PS3.15 Table E.1-1 is handled with its action, read from the generated table
+:mod:`service.dicom.deid_table` (652 attributes and the repeating groups; where it comes from and how
+to regenerate it is said there; tests/ingest/test_deid_table.py checks every row against Kitware's
+dicom-anonymizer and every action on a dataset that carries all of them). The table applies at every
+depth: an attribute inside a sequence item gets the same action as at top level.
 
-* ``dicom-anonymizer`` (Kitware, BSD) carries Table E.1-1 well, but replaces UIDs from an in-memory
-  dictionary of random UIDs (not keyed: a re-send after a restart gets new UIDs and no longer
-  deduplicates), has no retain options and writes no De-identification Method Code Sequence.
-* ``dicognito`` (MIT) is deterministic with a seed and keeps studies grouped, but it is not driven by
-  Table E.1-1 (it invents random names and addresses, shifts every date), has no retain options and
-  no CID 7050 codes.
-* ``deid`` (pydicom/deid, MIT) is a recipe engine; its default recipe is a small subset of the table and
-  its UID handling is left to the caller.
+Why a table of our own and not a library (compared again for issue 14):
 
-What training needs is narrow (the profile, keyed consistent remapping, a few retain options, the method
-codes), so this module is a compact table: :data:`ACTIONS` names each attribute of PS3.15 Table E.1-1
-that can occur in a radiograph with its action code (Table E.1-1a: X remove, Z empty, D dummy, U new
-UID, K keep, C clean), the retain options of PS3.15 E.3 change some actions, and four rules derived from
-the profile cover what no table row names:
+* ``dicom-anonymizer`` (Kitware, BSD-3) encodes the Basic Profile column best (we generate ours from
+  it), but has no option columns, replaces UIDs from an in-memory dictionary of random UIDs (not
+  keyed: a re-send after a restart gets new UIDs and no longer deduplicates) and converts every
+  element through pydicom, which the streaming header path avoids.
+* ``dicognito`` (MIT) is deterministic with a seed but not driven by Table E.1-1 (it invents names and
+  addresses, shifts every date), has no retain options and writes no CID 7050 codes.
+* ``deid`` (pydicom/deid, MIT) is a recipe engine; its default recipe is a subset of the table.
 
-* every private attribute is removed (the Retain Safe Private Option is not used, PS3.15 E.3.10);
+Options (PS3.15 E.3) and what they change, declared in the De-identification Method Code Sequence
+(PS3.16 CID 7050):
+
+* Retain Longitudinal Temporal Information (E.3.6), always one of the two: with Modified Dates (113107,
+  the default) every DA is moved by a keyed number of days per patient and every TM by a keyed number
+  of seconds per patient, cyclically within the day (a DT: both, on its date and its time): intervals
+  in days are exact and intervals within a day survive unless they cross midnight; a date and its time
+  are moved independently, so none leaks through the other. With Full Dates (113106,
+  ``deid.retain_longitudinal_dates``) dates and times are kept.
+* Retain Patient Characteristics (113108, ``deid.retain_patient_characteristics``): only sex and a coarse
+  age (``deid.age_bin_years``) are kept of what the option allows; size, weight, ethnic group,
+  smoking and pregnancy status keep their Basic Profile action.
+* Retain Device Identity (113109, ``deid.retain_device_identity``): every attribute the option keeps.
+* Not used: Retain UIDs (UIDs are remapped), Retain Institution Identity, Retain Safe Private, Clean
+  Descriptors, Clean Structured Content, Clean Graphics: descriptors and comments (Study and Series
+  Description, Protocol Name, ...) are removed, as the Basic Profile says. An option column that says C
+  (clean) for free text we cannot clean keeps the Basic Profile action.
+
+Combined actions depend on the attribute's type in the IOD (Table E.1-1a); the type is not known per
+IOD here, so the action that keeps every IOD valid is taken: X/Z -> Z, X/D, X/Z/D and Z/D -> D
+(a dummy value, per VR), X/Z/U* -> keep the sequence and remap the UIDs inside it. D on a UID is U; D on
+a sequence removes it (a sequence of dummy items says nothing and breaks nothing a training store needs).
+
+Rules for what no row names, derived from the profile:
+
+* every private attribute is removed (the Retain Safe Private Option is not used, PS3.15 E.3.10), as
+  are curves (50xx) and overlays (60xx, whose data and comments can spell names over the image), group
+  lengths, and public attributes no dictionary knows (nobody can say they are safe);
 * every UI value that is not a class, transfer syntax or coding-scheme UID of the standard is remapped
-  with :func:`service.dicom.uids.keyed_uid` (the profile's "U" for every instance UID, PS3.15 E.3.9
-  for consistency: the same UID maps to the same new UID, keyed by the configured secret);
-* every Person Name (PN) the table does not name is removed, as are curves (50xx) and overlays (60xx,
-  whose data and comments can spell names over the image), and unknown public attributes;
-* dates follow the Retain Longitudinal Temporal Information Option (PS3.15 E.3.6): with full dates,
-  dates are kept; otherwise every DA/DT is shifted by a keyed number of days per patient, so intervals
-  within a patient survive but calendar dates do not. Birth dates are always removed.
+  with :func:`service.dicom.uids.keyed_uid` (the profile's "U", consistent per PS3.15 E.3.9: the same UID
+  maps to the same new UID, keyed by the configured secret);
+* every Person Name (PN) the table does not name is removed;
+* every other DA, DT or TM follows the longitudinal option above;
+* a Code Meaning (0008,0104) is free text beside a code: it becomes the standard's meaning of that code
+  (pydicom's code dictionaries: DCM, SCT, LN, ...) or, for a code it does not know, the code itself.
 
 The patient is replaced by a pseudonym derived from the keyed hash of the original patient identity,
 so one patient's studies stay together in the store; the result records PatientIdentityRemoved = YES,
@@ -42,9 +67,8 @@ import hmac
 import io
 import re
 from dataclasses import dataclass
-from typing import Iterable
 
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -52,100 +76,12 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.tag import BaseTag, Tag
+from pydicom.tag import BaseTag
 
 from service.config import Config, DeidConfig
+from service.dicom import deid_table
 from service.dicom.uids import keyed_uid
 from service.home import Home
-
-# PS3.15 Table E.1-1: action of the Basic Profile for each attribute (keyword -> code). Attributes with
-# a retain option appear here with their Basic Profile action; the options below change them.
-_TABLE: dict[str, str] = {
-    # Patient identity (the pseudonym replaces name and ID, see Deidentifier._pseudonymize)
-    "PatientName": "Z", "PatientID": "Z", "IssuerOfPatientID": "X", "IssuerOfPatientIDQualifiersSequence": "X",
-    "TypeOfPatientID": "X", "PatientBirthDate": "Z", "PatientBirthTime": "X",
-    "PatientBirthDateInAlternativeCalendar": "X", "PatientDeathDateInAlternativeCalendar": "X",
-    "PatientAlternativeCalendar": "X", "OtherPatientIDs": "X", "OtherPatientIDsSequence": "X",
-    "OtherPatientNames": "X", "PatientBirthName": "X", "PatientMotherBirthName": "X", "PatientAddress": "X",
-    "MilitaryRank": "X", "BranchOfService": "X", "MedicalRecordLocator": "X", "PatientTelephoneNumbers": "X",
-    "PatientTelecomInformation": "X", "PatientReligiousPreference": "X", "PatientComments": "X",
-    "AdditionalPatientHistory": "X", "Occupation": "X", "CountryOfResidence": "X", "RegionOfResidence": "X",
-    "ResponsiblePerson": "X", "ResponsiblePersonRole": "X", "ResponsibleOrganization": "X",
-    "PatientInsurancePlanCodeSequence": "X", "InsurancePlanIdentification": "X",
-    "PatientPrimaryLanguageCodeSequence": "X", "MedicalAlerts": "X", "Allergies": "X", "LastMenstrualDate": "X",
-    "SpecialNeeds": "X", "PatientState": "X", "PatientInstitutionResidence": "X",
-    "ReferencedPatientSequence": "X", "ReferencedPatientAliasSequence": "X", "ReferencedPatientPhotoSequence": "X",
-    # Patient characteristics (Retain Patient Characteristics Option keeps sex and a coarse age)
-    "PatientSex": "Z", "PatientAge": "X", "PatientSize": "X", "PatientWeight": "X", "EthnicGroup": "X",
-    "PatientSexNeutered": "X", "SmokingStatus": "X", "PregnancyStatus": "X",
-    # Visit, order and procedure step
-    "AccessionNumber": "Z", "IssuerOfAccessionNumberSequence": "X", "StudyID": "Z", "StudyIDIssuer": "X",
-    "AdmissionID": "X", "AdmittingDiagnosesDescription": "X", "AdmittingDiagnosesCodeSequence": "X",
-    "CurrentPatientLocation": "X", "RouteOfAdmissions": "X", "AdmittingDate": "X", "AdmittingTime": "X",
-    "DischargeDiagnosisDescription": "X", "ServiceEpisodeID": "X", "ServiceEpisodeDescription": "X",
-    "IssuerOfAdmissionIDSequence": "X", "IssuerOfServiceEpisodeIDSequence": "X", "VisitComments": "X",
-    "ReasonForVisit": "X", "ReasonForVisitCodeSequence": "X", "ReasonForStudy": "X", "RequestingPhysician": "X",
-    "RequestingPhysicianIdentificationSequence": "X", "RequestingService": "X",
-    "RequestedProcedureDescription": "X", "RequestedProcedureID": "X", "RequestedProcedureComments": "X",
-    "RequestedProcedureLocation": "X", "ReasonForTheRequestedProcedure": "X", "RequestAttributesSequence": "X",
-    "ScheduledProcedureStepDescription": "X", "ScheduledProcedureStepID": "X",
-    "ScheduledProcedureStepLocation": "X", "ScheduledPerformingPhysicianName": "X",
-    "ScheduledStationAETitle": "X", "ScheduledStationName": "X", "ScheduledPatientInstitutionResidence": "X",
-    "ScheduledHumanPerformersSequence": "X", "PerformedProcedureStepID": "X",
-    "PerformedProcedureStepDescription": "X", "PerformedLocation": "X", "PerformedStationAETitle": "X",
-    "PerformedStationName": "X", "PerformedStationNameCodeSequence": "X",
-    "CommentsOnThePerformedProcedureStep": "X", "ReferencedPerformedProcedureStepSequence": "X",
-    "ActualHumanPerformersSequence": "X", "HumanPerformerName": "X", "HumanPerformerOrganization": "X",
-    "PlacerOrderNumberImagingServiceRequest": "Z", "FillerOrderNumberImagingServiceRequest": "Z",
-    "PlacerOrderNumberProcedure": "X", "FillerOrderNumberProcedure": "X", "OrderEnteredBy": "X",
-    "OrderEntererLocation": "X", "OrderCallbackPhoneNumber": "X", "OrderCallbackTelecomInformation": "X",
-    "ImagingServiceRequestComments": "X", "ConfidentialityConstraintOnPatientDataDescription": "X",
-    "PatientTransportArrangements": "X", "PreMedication": "X", "RequestedContrastAgent": "X",
-    "SpecimenAccessionNumber": "X", "ReferencedStudySequence": "X", "StudyComments": "X",
-    # People and organizations
-    "ReferringPhysicianName": "Z", "ReferringPhysicianAddress": "X", "ReferringPhysicianTelephoneNumbers": "X",
-    "ReferringPhysicianIdentificationSequence": "X", "ConsultingPhysicianName": "X",
-    "ConsultingPhysicianIdentificationSequence": "X", "PhysiciansOfRecord": "X",
-    "PhysiciansOfRecordIdentificationSequence": "X", "PerformingPhysicianName": "X",
-    "PerformingPhysicianIdentificationSequence": "X", "NameOfPhysiciansReadingStudy": "X",
-    "PhysiciansReadingStudyIdentificationSequence": "X", "OperatorsName": "X",
-    "OperatorIdentificationSequence": "X", "NamesOfIntendedRecipientsOfResults": "X", "ReviewerName": "X",
-    "InterpretationRecorder": "X", "InterpretationTranscriber": "X", "InterpretationAuthor": "X",
-    "InterpretationApproverSequence": "X", "PhysicianApprovingInterpretation": "X", "ResultsIDIssuer": "X",
-    "DistributionName": "X", "DistributionAddress": "X", "PersonName": "X", "PersonAddress": "X",
-    "PersonTelephoneNumbers": "X", "PersonTelecomInformation": "X", "PersonIdentificationCodeSequence": "X",
-    "AuthorObserverSequence": "X", "ParticipantSequence": "X", "ContentCreatorName": "Z",
-    "ContentCreatorIdentificationCodeSequence": "X", "VerifyingObserverName": "X",
-    "VerifyingObserverSequence": "X", "VerifyingOrganization": "X", "HangingProtocolCreator": "X",
-    "InstitutionName": "X", "InstitutionAddress": "X", "InstitutionalDepartmentName": "X",
-    "InstitutionCodeSequence": "X", "InstitutionalDepartmentTypeCodeSequence": "X",
-    # Equipment (Retain Device Identity Option keeps these)
-    "StationName": "X", "DeviceSerialNumber": "X", "DeviceUID": "U", "DeviceID": "X", "DetectorID": "X",
-    "DetectorDescription": "X", "GantryID": "X", "PlateID": "X", "CassetteID": "X", "GeneratorID": "X",
-    "DeviceDescription": "X", "DeviceLabel": "X", "UniqueDeviceIdentifier": "X", "SoftwareVersions": "X",
-    "ModifyingDeviceID": "X", "ModifyingDeviceManufacturer": "X", "SecondaryCaptureDeviceID": "X",
-    "SourceApplicationEntityTitle": "X", "StationAETitle": "X", "RetrieveAETitle": "X",
-    # Free text and descriptors that can name people or places (no Clean Descriptors Option)
-    "StudyDescription": "X", "SeriesDescription": "X", "ProtocolName": "X", "AcquisitionComments": "X",
-    "AcquisitionDeviceProcessingDescription": "X", "ContrastBolusAgent": "X", "DerivationDescription": "X",
-    "ImageComments": "X", "FrameComments": "X", "TextComments": "X", "IdentifyingComments": "X",
-    "IconImageSequence": "X", "GraphicAnnotationSequence": "X", "ContentSequence": "X",
-    "AcquisitionContextSequence": "X", "TimezoneOffsetFromUTC": "X", "StorageMediaFileSetID": "X",
-    "ConsentForClinicalTrialUseSequence": "X",
-    # Integrity and history of the original object: meaningless once it is changed
-    "OriginalAttributesSequence": "X", "ModifiedAttributesSequence": "X", "DigitalSignaturesSequence": "X",
-    "EncryptedAttributesSequence": "X", "MACParametersSequence": "X", "DataSetTrailingPadding": "X",
-    # Clinical trial attributes
-    "ClinicalTrialSponsorName": "X", "ClinicalTrialProtocolID": "X", "ClinicalTrialProtocolName": "X",
-    "ClinicalTrialSiteID": "X", "ClinicalTrialSiteName": "X", "ClinicalTrialSubjectID": "X",
-    "ClinicalTrialSubjectReadingID": "X", "ClinicalTrialTimePointID": "X",
-    "ClinicalTrialTimePointDescription": "X", "ClinicalTrialCoordinatingCenterName": "X",
-    "ClinicalTrialProtocolEthicsCommitteeName": "X", "ClinicalTrialProtocolEthicsCommitteeApprovalNumber": "X",
-    "ClinicalTrialSeriesID": "X", "ClinicalTrialSeriesDescription": "X",
-    # Instance UIDs (every other UID is remapped by the UI rule too; listed for the reader)
-    "StudyInstanceUID": "U", "SeriesInstanceUID": "U", "SOPInstanceUID": "U", "FrameOfReferenceUID": "U",
-    "InstanceCreatorUID": "U", "IrradiationEventUID": "U", "StorageMediaFileSetUID": "U",
-}
 
 # Attributes the training pipeline reads; none is in Table E.1-1, so the profile keeps them. Named here
 # so that no rule added later removes them by accident (tests check it).
@@ -154,18 +90,18 @@ RETAINED_FOR_TRAINING = (
     "ImagerPixelSpacing", "PatientOrientation", "PhotometricInterpretation", "BurnedInAnnotation",
 )
 
-_PATIENT_CHARACTERISTICS = ("PatientSex", "PatientAge")
-_DEVICE_IDENTITY = (
-    "StationName", "DeviceSerialNumber", "DeviceUID", "DeviceID", "DetectorID", "DetectorDescription",
-    "GantryID", "PlateID", "CassetteID", "GeneratorID", "DeviceDescription", "DeviceLabel",
-    "UniqueDeviceIdentifier", "SoftwareVersions", "ModifyingDeviceID", "ModifyingDeviceManufacturer",
-    "SecondaryCaptureDeviceID",
-)
-_BIRTH = ("PatientBirthDate", "PatientBirthTime", "PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar")
+# What the Retain Patient Characteristics Option keeps here: the option allows more (size, weight,
+# ethnic group, ...); training needs only these, so the others keep their Basic Profile action.
+PATIENT_CHARACTERISTICS_KEPT = frozenset({0x00100040, 0x00101010})  # PatientSex, PatientAge
 
 # UIDs that name a class, syntax or scheme, not an instance: they identify nobody and must survive.
 _KEPT_UID_KEYWORD = re.compile(r"(ClassUID|TransferSyntaxUID|CodingSchemeUID|MappingResourceUID|ContextUID)$")
 _STANDARD_UID_ROOT = "1.2.840.10008."
+_DATE_VRS = frozenset({"DA", "DT", "TM"})
+# Combined actions of Table E.1-1a resolved without the IOD: the one that keeps every IOD valid.
+_COMBINED = {"X/Z": "Z", "X/D": "D", "X/Z/D": "D", "Z/D": "D", "X/Z/U*": "K"}
+_CODE_MEANING, _CODE_VALUE, _CODING_SCHEME = 0x00080104, 0x00080100, 0x00080102
+_LONG_CODE_VALUE, _URN_CODE_VALUE = 0x00080119, 0x00080120
 
 # PS3.16 CID 7050 De-identification Method, coding scheme DCM.
 CODE_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
@@ -174,8 +110,10 @@ CODE_RETAIN_MODIFIED_DATES = ("113107", "Retain Longitudinal Temporal Informatio
 CODE_RETAIN_PATIENT_CHARACTERISTICS = ("113108", "Retain Patient Characteristics Option")
 CODE_RETAIN_DEVICE_IDENTITY = ("113109", "Retain Device Identity Option")
 
-_DUMMY_BY_VR = {"PN": "ANONYMOUS", "DS": "0", "IS": "0", "UI": "", "DA": "", "DT": "", "TM": ""}
-_DT_REST_RE = re.compile(r"^[0-9.+-]*$")
+# Dummy values (action D) per VR; every other text VR gets "ANONYMIZED" (fits AE, CS and SH too).
+_DUMMY_BY_VR = {"PN": "ANONYMOUS", "DS": "0", "IS": "0", "AS": "000Y", "DA": "19000101", "DT": "19000101000000", "TM": "000000"}
+_TM_RE = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
+_DT_TIME_RE = re.compile(r"^(\d{2,6}(?:\.\d{1,6})?)?([+-]\d{4})?$")
 _PLAIN_TEXT = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII but the backslash
 _AGE_RE = re.compile(r"^(\d{3})([DWMY])$")
 _GROUP_LENGTH = 0x0000
@@ -193,14 +131,45 @@ PSEUDONYM_ID_PREFIX = "ANON-"
 PSEUDONYM_NAME_FAMILY = "ANONYMOUS"
 
 
-def _tags(keywords: Iterable[str]) -> list[BaseTag]:
-    out = []
-    for kw in keywords:
-        tag = tag_for_keyword(kw)
-        if tag is None:
-            raise KeyError(f"{kw} is not in pydicom's data dictionary")
-        out.append(Tag(tag))
-    return out
+def table_action(tag: int, cfg: DeidConfig) -> str | None:
+    """The Table E.1-1 action for ``tag`` under the options ``cfg`` declares, or None if no row names it.
+
+    One of the option columns replaces the Basic Profile action where the option is declared (PS3.15
+    E.3): Retain Longitudinal Temporal Information with Full Dates or with Modified Dates (one of them
+    always), Retain Patient Characteristics (for :data:`PATIENT_CHARACTERISTICS_KEPT` only) and Retain
+    Device Identity. An option's C on anything but a date or time (free text we cannot clean) keeps the
+    Basic Profile action.
+    """
+    row = deid_table.TABLE.get(tag)
+    if row is None:
+        for value, mask, name, basic, options in deid_table.MASKED:
+            if tag & mask == value:
+                row = (name, basic, options)
+                break
+        else:
+            return None
+    _, basic, options = row
+    declared = ["full_dates" if cfg.retain_longitudinal_dates else "modified_dates"]
+    if cfg.retain_patient_characteristics and tag in PATIENT_CHARACTERISTICS_KEPT:
+        declared.append("patient")
+    if cfg.retain_device_identity:
+        declared.append("device")
+    for option in declared:
+        action = options.get(option)
+        if action == "K" or (action == "C" and option == "modified_dates"):
+            return action
+    return basic
+
+
+def basic_action(tag: int) -> str | None:
+    """The Basic Profile column of Table E.1-1 for ``tag`` (no option), or None if no row names it."""
+    row = deid_table.TABLE.get(tag)
+    if row is not None:
+        return row[1]
+    for value, mask, _name, basic, _options in deid_table.MASKED:
+        if tag & mask == value:
+            return basic
+    return None
 
 
 @dataclass(frozen=True)
@@ -209,6 +178,7 @@ class _Patient:
 
     token: str  # hex of the keyed hash of the patient identity
     day_shift: int  # days added to every date (negative: into the past)
+    second_shift: int  # seconds added to every time of day, modulo a day
     age: str  # coarse PatientAge, or ""
 
 
@@ -224,17 +194,6 @@ class Deidentifier:
             raise ValueError("the de-identification secret must not be empty")
         self.secret = secret
         self.cfg = cfg or DeidConfig()
-        actions = {int(tag): code for tag, code in zip(_tags(_TABLE), _TABLE.values())}
-        if self.cfg.retain_patient_characteristics:
-            for tag in _tags(_PATIENT_CHARACTERISTICS):
-                actions[int(tag)] = "K"
-        if self.cfg.retain_device_identity:
-            for tag in _tags(_DEVICE_IDENTITY):
-                actions[int(tag)] = "K"
-        for tag in _tags(RETAINED_FOR_TRAINING):
-            actions[int(tag)] = "K"
-        self._actions = actions
-        self._birth = frozenset(int(tag) for tag in _tags(_BIRTH))
         self._plans: dict[tuple[int, str | None], tuple[str, str]] = {}
         self._codes = self._method_codes()
         self._raw_marks: dict[tuple[bool, bool], list] = {}
@@ -276,19 +235,28 @@ class Deidentifier:
             identity = f"name:{name}\\{birth}" if (name or birth) else f"study:{_text_of(ds, _STUDY_INSTANCE_UID)}"
         token = self._keyed("patient", identity)
         # 1..3652 days into the past, per patient: intervals within a patient survive (E.3.6).
-        shift = -(1 + int(self._keyed("dateshift", identity)[:8], 16) % 3652)
+        keyed_shift = self._keyed("dateshift", identity)
+        shift = -(1 + int(keyed_shift[:8], 16) % 3652)
+        # 1..86399 s: never 0, so no time of day is ever kept as it was.
+        seconds = 1 + int(keyed_shift[8:16], 16) % 86399
         age = ""
         if self.cfg.retain_patient_characteristics:
             given = _text_of(ds, _PATIENT_AGE)
             on = None if _AGE_RE.match(given) else _reference_date(ds)
             age = coarse_age(given, _text_of(ds, _PATIENT_BIRTH_DATE), on, self.cfg.age_bin_years)
-        return _Patient(token, shift, age)
+        return _Patient(token, shift, seconds, age)
 
     def _clean(self, ds: Dataset, patient: _Patient) -> None:
         # Elements are inspected raw (tag and VR only) and converted only when changed: most of a
         # header is kept, and an unconverted element is written back as received, byte for byte.
-        for elem in list(ds.elements()):
-            tag = int(elem.tag)  # plain ints: BaseTag compares in Python, a dict lookup with it is slow
+        encoding = getattr(ds, "original_encoding", (None, None))
+        # The stored elements as they are (what Dataset.elements() yields for datasets parsed from
+        # bytes, without its sort and per-tag lookups, a third of this function's time); each element
+        # is decided alone, so the order does not matter.
+        for key, elem in list(ds._dict.items()):
+            tag = int(key)  # plain ints: BaseTag compares in Python, a dict lookup with it is slow
+            if elem.value is None and isinstance(elem, RawDataElement) and elem.length:
+                elem = ds.get_item(key)  # a deferred read (dcmread's defer_size): read it now
             action, vr = self._plan(tag, elem.VR)
             if action == "K":
                 if vr == "SQ":
@@ -300,21 +268,27 @@ class Deidentifier:
                 if vr == "SQ":
                     ds[tag] = DataElement(tag, vr, Sequence([]))
                 else:
-                    _set(ds, tag, vr, [] if vr not in _TEXT_VRS else [""])
+                    _set(ds, tag, vr, [] if vr not in _TEXT_VRS else [""], encoding)
             elif action == "D":
-                _set(ds, tag, vr, [_DUMMY_BY_VR.get(vr, "ANONYMIZED")])
+                if vr in _TEXT_VRS:
+                    _set(ds, tag, vr, [_DUMMY_BY_VR.get(vr, "ANONYMIZED")], encoding)
+                else:  # binary: zeros of the same length say nothing and keep the value well formed
+                    _set_bytes(ds, tag, vr, bytes(len(_raw_bytes(ds, tag))))
             elif action == "U":
-                values = _values(ds, tag)
+                values = _values(elem)
                 if any(values):
-                    _set(ds, tag, vr, [v if (not v or v.startswith(_STANDARD_UID_ROOT)) else self.remap_uid(v) for v in values])
+                    _set(ds, tag, vr, [v if (not v or v.startswith(_STANDARD_UID_ROOT)) else self.remap_uid(v) for v in values], encoding)
             elif action == "C":
-                _set(ds, tag, vr, [_shift(v, vr, patient.day_shift) for v in _values(ds, tag)])
+                _set(ds, tag, vr, [_shift(v, vr, patient.day_shift, patient.second_shift) for v in _values(elem)], encoding)
+            elif action == "M":
+                _set_text(ds, tag, vr, _code_meaning(ds))
 
     def _plan(self, tag: int, read_vr: str | None) -> tuple[str, str]:
         """What happens to an element with this tag, read with this VR: (action, VR to write it with).
 
         Actions: K keep (a sequence's items are cleaned), X remove, Z empty, D dummy, U remap the UIDs,
-        C shift the dates. The answer depends on nothing else, so it is worked out once per tag and VR.
+        C shift the dates and times, M replace a Code Meaning. The answer depends on nothing else, so it
+        is worked out once per tag and VR.
         """
         key = (tag, read_vr)
         plan = self._plans.get(key)
@@ -331,26 +305,33 @@ class Deidentifier:
             return "X", vr
         if tag in _PIXEL_TAGS:
             return "K", vr  # never touched: pixel data is stored as received
-        action = self._actions.get(tag)
+        action = table_action(tag, self.cfg)
         known = dictionary_has_tag(tag)
         if action is None and not known and group not in (0x0002, 0xFFFE):
             return "X", vr  # a public attribute no dictionary knows: nobody can say it is safe
-        if read_vr is None or read_vr == "UN":
-            vr = dictionary_VR(tag) if known else "UN"
-        if tag in self._birth:
-            action = "Z" if action == "Z" else "X"
-        elif vr in ("DA", "DT"):
-            action = "K" if self.cfg.retain_longitudinal_dates else "C"
-        elif action is None:
-            action = {"UI": "U", "PN": "X", "SQ": "K"}.get(vr)
-        if action is None or action == "K":
+        if (read_vr is None or read_vr == "UN") and known:
+            vr = dictionary_VR(tag)
+        if action is None:
+            if tag == _CODE_MEANING:
+                return ("M", vr) if vr in _TEXT_VRS else ("X", vr)
+            if vr in _DATE_VRS:
+                action = "K" if self.cfg.retain_longitudinal_dates else "C"
+            else:
+                action = {"UI": "U", "PN": "X", "SQ": "K"}.get(vr, "K")
+        if action == "C" and vr not in _DATE_VRS:  # a "timestamp" that is not a DA/DT/TM: no clean known
+            action = basic_action(tag)
+        action = _COMBINED.get(action, action)
+        if action == "K":
             return "K", vr
-        if action == "X" or (action == "D" and vr == "SQ"):
+        if action == "X" or (action == "D" and vr in ("SQ", "UN")):
             return "X", vr
-        if action == "U" and (vr != "UI" or _KEPT_UID_KEYWORD.search(keyword_for_tag(tag) or "")):
-            return "K", vr  # a class, syntax or scheme UID, or not a UID at all
-        if action == "C" and vr not in ("DA", "DT"):
-            return "X", vr
+        if action == "D" and vr == "UI":
+            action = "U"
+        if action == "U":
+            if vr != "UI":
+                return "X", vr  # U names UIDs; anything else under that tag is not one
+            if tag not in deid_table.TABLE and _KEPT_UID_KEYWORD.search(keyword_for_tag(tag) or ""):
+                return "K", vr  # a class, syntax or scheme UID
         return action, vr
 
     def _pseudonymize(self, ds: Dataset, patient: _Patient) -> None:
@@ -380,7 +361,7 @@ class Deidentifier:
         marks = Dataset()
         marks.PatientIdentityRemoved = "YES"
         marks.DeidentificationMethod = "synthpacs PS3.15 E.1-1 Basic Profile" + (
-            " + dates kept" if self.cfg.retain_longitudinal_dates else " + dates shifted"
+            " + dates and times kept" if self.cfg.retain_longitudinal_dates else " + dates and times shifted"
         )
         items = []
         for value, meaning in self._codes:
@@ -446,9 +427,8 @@ def _text_of(ds: Dataset, tag: int) -> str:
     return _str(ds[tag])
 
 
-def _values(ds: Dataset, tag: BaseTag) -> list[str]:
+def _values(elem: DataElement | RawDataElement) -> list[str]:
     """The text values of a string element, read from its raw bytes when it was never converted."""
-    elem = ds.get_item(tag)
     if isinstance(elem, RawDataElement):
         text = (elem.value or b"").decode("latin-1").rstrip("\x00 ")
         return text.split("\\") if text else []
@@ -460,14 +440,15 @@ def _values(ds: Dataset, tag: BaseTag) -> list[str]:
     return [str(value)]
 
 
-def _set(ds: Dataset, tag: int, vr: str, values: list[str]) -> None:
+def _set(ds: Dataset, tag: int, vr: str, values: list[str], encoding: tuple[bool | None, bool | None] | None = None) -> None:
     """Put an ASCII string element; as a raw element in the dataset's own encoding when it has one.
 
     Every value de-identification writes (pseudonyms, remapped UIDs, shifted dates, empties) is ASCII,
     so it is encoded here once instead of through pydicom's writer (PS3.5 §6.2: UI padded with NUL,
-    other string VRs with a space, to an even length).
+    other string VRs with a space, to an even length). ``encoding``: ``ds.original_encoding``, when the
+    caller already has it.
     """
-    implicit, little = getattr(ds, "original_encoding", (None, None))
+    implicit, little = encoding or getattr(ds, "original_encoding", (None, None))
     if implicit is None or little is None:
         empty = "" if vr in _TEXT_VRS else None
         ds[tag] = DataElement(tag, vr, (values[0] if len(values) == 1 else values) if values else empty)
@@ -475,7 +456,10 @@ def _set(ds: Dataset, tag: int, vr: str, values: list[str]) -> None:
     data = "\\".join(values).encode("ascii")
     if len(data) % 2:
         data += b"\x00" if vr == "UI" else b" "
-    ds[tag] = RawDataElement(BaseTag(tag), None if implicit else vr, len(data), data, 0, implicit, little, True, False)
+    key = BaseTag(tag)
+    # What Dataset.__setitem__ does for a raw element that is neither private nor pixel data (never
+    # written here), without its checks, which cost more than the rest of this function.
+    ds._dict[key] = RawDataElement(key, None if implicit else vr, len(data), data, 0, implicit, little, True, False)
 
 
 def _parse_da(text: str) -> _dt.date | None:
@@ -488,9 +472,74 @@ def _parse_da(text: str) -> _dt.date | None:
         return None
 
 
-def _shift(text: str, vr: str, days: int) -> str:
-    """A DA or DT value moved by ``days`` (E.3.6 Modified Dates); a value we cannot parse is emptied."""
+def _set_bytes(ds: Dataset, tag: int, vr: str, data: bytes) -> None:
+    """Put a binary element (OB, OW, US, FL, ...) holding ``data`` (zeros), raw in the dataset's
+    encoding if it has one; a converted number becomes 0."""
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None or little is None:
+        ds[tag] = DataElement(tag, vr, 0 if vr in _NUMBER_WIDTH and vr != "AT" else data)
+        return
+    ds[tag] = RawDataElement(BaseTag(tag), None if implicit else vr, len(data), data, 0, implicit, little, True, False)
+
+
+_NUMBER_WIDTH = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "FD": 8, "UV": 8, "SV": 8}
+
+
+def _raw_bytes(ds: Dataset, tag: int) -> bytes:
+    """The encoded value of an element (only its length matters to the caller); one number's width
+    for a converted numeric element, whose bytes are not at hand."""
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        return bytes(elem.value or b"")
+    value = elem.value
+    if isinstance(value, bytes):
+        return value
+    return bytes(_NUMBER_WIDTH.get(elem.VR, 0))
+
+
+def _set_text(ds: Dataset, tag: int, vr: str, text: str) -> None:
+    """Put one text value that may hold any character: raw ASCII when it is ASCII, else through pydicom."""
+    if text.isascii():
+        _set(ds, tag, vr, [text])
+    else:
+        ds[tag] = DataElement(tag, vr, text)
+
+
+_code_meanings: dict[tuple[str, str], str] | None = None
+
+
+def standard_code_meaning(scheme: str, value: str) -> str | None:
+    """The meaning pydicom's code dictionaries (PS3.16 and the schemes it uses) give a code, or None."""
+    global _code_meanings
+    if _code_meanings is None:
+        from pydicom.sr._concepts_dict import concepts
+
+        table: dict[tuple[str, str], str] = {}
+        for designator, names in concepts.items():
+            for by_value in names.values():
+                for code, (meaning, _cids) in by_value.items():
+                    table.setdefault((designator, code), meaning)
+        _code_meanings = table
+    return _code_meanings.get((scheme, value))
+
+
+def _code_meaning(item: Dataset) -> str:
+    """A Code Meaning that says no more than its code (PS3.3 8.8): the standard's, or the code itself."""
+    scheme = _text_of(item, _CODING_SCHEME)
+    value = _text_of(item, _CODE_VALUE) or _text_of(item, _LONG_CODE_VALUE) or _text_of(item, _URN_CODE_VALUE)
+    meaning = standard_code_meaning(scheme, value)
+    if meaning is None:
+        meaning = f"{value} ({scheme})" if scheme else value
+    return meaning[:64]  # LO
+
+
+def _shift(text: str, vr: str, days: int, seconds: int) -> str:
+    """A DA, DT or TM value moved by ``days`` and ``seconds`` (E.3.6 Modified Dates); a value we cannot
+    parse is emptied. Dates move by whole days; times of day move by ``seconds`` modulo a day, keeping
+    their precision; a DT moves on both parts and keeps its UTC offset."""
     text = text.strip()
+    if vr == "TM":
+        return _shift_time(text, seconds)
     day = _parse_da(text)
     if day is None:
         return ""
@@ -498,8 +547,32 @@ def _shift(text: str, vr: str, days: int) -> str:
         shifted = (day + _dt.timedelta(days=days)).strftime("%Y%m%d")
     except OverflowError:
         return ""
-    rest = text[8:] if vr == "DT" else ""
-    return shifted + (rest if _DT_REST_RE.match(rest) else "")
+    if vr != "DT" or len(text) == 8:
+        return shifted
+    m = _DT_TIME_RE.match(text[8:])
+    if not m:
+        return shifted  # an unreadable time part is dropped, not kept
+    time = _shift_time(m.group(1), seconds) if m.group(1) else ""
+    return shifted + time + (m.group(2) or "") if (time or not m.group(1)) else shifted
+
+
+def _shift_time(text: str, seconds: int) -> str:
+    """HH[MM[SS[.F{1,6}]]] (PS3.5 Table 6.2-1; also the older HH:MM:SS) moved cyclically within a day."""
+    m = _TM_RE.match(text.strip().replace(":", ""))
+    if not m:
+        return ""
+    hours, minutes, secs = int(m.group(1)), int(m.group(2) or 0), min(int(m.group(3) or 0), 59)
+    if hours > 23 or minutes > 59:
+        return ""
+    total = (hours * 3600 + minutes * 60 + secs + seconds) % 86400
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    out = f"{hours:02d}"
+    if m.group(2):
+        out += f"{minutes:02d}"
+        if m.group(3):
+            out += f"{secs:02d}" + (m.group(4) or "")
+    return out
 
 
 def _reference_date(ds: Dataset) -> _dt.date | None:

@@ -61,3 +61,39 @@ def test_no_patient_data_in_logs_store_or_index(tmp_path):
         data = path.read_bytes()
         for value in secrets:
             assert value not in data, f"{value!r} is in {path.name}"
+
+
+def test_every_table_e11_attribute_planted_reaches_neither_store_nor_index_nor_log(tmp_path):
+    # PS3.15 Table E.1-1 in full through the real SCP: every attribute of the table (and, inside every
+    # sequence, a name, a comment, a UID and a coded concept with free-text meaning) carries a marker.
+    import os
+    import subprocess
+
+    from tests.ingest.deid_dataset import markers, planted
+
+    require_tool("storescu", "dcmtk")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(2):
+        ds = phantom_dataset(32, 32, seed=i, study_uid=generate_uid())
+        planted(ds)
+        ds.save_as(inbox / f"table{i}.dcm", enforce_file_format=True)
+    server = SCPProcess(tmp_path / "home").start()
+    try:
+        cmd = ["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "SYNTHPACS", "+sd", "+r", "127.0.0.1", str(server.port), str(inbox)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, TCP_NODELAY="1"))
+        assert out.returncode == 0, out.stderr
+    finally:
+        server.stop()
+    log = server.log().encode()
+    assert log.count(b"instance_stored") == 2 and b"instance_refused" not in log
+    store_files = [p for p in (tmp_path / "home" / "store").rglob("*") if p.is_file()]
+    stored = [pydicom.dcmread(p) for p in store_files if p.suffix == ".dcm"]
+    assert len(stored) == 2
+    for ds in stored:  # the planted attributes arrived and were acted on, not lost on the way
+        assert ds.InstitutionName == "ANONYMIZED" and ds.LabelText == "" and "CameraOwnerName" not in ds
+        assert ds.ReferencedImageSequence[0].CodeMeaning == "Basic Application Confidentiality Profile"
+    for marker in markers():
+        assert marker not in log, f"{marker!r} reached the log"
+        for path in store_files:
+            assert marker not in path.read_bytes(), f"{marker!r} is in {path.name}"
