@@ -55,7 +55,7 @@ from torch import nn
 
 from models.augment import AdaController, AugmentPipe, AugmentSpec
 from models.stylegan3.discriminator import Discriminator
-from models.stylegan3.generator import DEFAULT_CHANNELS, Generator
+from models.stylegan3.generator import DEFAULT_CHANNELS, Generator, magnitude_ema_beta_for
 from models.stylegan3.losses import StyleGAN3Loss, lazy_adam_params
 from models.train.recipe import Networks, Recipe, RecipeError, StepContext
 
@@ -179,6 +179,11 @@ class StyleGAN3Recipe(Recipe):
                 G, D = torch.compile(G), torch.compile(D)
             if self.augment_pipe is not None:
                 self.augment_pipe.to(device)
+            # The magnitude EMAs have a half-life of 20k images whatever the batch (Appendix F).
+            beta = magnitude_ema_beta_for(batch_size)
+            for net in (nets.G, nets.G_ema):
+                if net is not None:
+                    net.set_magnitude_ema_beta(beta)
             fade = h["blur_fade_kimg"] if h["blur_fade_kimg"] is not None else batch_size * 200 / 32
             self._loss = StyleGAN3Loss(G, D, self.augment_pipe, h["gamma"], h["blur_sigma"], fade)
         return self._loss

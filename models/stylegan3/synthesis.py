@@ -85,11 +85,32 @@ def content_transform(translate: tuple[float, float] = (0.0, 0.0), rotate_deg: f
     return inv_rot @ inv_shift
 
 
+def learned_input_transform(t: torch.Tensor) -> torch.Tensor:
+    """The (N, 3, 3) inverse transform of the input grid from the affine output t = (r_c, r_s, t_x, t_y).
+
+    The whole vector is divided by the norm of (r_c, r_s), so the rotation part is a pure rotation and
+    the translation is measured in the same units; the grid is translated by -t' first and rotated by
+    (r'_c, r'_s) after, i.e. M = R @ T and the translation column is R (-t'_x, -t'_y) (paper Appendix F;
+    NVlabs' SynthesisInput composes it the same way). At initialization t = (1, 0, 0, 0): the identity.
+    """
+    t = t / t[:, :2].norm(dim=1, keepdim=True).clamp_min(1e-8)
+    c, s, tx, ty = t.unbind(1)
+    zero, one = torch.zeros_like(c), torch.ones_like(c)
+    rotate = torch.stack([c, -s, zero, s, c, zero, zero, zero, one], dim=1).view(-1, 3, 3)
+    translate = torch.stack([one, zero, -tx, zero, one, -ty, zero, zero, one], dim=1).view(-1, 3, 3)
+    return rotate @ translate
+
+
 class SynthesisInput(nn.Module):
     """Fourier features (paper §3.1 and Appendix F): ``channels`` sinusoids whose frequencies are drawn
     uniformly in the disc of radius ``bandwidth`` with uniform random phases, sampled on the centred
     grid of ``size`` samples at ``rate``; a learned affine of w (initialized to the identity) rotates
-    and translates the sampling grid; a learned linear mix of the channels follows."""
+    and translates the sampling grid (:func:`learned_input_transform`); a learned linear mix of the
+    channels follows.
+
+    ``weight`` is stored as (in, out): feature ``o`` of the output is sum_i x_i weight[i, o] / sqrt(C).
+    NVlabs' SynthesisInput stores the same matrix as (out, in), so weights from there need
+    ``weight.t()`` (see the README's "Loading NVlabs weights" for the other key names)."""
 
     def __init__(self, w_dim: int, channels: int, size: int, rate: float, bandwidth: float):
         super().__init__()
@@ -105,12 +126,9 @@ class SynthesisInput(nn.Module):
 
     def forward(self, w: torch.Tensor, transform: torch.Tensor | None = None) -> torch.Tensor:
         n = w.shape[0]
-        t = self.affine(w.float())
-        rot = t[:, :2] / t[:, :2].norm(dim=1, keepdim=True).clamp_min(1e-8)
-        learned = torch.eye(3, device=w.device).repeat(n, 1, 1)
-        learned[:, 0, 0], learned[:, 0, 1], learned[:, 1, 0], learned[:, 1, 1] = rot[:, 0], -rot[:, 1], rot[:, 1], rot[:, 0]
-        learned[:, 0, 2], learned[:, 1, 2] = -t[:, 2], -t[:, 3]
-        m = learned if transform is None else learned @ transform.to(w.device, torch.float32)
+        m = learned_input_transform(self.affine(w.float()))
+        if transform is not None:
+            m = m @ transform.to(w.device, torch.float32)
         # A sinusoid of frequency f read at A p + b is a sinusoid of frequency A^T f with phase f.b.
         # The features are computed in float32 whatever the weights' precision: phases need the bits.
         base_freqs = self.freqs.float().unsqueeze(0)

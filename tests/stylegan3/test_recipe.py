@@ -130,6 +130,24 @@ def test_export_to_the_registry_loads_the_same_generator(data, tmp_path):
         assert torch.equal(G(z, psi=0.7), loaded(z, psi=0.7))
 
 
+@pytest.mark.parametrize("batch, beta", [(4, 0.99986138), (32, 0.99889158), (64, 0.99778439)])
+def test_magnitude_ema_beta_follows_the_training_batch(batch, beta):
+    """beta = 0.5 ** (batch / 20000), i.e. exp(-batch ln 2 / 20000): 4 -> 1 - 1.3862e-4,
+    32 -> 1 - 1.1084e-3, 64 -> 1 - 2.2156e-3 (worked out to 8 digits)."""
+    recipe = make_recipe("stylegan3-t", 64, 1, **TINY)
+    nets = recipe.build()
+    recipe._loss_for(nets, torch.device("cpu"), batch)
+    for G in (nets.G, nets.G_ema):
+        assert all(layer.magnitude_ema_beta == pytest.approx(beta, abs=1e-8) for layer in G.synthesis.layers)
+        assert G.init_kwargs["magnitude_ema_beta"] == pytest.approx(beta, abs=1e-8)
+    # One EMA step on an input of mean square 4 from the initial 1: 4 + beta (1 - 4).
+    layer = nets.G.synthesis.layers[0]
+    x = torch.full((1, layer.in_channels, layer.in_size, layer.in_size), 2.0)
+    with torch.no_grad():
+        layer(x, torch.zeros(1, 16), update_emas=True)
+    assert layer.magnitude_ema.item() == pytest.approx(4 - 3 * beta, abs=1e-6)
+
+
 @pytest.mark.slow
 def test_command_line_trains_config_r_and_resumes(data):
     """`synthpacs train --arch stylegan3-r` as a user runs it, then `--resume` to a longer length."""
