@@ -29,8 +29,10 @@ G EMA                10 kimg at batch 32 (scaled  StyleGAN2-ADA; ramp-up 0.05
                      with the batch), ramp-up 0.05
 ADA                  target 0.6, every 4 steps,   ADA paper §3 (Karras et al. 2020)
                      500 kimg for p 0 -> 1
-R's blur of D input  sigma 10 px fading over      paper Appendix D ("blur ... during the first
-                     200 kimg at batch 32         200k images")
+R's blur of D input  sigma 10 fading over 200   paper Appendix D ("blur ... during the first
+                     kimg at batch 32; kernel     200k images"); kernel as NVlabs' loss.py
+                     exp2(-(x/sigma)^2), i.e. a
+                     Gaussian of std 8.5 px
 ===================  ===========================  =================================================
 
 Every setting is a keyword of :class:`StyleGAN3Recipe` (``synthpacs train --set key=value``, JSON
