@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models.stylegan3.mapping import MappingNetwork
+from models.stylegan3.speed import SpeedOptions
 from models.stylegan3.synthesis import CONFIGS, SynthesisNetwork
 
 # Paper Table 1/Appendix D and NVlabs' docs/configs.md: config T uses channel base 32768 and max 512;
@@ -110,6 +111,10 @@ class Generator(nn.Module):
         for layer in self.synthesis.layers:
             layer.magnitude_ema_beta = float(beta)
         self.init_kwargs["magnitude_ema_beta"] = float(beta)
+
+    def set_speed(self, options: SpeedOptions) -> None:
+        """Run-time speed options of the synthesis layers (:mod:`models.stylegan3.speed`)."""
+        self.synthesis.set_speed(options)
 
     @property
     def architecture(self) -> str:

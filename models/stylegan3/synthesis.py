@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.stylegan3.filters import ResamplingPlan, filtered_lrelu_reference, lowpass_filter
+from models.stylegan3.filters import ResamplingPlan, lowpass_filter
 from models.stylegan3.layers import FullyConnected, rowwise_linear
 from models.stylegan3.memory import recompute_in_chunks
+from models.stylegan3.speed import SpeedOptions
 
 CONFIGS = ("t", "r")
 
@@ -166,6 +167,7 @@ def _layer_core(
     gain: float,
     slope: float,
     clamp: float | None,
+    speed: SpeedOptions = SpeedOptions(),
 ) -> torch.Tensor:
     """Modulated convolution (StyleGAN2, Karras et al. 2020 §2.2, Eq. 1-3) and the filtered leaky ReLU.
 
@@ -173,8 +175,12 @@ def _layer_core(
     convolution itself is an ordinary one shared by the batch. Normalizing the weight per output
     channel and the styles per sample first does not change the result (demodulation cancels it) but
     keeps half-precision values in range; it is per sample, so no image depends on its batch-mates.
+    ``speed`` (:class:`SpeedOptions`) picks the convolution's dtype and memory layout and the filter
+    chain's implementation.
     """
-    if x.device.type == "cpu":
+    if speed.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif x.device.type == "cpu":
         x = x.contiguous()  # one memory layout whatever the batch size (see SynthesisInput.forward)
     w = weight.to(x.dtype)
     s = styles.to(x.dtype)
@@ -185,10 +191,13 @@ def _layer_core(
     else:
         s = s * style_gain
     x = x * (s * input_gain.to(x.dtype)).unsqueeze(2).unsqueeze(3)
-    x = F.conv2d(x, w, padding=padding)
+    if speed.conv_dtype is not None and speed.conv_dtype != x.dtype:
+        x = F.conv2d(x.to(speed.conv_dtype), w.to(speed.conv_dtype), padding=padding).to(x.dtype)
+    else:
+        x = F.conv2d(x, w, padding=padding)
     if demodulate:
         x = x * dcoefs.unsqueeze(2).unsqueeze(3)
-    return filtered_lrelu_reference(x, bias, up_filter, down_filter, plan, gain=gain, slope=slope, clamp=clamp)
+    return speed.filtered_lrelu()(x, bias, up_filter, down_filter, plan, gain=gain, slope=slope, clamp=clamp)
 
 
 class SynthesisLayer(nn.Module):
@@ -238,6 +247,7 @@ class SynthesisLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn(self.out_channels, self.in_channels, self.kernel, self.kernel))
         self.bias = nn.Parameter(torch.zeros(self.out_channels))
         self.register_buffer("magnitude_ema", torch.ones(()))
+        self.speed = SpeedOptions()
         self._core = partial(
             _layer_core,
             demodulate=not is_torgb,
@@ -261,12 +271,13 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w.float())
         batched = (x, styles)
         shared = (self.weight, self.bias, input_gain, self.up_filter, self.down_filter)
-        if chunk is None:
-            return self._core(*batched, *shared)
+        # The sign-mask backward pass needs no recomputation: slices only bound inference memory.
+        if chunk is None or (self.speed.sign_mask_lrelu and torch.is_grad_enabled()):
+            return self._core(*batched, *shared, speed=self.speed)
         return recompute_in_chunks(self._core_positional, chunk, batched, shared)
 
     def _core_positional(self, x, styles, weight, bias, input_gain, fu, fd):
-        return self._core(x, styles, weight, bias, input_gain, fu, fd)
+        return self._core(x, styles, weight, bias, input_gain, fu, fd, speed=self.speed)
 
     def extra_repr(self) -> str:
         return (
@@ -330,6 +341,11 @@ class SynthesisNetwork(nn.Module):
                     magnitude_ema_beta=magnitude_ema_beta,
                 )
             )
+
+    def set_speed(self, options: SpeedOptions) -> None:
+        """Run-time speed options for every layer (:mod:`models.stylegan3.speed`); weights unchanged."""
+        for layer in self.layers:
+            layer.speed = options
 
     def forward(self, ws: torch.Tensor, update_emas: bool = False, transform: torch.Tensor | None = None) -> torch.Tensor:
         """(N, num_ws, w_dim) -> (N, channels, resolution, resolution), unclamped (about [-1, 1]).
