@@ -420,7 +420,7 @@ def pack(folder: Path, tar_path: Path, part_mb: float = 15.0) -> list[str]:
 
 def prepare_images(src: Path, dst: Path, resolution: int, fit: str) -> int:
     """Write the images of ``src`` fitted to ``resolution`` px as PNG files into ``dst``: small enough to
-    travel with the working tree to a device machine (476 radiographs: about 20 MB)."""
+    travel with the working tree to a device machine (the 476 radiographs: 8.5 MB)."""
     from PIL import Image
 
     images, info = load_images(src, resolution, fit)
