@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models.stylegan3.speed import SpeedOptions, compiled_filtered_lrelu
+from models.stylegan3.filtered_lrelu import filtered_lrelu_sign_mask
 from models.stylegan3.filters import filtered_lrelu_reference
 from tests.stylegan3.conftest import Z, tiny_generator
 
@@ -61,6 +62,10 @@ def test_options_are_validated():
         SpeedOptions.from_dict({"fast": True})
     assert SpeedOptions.from_dict({"conv_dtype": "bfloat16"}).conv_dtype is torch.bfloat16
     assert SpeedOptions.for_device("cpu") == SpeedOptions()
+    # Each option picks its implementation of the filter chain (compiling happens at the first call).
+    assert SpeedOptions().filtered_lrelu() is filtered_lrelu_reference
+    assert SpeedOptions(sign_mask_lrelu=True).filtered_lrelu() is filtered_lrelu_sign_mask
+    assert SpeedOptions(compile_filters=True).filtered_lrelu() is compiled_filtered_lrelu()
 
 
 @pytest.mark.slow
