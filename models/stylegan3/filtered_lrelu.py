@@ -84,6 +84,7 @@ class _SignMaskFilteredLReLU(torch.autograd.Function):
         ctx.save_for_backward(code, up_filter, down_filter)
         ctx.plan, ctx.gain, ctx.slope = plan, gain, slope
         ctx.in_hw, ctx.has_bias, ctx.dtype = tuple(x.shape[-2:]), bias is not None, x.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return out
 
     @staticmethod
@@ -94,7 +95,7 @@ class _SignMaskFilteredLReLU(torch.autograd.Function):
         derivative = torch.tensor([1.0, ctx.slope, 0.0], dtype=g.dtype, device=g.device)
         g = g * derivative[code.long()]
         grad_x = _upsample_adjoint(g, up_filter, plan.up, plan.pad, ctx.in_hw)
-        grad_bias = grad_x.sum(dim=[0, 2, 3]) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        grad_bias = grad_x.sum(dim=[0, 2, 3]).to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return grad_x, grad_bias, None, None, None, None, None, None
 
 

@@ -62,10 +62,9 @@ def test_options_are_validated():
         SpeedOptions.from_dict({"fast": True})
     assert SpeedOptions.from_dict({"conv_dtype": "bfloat16"}).conv_dtype is torch.bfloat16
     assert SpeedOptions.for_device("cpu") == SpeedOptions()
-    # Each option picks its implementation of the filter chain (compiling happens at the first call).
+    # Each option picks its implementation of the filter chain (compile_filters: the slow test below).
     assert SpeedOptions().filtered_lrelu() is filtered_lrelu_reference
     assert SpeedOptions(sign_mask_lrelu=True).filtered_lrelu() is filtered_lrelu_sign_mask
-    assert SpeedOptions(compile_filters=True).filtered_lrelu() is compiled_filtered_lrelu()
 
 
 @pytest.mark.slow
@@ -76,5 +75,20 @@ def test_compiled_filter_chain_gives_the_eager_images():
     x = torch.randn(2, layer.out_channels, layer.plan.in_size, layer.plan.in_size)
     args = (x, layer.bias, layer.up_filter, layer.down_filter, layer.plan)
     eager = filtered_lrelu_reference(*args, clamp=256.0)
-    compiled = compiled_filtered_lrelu()(*args, clamp=256.0)
+    chain = SpeedOptions(compile_filters=True).filtered_lrelu()
+    assert chain is compiled_filtered_lrelu()  # made once per process
+    compiled = chain(*args, clamp=256.0)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_sign_mask_under_bf16_autocast_trains():
+    """What a CUDA run does (the runner's autocast around the sign-mask layers), here on the CPU."""
+    plain, fast = _pair(sign_mask_lrelu=True, channels_last=True)
+    z = torch.randn(2, Z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(z, clamp=False)
+        ref = plain(z, clamp=False)
+    (out.float().square().mean()).backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.dtype == p.dtype for p in fast.parameters() if p.grad is not None)
+    assert sum(p.grad is not None for p in fast.parameters()) > len(list(fast.parameters())) // 2
+    assert (out.float() - ref.float()).abs().max() * 127.5 <= 8
