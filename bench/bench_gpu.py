@@ -312,6 +312,9 @@ def part_stylegan3(run: Run, datasets_sg3: Path) -> dict[str, Any]:
                 shutil.rmtree(result.run_dir, ignore_errors=True)
             except torch.cuda.OutOfMemoryError as exc:
                 row["error"] = f"out of GPU memory: {str(exc).splitlines()[0]}"
+            except Exception as exc:  # noqa: BLE001 - one configuration failing must not hide the others
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                run.failed.append(f"stylegan3-{config}-{batch}")
             run.log(f"stylegan3-{config} batch {batch}: {row}")
             rows.append(row)
             _free_memory(run.device)
