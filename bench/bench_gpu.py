@@ -353,8 +353,9 @@ def part_train_and_export(run: Run, datasets: Path, images: np.ndarray, rate: fl
     steps_per_epoch = max(1, len(images) // batch)
     epoch_images = steps_per_epoch * batch
     seconds = max(0.0, run.remaining() - p.reserve_s)
-    # A rate from part 2 sizes the run; without one (that part failed), one epoch.
-    epochs = max(1, int(seconds * rate / epoch_images)) if rate else 1
+    # A rate from part 2 sizes the run (85 %: snapshots and data loading also take time); without one
+    # (that part failed), one epoch.
+    epochs = max(1, int(0.85 * seconds * rate / epoch_images)) if rate else 1
     run.log(f"final DCGAN: {epochs} epochs of {epoch_images} images in about {seconds:.0f} s")
     opts = TrainOptions(arch="dcgan", dataset="gpu", batch=batch, epochs=epochs, device=run.device, grid_size=p.grid_size,
                         run_id="dcgan-final", keep_checkpoints=1, checkpoint_every=float(epochs), hparams=dict(p.dcgan_hparams))
@@ -381,7 +382,7 @@ def part_train_and_export(run: Run, datasets: Path, images: np.ndarray, rate: fl
     params = sum(t.numel() for t in G.parameters())
     grid = sample_images(G, list(range(p.grid_size)), device=run.device)
     save_grid(grid, run.out / "grid.png")
-    settings = EvaluationSettings(metrics=("ssim_psnr", "diversity", "memorization"), n=min(p.eval_images, max(2, len(images))),
+    settings = EvaluationSettings(metrics=("ssim_psnr", "diversity", "memorization"), n=p.eval_images,
                                   diversity_pairs=min(1000, p.eval_images * 2), device=run.device)
     evaluation, _fake = evaluate_generator(G, Inputs(reference=images, training=images), settings)
     (run.out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=str))
