@@ -12,12 +12,13 @@ STAMP := $(VENV)/.synthpacs-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test bench demo deps venv proto clean help
+.PHONY: run test bench bench-gpu demo deps venv proto clean help
 
 help:
 	@echo "make run    start synthpacs on embedded defaults (DICOM :11112, gRPC :50051, /metrics :9108)"
 	@echo "make test   install everything and run the whole test suite"
 	@echo "make bench  run the benchmarks and rewrite bench/RESULTS.md"
+	@echo "make bench-gpu  the prepared GPU run (BENCH_GPU_ARGS='--images DIR --out DIR'; README 'GPU run')"
 	@echo "make demo   the end-to-end demo: PACS -> synthpacs -> GAN -> synthetic study -> PACS"
 
 $(STAMP): pyproject.toml
@@ -53,6 +54,11 @@ test: deps venv
 
 bench: deps venv
 	$(BIN)/python -m bench
+
+# The prepared GPU run. On a GPU machine without this venv it runs the Python that holds torch there.
+BENCH_GPU_ARGS ?=
+bench-gpu:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m bench gpu $(BENCH_GPU_ARGS)
 
 demo: deps venv
 	$(BIN)/python -m service.demo

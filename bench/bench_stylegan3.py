@@ -146,6 +146,7 @@ def main() -> None:
             "**GPU: not measured.** No GPU was lent to the session that wrote this benchmark, so seconds per kimg and peak",
             "memory at 256 px (batch 16 and 32, T and R) are open. Anchors to compare with when measured: NVlabs' StyleGAN3-T",
             "49.8 s/kimg at 9.5 GB and R 56.7 s/kimg on one A100 (their custom CUDA kernels); the seed 6 h for 100 kimg with",
-            "18 GB; target T <= 40 s/kimg on one H100 and <= 10 GB at batch 16.",
+            "18 GB; target T <= 40 s/kimg on one H100 and <= 10 GB at batch 16. `python -m bench gpu` measures them on a GPU",
+            "machine (README, \"GPU run\").",
         ]
     write_section("stylegan3", "\n".join(lines))

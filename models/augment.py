@@ -17,8 +17,11 @@ grayscale radiograph:
 - general geometry, one resampling pass at 2x with a Kaiser low-pass (anti-aliased): isotropic scaling,
   arbitrary rotation (probability 1 - sqrt(1 - p) before and after the anisotropic step, so the
   chance of any rotation is p), anisotropic scaling, fractional translation;
-- intensity: brightness and contrast. Hue, saturation and luma flip are colour operations with no
-  meaning for one channel and are not offered.
+- intensity: brightness and contrast. Hue and saturation are colour operations with no meaning for
+  one channel and are not offered. Luma flip is not offered either, but it is not a no-op on one
+  channel: NVlabs' pipeline reflects colours through the luma axis (a Householder reflection), which on
+  a single channel maps x to -x, i.e. inverts intensity about mid-grey of [-1, 1] -- for a radiograph
+  the MONOCHROME1/MONOCHROME2 confusion, a change a discriminator should not be taught to ignore.
 
 Everything is differentiable with respect to the images, including the second derivative that R1
 needs. The module depends only on torch and :mod:`models.stylegan3.filters`.

@@ -82,16 +82,6 @@ def frequency_response(taps: torch.Tensor, fs: float, n: int = 4096) -> tuple[np
     return np.fft.rfftfreq(n, d=1 / fs), h
 
 
-def gaussian_filter(sigma: float) -> torch.Tensor | None:
-    """A normalized 1-D Gaussian of standard deviation ``sigma`` samples, truncated at 3 sigma."""
-    if sigma <= 0:
-        return None
-    half = max(int(math.ceil(sigma * 3)), 1)
-    x = torch.arange(-half, half + 1, dtype=torch.float32)
-    f = torch.exp(-0.5 * (x / sigma) ** 2)
-    return f / f.sum()
-
-
 # ------------------------------------------------------------------------------------------- resampling
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models.stylegan3.mapping import MappingNetwork
+from models.stylegan3.speed import SpeedOptions
 from models.stylegan3.synthesis import CONFIGS, SynthesisNetwork
 
 # Paper Table 1/Appendix D and NVlabs' docs/configs.md: config T uses channel base 32768 and max 512;
@@ -63,7 +64,7 @@ class Generator(nn.Module):
         filter_size: int = 6,
         lrelu_upsampling: int = 2,
         conv_clamp: float | None = 256,
-        magnitude_ema_beta: float = 0.5 ** (32 / 20_000),
+        magnitude_ema_beta: float = 0.5 ** (32 / 20_000),  # magnitude_ema_beta_for(32)
         output_scale: float = 0.25,
         memory_budget: int | None = 1 << 27,
     ):
@@ -101,6 +102,19 @@ class Generator(nn.Module):
         )
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta)
+
+    def set_magnitude_ema_beta(self, beta: float) -> None:
+        """Set every synthesis layer's magnitude-EMA decay, e.g. :func:`magnitude_ema_beta_for` of the
+        training batch (the constructor's default is the batch-32 value)."""
+        if not 0 <= beta < 1:
+            raise ValueError(f"magnitude_ema_beta must be in [0, 1), got {beta}")
+        for layer in self.synthesis.layers:
+            layer.magnitude_ema_beta = float(beta)
+        self.init_kwargs["magnitude_ema_beta"] = float(beta)
+
+    def set_speed(self, options: SpeedOptions) -> None:
+        """Run-time speed options of the synthesis layers (:mod:`models.stylegan3.speed`)."""
+        self.synthesis.set_speed(options)
 
     @property
     def architecture(self) -> str:

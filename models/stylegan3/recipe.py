@@ -29,8 +29,10 @@ G EMA                10 kimg at batch 32 (scaled  StyleGAN2-ADA; ramp-up 0.05
                      with the batch), ramp-up 0.05
 ADA                  target 0.6, every 4 steps,   ADA paper §3 (Karras et al. 2020)
                      500 kimg for p 0 -> 1
-R's blur of D input  sigma 10 px fading over      paper Appendix D ("blur ... during the first
-                     200 kimg at batch 32         200k images")
+R's blur of D input  sigma 10 fading over 200   paper Appendix D ("blur ... during the first
+                     kimg at batch 32; kernel     200k images"); kernel as NVlabs' loss.py
+                     exp2(-(x/sigma)^2), i.e. a
+                     Gaussian of std 8.5 px
 ===================  ===========================  =================================================
 
 Every setting is a keyword of :class:`StyleGAN3Recipe` (``synthpacs train --set key=value``, JSON
@@ -42,7 +44,10 @@ Memory and speed: ``memory_budget`` (values per temporary signal, default 2**27)
 layer keep only its input for the backward pass and recompute the rest in slices of the batch
 (:mod:`models.stylegan3.memory`); ``null`` gives plain autograd. ``compile=true`` wraps G and D in
 ``torch.compile`` on CUDA; the recomputed layers are opaque to the compiler (one graph per layer), so
-with memory to spare ``memory_budget=null`` lets it see the whole network.
+with memory to spare ``memory_budget=null`` lets it see the whole network. ``speed`` sets G's run-time
+options (:mod:`models.stylegan3.speed`), e.g. ``--set 'speed={"sign_mask_lrelu": true, "conv_dtype":
+"bfloat16"}'``; by default none on the CPU, and on CUDA the sign-mask leaky ReLU (one byte per
+temporary value kept for the backward pass, no recomputation) with channels_last.
 """
 
 from __future__ import annotations
@@ -55,8 +60,9 @@ from torch import nn
 
 from models.augment import AdaController, AugmentPipe, AugmentSpec
 from models.stylegan3.discriminator import Discriminator
-from models.stylegan3.generator import DEFAULT_CHANNELS, Generator
+from models.stylegan3.generator import DEFAULT_CHANNELS, Generator, magnitude_ema_beta_for
 from models.stylegan3.losses import StyleGAN3Loss, lazy_adam_params
+from models.stylegan3.speed import SpeedOptions
 from models.train.recipe import Networks, Recipe, RecipeError, StepContext
 
 SEED_SNAPSHOTS_KIMG = (10.0, 40.0, 80.0, 100.0)  # the seed's published snapshots
@@ -108,6 +114,7 @@ class StyleGAN3Recipe(Recipe):
         blur_fade_kimg: float | None = None,
         memory_budget: int | None = 1 << 27,
         compile: bool = False,
+        speed: Mapping[str, Any] | None = None,
     ):
         resolution, channels = int(resolution), int(channels)
         if resolution < 16 or resolution > 1024 or resolution & (resolution - 1):
@@ -129,6 +136,12 @@ class StyleGAN3Recipe(Recipe):
             spec = AugmentSpec.from_dict(dict(augment or {}))
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"augment: {exc}") from None
+        try:
+            speed = None if speed is None else dict(speed)
+            if speed is not None:
+                SpeedOptions.from_dict(speed)
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"speed: {exc}") from None
         base, cmax = DEFAULT_CHANNELS[self.config]
         super().__init__(
             resolution, channels, z_dim=int(z_dim), w_dim=int(w_dim),
@@ -141,7 +154,7 @@ class StyleGAN3Recipe(Recipe):
             ada_interval=int(ada_interval), ada_kimg=float(ada_kimg), augment_p=float(augment_p), augment=spec.to_dict(),
             blur_sigma=float(blur_sigma) if blur_sigma is not None else (10.0 if self.config == "r" else 0.0),
             blur_fade_kimg=None if blur_fade_kimg is None else float(blur_fade_kimg),
-            memory_budget=None if memory_budget is None else int(memory_budget), compile=bool(compile),
+            memory_budget=None if memory_budget is None else int(memory_budget), compile=bool(compile), speed=speed,
         )
         self.augment_pipe = AugmentPipe(spec, p=float(augment_p)) if (ada or augment_p > 0) else None
         self.ada = AdaController(self.augment_pipe, ada_target, int(ada_interval), float(ada_kimg)) if (ada and self.augment_pipe is not None) else None
@@ -175,13 +188,30 @@ class StyleGAN3Recipe(Recipe):
         if self._loss is None:
             h = self.hparams
             G, D = nets.G, nets.D
+            nets.G.set_speed(self.speed_options(device))
             if h["compile"] and device.type == "cuda":
                 G, D = torch.compile(G), torch.compile(D)
             if self.augment_pipe is not None:
                 self.augment_pipe.to(device)
+            # The magnitude EMAs have a half-life of 20k images whatever the batch (Appendix F).
+            beta = magnitude_ema_beta_for(batch_size)
+            for net in (nets.G, nets.G_ema):
+                if net is not None:
+                    net.set_magnitude_ema_beta(beta)
             fade = h["blur_fade_kimg"] if h["blur_fade_kimg"] is not None else batch_size * 200 / 32
             self._loss = StyleGAN3Loss(G, D, self.augment_pipe, h["gamma"], h["blur_sigma"], fade)
         return self._loss
+
+    def speed_options(self, device: torch.device) -> SpeedOptions:
+        """G's speed options in training: the ``speed`` setting, else the device's defaults (none on
+        the CPU; on CUDA the sign-mask leaky ReLU and channels_last, or only channels_last when
+        ``compile`` traces the whole network)."""
+        h = self.hparams
+        if h.get("speed") is not None:
+            return SpeedOptions.from_dict(h["speed"])
+        if h["compile"] and device.type == "cuda":
+            return SpeedOptions(channels_last=True)
+        return SpeedOptions.for_device(device)
 
     def train_step(self, ctx: StepContext, reals: torch.Tensor) -> Mapping[str, Any]:
         h = self.hparams

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.stylegan3.filters import ResamplingPlan, filtered_lrelu_reference, lowpass_filter
+from models.stylegan3.filters import ResamplingPlan, lowpass_filter
 from models.stylegan3.layers import FullyConnected, rowwise_linear
 from models.stylegan3.memory import recompute_in_chunks
+from models.stylegan3.speed import SpeedOptions
 
 CONFIGS = ("t", "r")
 
@@ -85,11 +86,32 @@ def content_transform(translate: tuple[float, float] = (0.0, 0.0), rotate_deg: f
     return inv_rot @ inv_shift
 
 
+def learned_input_transform(t: torch.Tensor) -> torch.Tensor:
+    """The (N, 3, 3) inverse transform of the input grid from the affine output t = (r_c, r_s, t_x, t_y).
+
+    The whole vector is divided by the norm of (r_c, r_s), so the rotation part is a pure rotation and
+    the translation is measured in the same units; the grid is translated by -t' first and rotated by
+    (r'_c, r'_s) after, i.e. M = R @ T and the translation column is R (-t'_x, -t'_y) (paper Appendix F;
+    NVlabs' SynthesisInput composes it the same way). At initialization t = (1, 0, 0, 0): the identity.
+    """
+    t = t / t[:, :2].norm(dim=1, keepdim=True).clamp_min(1e-8)
+    c, s, tx, ty = t.unbind(1)
+    zero, one = torch.zeros_like(c), torch.ones_like(c)
+    rotate = torch.stack([c, -s, zero, s, c, zero, zero, zero, one], dim=1).view(-1, 3, 3)
+    translate = torch.stack([one, zero, -tx, zero, one, -ty, zero, zero, one], dim=1).view(-1, 3, 3)
+    return rotate @ translate
+
+
 class SynthesisInput(nn.Module):
     """Fourier features (paper §3.1 and Appendix F): ``channels`` sinusoids whose frequencies are drawn
     uniformly in the disc of radius ``bandwidth`` with uniform random phases, sampled on the centred
     grid of ``size`` samples at ``rate``; a learned affine of w (initialized to the identity) rotates
-    and translates the sampling grid; a learned linear mix of the channels follows."""
+    and translates the sampling grid (:func:`learned_input_transform`); a learned linear mix of the
+    channels follows.
+
+    ``weight`` is stored as (in, out): feature ``o`` of the output is sum_i x_i weight[i, o] / sqrt(C).
+    NVlabs' SynthesisInput stores the same matrix as (out, in), so weights from there need
+    ``weight.t()`` (see the README's "Loading NVlabs weights" for the other key names)."""
 
     def __init__(self, w_dim: int, channels: int, size: int, rate: float, bandwidth: float):
         super().__init__()
@@ -105,12 +127,9 @@ class SynthesisInput(nn.Module):
 
     def forward(self, w: torch.Tensor, transform: torch.Tensor | None = None) -> torch.Tensor:
         n = w.shape[0]
-        t = self.affine(w.float())
-        rot = t[:, :2] / t[:, :2].norm(dim=1, keepdim=True).clamp_min(1e-8)
-        learned = torch.eye(3, device=w.device).repeat(n, 1, 1)
-        learned[:, 0, 0], learned[:, 0, 1], learned[:, 1, 0], learned[:, 1, 1] = rot[:, 0], -rot[:, 1], rot[:, 1], rot[:, 0]
-        learned[:, 0, 2], learned[:, 1, 2] = -t[:, 2], -t[:, 3]
-        m = learned if transform is None else learned @ transform.to(w.device, torch.float32)
+        m = learned_input_transform(self.affine(w.float()))
+        if transform is not None:
+            m = m @ transform.to(w.device, torch.float32)
         # A sinusoid of frequency f read at A p + b is a sinusoid of frequency A^T f with phase f.b.
         # The features are computed in float32 whatever the weights' precision: phases need the bits.
         base_freqs = self.freqs.float().unsqueeze(0)
@@ -148,6 +167,7 @@ def _layer_core(
     gain: float,
     slope: float,
     clamp: float | None,
+    speed: SpeedOptions = SpeedOptions(),
 ) -> torch.Tensor:
     """Modulated convolution (StyleGAN2, Karras et al. 2020 §2.2, Eq. 1-3) and the filtered leaky ReLU.
 
@@ -155,8 +175,12 @@ def _layer_core(
     convolution itself is an ordinary one shared by the batch. Normalizing the weight per output
     channel and the styles per sample first does not change the result (demodulation cancels it) but
     keeps half-precision values in range; it is per sample, so no image depends on its batch-mates.
+    ``speed`` (:class:`SpeedOptions`) picks the convolution's dtype and memory layout and the filter
+    chain's implementation.
     """
-    if x.device.type == "cpu":
+    if speed.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif x.device.type == "cpu":
         x = x.contiguous()  # one memory layout whatever the batch size (see SynthesisInput.forward)
     w = weight.to(x.dtype)
     s = styles.to(x.dtype)
@@ -167,10 +191,13 @@ def _layer_core(
     else:
         s = s * style_gain
     x = x * (s * input_gain.to(x.dtype)).unsqueeze(2).unsqueeze(3)
-    x = F.conv2d(x, w, padding=padding)
+    if speed.conv_dtype is not None and speed.conv_dtype != x.dtype:
+        x = F.conv2d(x.to(speed.conv_dtype), w.to(speed.conv_dtype), padding=padding).to(x.dtype)
+    else:
+        x = F.conv2d(x, w, padding=padding)
     if demodulate:
         x = x * dcoefs.unsqueeze(2).unsqueeze(3)
-    return filtered_lrelu_reference(x, bias, up_filter, down_filter, plan, gain=gain, slope=slope, clamp=clamp)
+    return speed.filtered_lrelu()(x, bias, up_filter, down_filter, plan, gain=gain, slope=slope, clamp=clamp)
 
 
 class SynthesisLayer(nn.Module):
@@ -220,6 +247,7 @@ class SynthesisLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn(self.out_channels, self.in_channels, self.kernel, self.kernel))
         self.bias = nn.Parameter(torch.zeros(self.out_channels))
         self.register_buffer("magnitude_ema", torch.ones(()))
+        self.speed = SpeedOptions()
         self._core = partial(
             _layer_core,
             demodulate=not is_torgb,
@@ -243,12 +271,13 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w.float())
         batched = (x, styles)
         shared = (self.weight, self.bias, input_gain, self.up_filter, self.down_filter)
-        if chunk is None:
-            return self._core(*batched, *shared)
+        # The sign-mask backward pass needs no recomputation: slices only bound inference memory.
+        if chunk is None or (self.speed.sign_mask_lrelu and torch.is_grad_enabled()):
+            return self._core(*batched, *shared, speed=self.speed)
         return recompute_in_chunks(self._core_positional, chunk, batched, shared)
 
     def _core_positional(self, x, styles, weight, bias, input_gain, fu, fd):
-        return self._core(x, styles, weight, bias, input_gain, fu, fd)
+        return self._core(x, styles, weight, bias, input_gain, fu, fd, speed=self.speed)
 
     def extra_repr(self) -> str:
         return (
@@ -312,6 +341,11 @@ class SynthesisNetwork(nn.Module):
                     magnitude_ema_beta=magnitude_ema_beta,
                 )
             )
+
+    def set_speed(self, options: SpeedOptions) -> None:
+        """Run-time speed options for every layer (:mod:`models.stylegan3.speed`); weights unchanged."""
+        for layer in self.layers:
+            layer.speed = options
 
     def forward(self, ws: torch.Tensor, update_emas: bool = False, transform: torch.Tensor | None = None) -> torch.Tensor:
         """(N, num_ws, w_dim) -> (N, channels, resolution, resolution), unclamped (about [-1, 1]).

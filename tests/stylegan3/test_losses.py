@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.stylegan3.losses import StyleGAN3Loss, blur, blur_sigma, lazy_adam_params
+from models.stylegan3.losses import StyleGAN3Loss, blur, blur_kernel, blur_sigma, lazy_adam_params
 from models.stylegan3.recipe import StyleGAN3TRecipe
 from tests.stylegan3.conftest import Z, tiny_discriminator, tiny_generator
 
@@ -58,6 +58,20 @@ def test_config_r_blur_fades_linearly_and_keeps_the_mean():
     assert y.shape == x.shape and y[..., 16:-16, 16:-16].std() < x[..., 16:-16, 16:-16].std() / 2
     torch.testing.assert_close(y[..., 16:-16, 16:-16].mean(), x[..., 16:-16, 16:-16].mean(), atol=0.02, rtol=0)
     assert blur(x, 0.0) is x
+
+
+def test_config_r_blur_kernel_is_nvlabs_exp2_kernel():
+    """exp2(-(x / sigma)^2) over |x| <= floor(3 sigma). sigma = 1: taps 1/512, 1/16, 1/2, 1, 1/2,
+    1/16, 1/512, which sum to 2.12890625."""
+    f = blur_kernel(1.0).double()
+    expected = torch.tensor([1 / 512, 1 / 16, 1 / 2, 1, 1 / 2, 1 / 16, 1 / 512], dtype=torch.float64) / 2.12890625
+    torch.testing.assert_close(f, expected, rtol=1e-6, atol=0)
+    # sigma = 10: 61 taps, a Gaussian of standard deviation 10 / sqrt(2 ln 2) = 8.4932 px (the tails
+    # beyond 30 px, 3.5 standard deviations, are cut: the spread is 0.2 % smaller, 8.474).
+    f = blur_kernel(10.0).double()
+    x = torch.arange(-30, 31, dtype=torch.float64)
+    assert f.numel() == 61 and (f * x.square()).sum().sqrt().item() == pytest.approx(8.4932, rel=5e-3)
+    assert blur_kernel(0.3) is None  # floor(0.9) = 0: no blur, as in NVlabs
 
 
 def test_g_ema_half_life_ramps_up_then_holds():

@@ -22,6 +22,7 @@ from models.train import checkpoint as ckpt
 from models.train.export import export_run
 from models.train.recipe import RecipeError, make_recipe
 from models.train.runner import TrainOptions, resume, train
+from models.stylegan3.speed import SpeedOptions
 from tests.helpers import REPO
 
 # 8 channels in G and D: every code path of the real networks at a small fraction of the cost.
@@ -130,6 +131,44 @@ def test_export_to_the_registry_loads_the_same_generator(data, tmp_path):
         assert torch.equal(G(z, psi=0.7), loaded(z, psi=0.7))
 
 
+@pytest.mark.parametrize("batch, beta", [(4, 0.99986138), (32, 0.99889158), (64, 0.99778439)])
+def test_magnitude_ema_beta_follows_the_training_batch(batch, beta):
+    """beta = 0.5 ** (batch / 20000), i.e. exp(-batch ln 2 / 20000): 4 -> 1 - 1.3862e-4,
+    32 -> 1 - 1.1084e-3, 64 -> 1 - 2.2156e-3 (worked out to 8 digits)."""
+    recipe = make_recipe("stylegan3-t", 64, 1, **TINY)
+    nets = recipe.build()
+    recipe._loss_for(nets, torch.device("cpu"), batch)
+    for G in (nets.G, nets.G_ema):
+        assert all(layer.magnitude_ema_beta == pytest.approx(beta, abs=1e-8) for layer in G.synthesis.layers)
+        assert G.init_kwargs["magnitude_ema_beta"] == pytest.approx(beta, abs=1e-8)
+    # One EMA step on an input of mean square 4 from the initial 1: 4 + beta (1 - 4).
+    layer = nets.G.synthesis.layers[0]
+    x = torch.full((1, layer.in_channels, layer.in_size, layer.in_size), 2.0)
+    with torch.no_grad():
+        layer(x, torch.zeros(1, 16), update_emas=True)
+    assert layer.magnitude_ema.item() == pytest.approx(4 - 3 * beta, abs=1e-6)
+
+
+def test_speed_options_by_device_and_by_setting():
+    recipe = make_recipe("stylegan3-t", 64, 1, **TINY)
+    assert recipe.speed_options(torch.device("cpu")) == SpeedOptions()
+    assert recipe.speed_options(torch.device("cuda")) == SpeedOptions(sign_mask_lrelu=True, channels_last=True)
+    compiled = make_recipe("stylegan3-t", 64, 1, compile=True, **TINY)
+    assert compiled.speed_options(torch.device("cuda")) == SpeedOptions(channels_last=True)
+    chosen = make_recipe("stylegan3-t", 64, 1, speed={"sign_mask_lrelu": True, "conv_dtype": "bfloat16"}, **TINY)
+    assert chosen.speed_options(torch.device("cpu")) == SpeedOptions(sign_mask_lrelu=True, conv_dtype=torch.bfloat16)
+    nets = chosen.build()
+    chosen._loss_for(nets, torch.device("cpu"), 4)
+    assert all(layer.speed.sign_mask_lrelu for layer in nets.G.synthesis.layers)
+
+
+def test_short_cpu_run_with_the_sign_mask_and_bf16_convolutions(data):
+    r = train(_options(run_id="fast", kimg=0.008, hparams={**TINY, **FAST, "speed": {"sign_mask_lrelu": True, "conv_dtype": "bfloat16"}}), data / "datasets", data / "runs")
+    state = _last(r.run_dir)
+    for name, net in state["nets"].items():
+        assert all(torch.isfinite(v).all() for v in net.values()), name
+
+
 @pytest.mark.slow
 def test_command_line_trains_config_r_and_resumes(data):
     """`synthpacs train --arch stylegan3-r` as a user runs it, then `--resume` to a longer length."""
@@ -184,6 +223,9 @@ def test_published_defaults_at_256px():
         ({"augment_p": 2.0}, "augment_p must be in"),
         ({"betas": [0.0]}, "betas must be two numbers"),
         ({"style_mixing": 0.9}, "does not take these settings"),
+        ({"speed": {"fused": True}}, "unknown speed option"),
+        ({"speed": {"conv_dtype": "int8"}}, "conv_dtype must be one of"),
+        ({"speed": {"sign_mask_lrelu": True, "compile_filters": True}}, "alternatives"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(kw, message):
