@@ -36,6 +36,7 @@ from typing import Any, Callable, Protocol
 
 from pynetdicom import evt
 
+from service.dicom.frontdoor import INVALID_PARAMETER, REASON_NOT_SPECIFIED, UNEXPECTED_PDU, abort_pdu, pdu_limit
 from service.dicom.streaming import StreamingPut
 from service.dicom.store import Store
 from service.logs import get_logger, where
@@ -46,11 +47,6 @@ VERIFICATION = "1.2.840.10008.1.1"
 C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP, C_CANCEL_RQ = 0x0001, 0x8001, 0x0030, 0x8030, 0x0FFF
 NO_DATASET = 0x0101
 SOP_CLASS_NOT_SUPPORTED = 0x0122
-# A-ABORT source and reasons (PS3.8 Table 9-26).
-SERVICE_PROVIDER = 0x02
-REASON_NOT_SPECIFIED, UNEXPECTED_PDU, INVALID_PARAMETER = 0x00, 0x02, 0x06
-# No sender we know of sends PDUs over 1 MiB; a length beyond this is garbage or an attack.
-MAX_PDU_LENGTH = 64 << 20
 # How often a blocked read wakes up to see whether the association was killed from outside.
 POLL_S = 0.5
 
@@ -156,10 +152,6 @@ def _response_pdu(context_id: int, command: int, request: _Request, status: int,
     return _PDU_HEADER.pack(0x04, len(pdv)) + pdv
 
 
-def _abort_pdu(reason: int) -> bytes:
-    return b"\x07\x00\x00\x00\x00\x04\x00\x00" + bytes((SERVICE_PROVIDER, reason))
-
-
 class DirectLoop:
     """Serves one established storage association until it is released, aborted or times out."""
 
@@ -171,6 +163,8 @@ class DirectLoop:
         self.contexts = {cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
         self.calling_ae = assoc.requestor.ae_title
         self.sock: socket.socket = assoc.dul.socket.socket
+        # Every PDU is checked against the Maximum Length we advertised before it is read (PS3.8 Annex D.1).
+        self.max_pdu_length = pdu_limit(assoc.acceptor.maximum_length or 0)
         self._header = bytearray(6)
         self._body = bytearray(1 << 17)
         # The message being received.
@@ -203,17 +197,17 @@ class DirectLoop:
                     raise _ProtocolError(UNEXPECTED_PDU, f"PDU type 0x{pdu_type:02X} on an established association")
         except _ProtocolError as exc:
             log.warning("association_protocol_error", detail=str(exc))
-            self._send_quietly(_abort_pdu(exc.reason))
+            self._send_quietly(abort_pdu(exc.reason))
             outcome = self._aborted
         except TimeoutError:
             log.warning("association_network_timeout", seconds=self.network_timeout)
-            self._send_quietly(_abort_pdu(REASON_NOT_SPECIFIED))
+            self._send_quietly(abort_pdu(REASON_NOT_SPECIFIED))
             outcome = self._aborted
         except (_Closed, OSError):
             outcome = self._aborted
         except Exception as exc:  # a bug must cost this association, never leave it hanging
             log.error("association_internal_error", error=type(exc).__name__, where=where(exc))
-            self._send_quietly(_abort_pdu(REASON_NOT_SPECIFIED))
+            self._send_quietly(abort_pdu(REASON_NOT_SPECIFIED))
             outcome = self._aborted
         self._drop_message()
         outcome()
@@ -268,8 +262,8 @@ class DirectLoop:
         with memoryview(self._header) as header:
             self._recv_exact(header)
         pdu_type, length = _PDU_HEADER.unpack(self._header)
-        if length > MAX_PDU_LENGTH:
-            raise _ProtocolError(INVALID_PARAMETER, f"PDU length {length}")
+        if length > self.max_pdu_length:
+            raise _ProtocolError(INVALID_PARAMETER, f"PDU length {length} over {self.max_pdu_length}")
         if length > len(self._body):
             self._body = bytearray(length)
         body = memoryview(self._body)[:length]

@@ -7,6 +7,9 @@ Built the pynetdicom way: a declaratively configured AE (contexts, timeouts, PDU
   unknown peer gets an A-ASSOCIATE-RJ "calling AE title not recognized" (PS3.8 §9.3.4);
 * TCP_NODELAY on every accepted socket: with Nagle and delayed ACK, each C-STORE response waits
   40-80 ms on loopback (../shared/NOTES.md);
+* a front door (:mod:`service.dicom.frontdoor`): connections still negotiating are counted apart from
+  established associations and limited per host, must negotiate within ``dicom.negotiation_timeout``, and
+  may not declare a PDU longer than allowed; ``dicom.max_associations`` counts established associations;
 * associations that carry only Storage and Verification (what a PACS or a modality opens) are served,
   once established, straight from the socket by :class:`service.dicom.direct.DirectLoop` instead of
   pynetdicom's two polling reactors; associations that also carry Query/Retrieve keep pynetdicom, with
@@ -30,12 +33,13 @@ from pynetdicom import AE, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler
 
 from service import metrics
 from service.config import Config
 from service.dicom import status
 from service.dicom.direct import DirectLoop, eligible
+from service.dicom.frontdoor import Admission, FrontDoorServer, PendingConnections, tls_handshake
 from service.dicom.polling import ResponsiveAssociation, ResponsiveDUL, responsive
 from service.dicom.sockets import large_reads
 from service.dicom.streaming import StreamingDIMSE, streaming
@@ -138,13 +142,26 @@ class _AllowListACSE(ACSE):
     allow_list: AllowList
     direct: Callable[[Any], DirectLoop] | None = None
 
+    max_associations: int = 0  # established associations at most (0: pynetdicom's own count decides)
+
     def send_accept(self) -> None:
         assoc = self.assoc
         if self.direct is not None and isinstance(assoc, _DirectAssociation) and isinstance(assoc.dul, ResponsiveDUL) and eligible(assoc, STORAGE_SOP_CLASSES):
             assoc.direct_loop = self.direct(assoc)
             # Before the A-ASSOCIATE-AC leaves: from then on only the loop reads the socket.
             assoc.dul.handed_off = True
+        admission: Admission | None = getattr(assoc, "front_door", None)
+        if admission is not None:
+            # Negotiated: no longer pending; PDUs up to our Maximum Length; the ACSE timeout of an established association.
+            admission.negotiation_done()
+            assoc.acse_timeout = getattr(assoc, "established_acse_timeout", assoc.acse_timeout)
         super().send_accept()
+
+    def send_reject(self, result: int, source: int, diagnostic: int) -> None:
+        admission: Admission | None = getattr(self.assoc, "front_door", None)
+        if admission is not None:
+            admission.release()
+        super().send_reject(result, source, diagnostic)
 
     def _negotiate_as_acceptor(self) -> None:
         calling = self.requestor.primitive.calling_ae_title  # type: ignore[union-attr]
@@ -158,14 +175,69 @@ class _AllowListACSE(ACSE):
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
             self.assoc.kill()
             return
+        if self.max_associations and self._established_elsewhere() >= self.max_associations:
+            # Only established associations count: connections still negotiating are limited apart
+            # (frontdoor.PendingConnections), so they cannot lock listed peers out.
+            log.warning("association_rejected", reason="too many associations", calling_ae=calling, host=host)
+            # Rejected (transient), service-provider (presentation), local limit exceeded (PS3.8 Table 9-21).
+            self.send_reject(0x02, 0x03, 0x02)
+            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+            self.assoc.kill()
+            return
         super()._negotiate_as_acceptor()
 
+    def _established_elsewhere(self) -> int:
+        return sum(1 for a in self.assoc.ae.active_associations if a is not self.assoc and a.is_acceptor and a.is_established)
 
-def _request_handler(allow_list: AllowList, store: Store | None, direct: Callable[[Any], DirectLoop] | None = None) -> type[RequestHandler]:
+
+@dataclass(frozen=True)
+class _Door:
+    """What the request handler needs to admit a connection (service/dicom/frontdoor.py)."""
+
+    pending: PendingConnections
+    negotiation_timeout: float
+    acse_timeout: float | None
+    network_timeout: float | None
+    max_pdu: int
+
+
+def _request_handler(allow_list: AllowList, store: Store | None, direct: Callable[[Any], DirectLoop] | None = None,
+                     door: _Door | None = None, max_associations: int = 0) -> type[RequestHandler]:
     class Handler(RequestHandler):
+        admission: Admission | None = None
+
+        def handle(self) -> None:
+            """pynetdicom's handle (create, announce, start), with the connection admitted as pending first."""
+            if door is not None:
+                ticket = door.pending.admit(_normalize_host(self.client_address[0]), self.request)
+                self.admission = Admission.start(ticket, door.negotiation_timeout, door.max_pdu, door.network_timeout)
+                if not tls_handshake(self.request, self.admission):
+                    self.admission.release()
+                    self.server.shutdown_request(self.request)
+                    return
+            assoc = self._create_association()
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            if self.admission is not None:
+                admission, run = self.admission, assoc.run
+
+                def run_then_release() -> None:
+                    try:
+                        run()
+                    finally:
+                        admission.release()
+
+                assoc.run = run_then_release  # type: ignore[method-assign]
+            assoc.start()
+
         def _create_association(self):  # type: ignore[override]
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assoc = large_reads(responsive(super()._create_association()))
+            assoc = large_reads(responsive(super()._create_association()), self.admission)
+            if self.admission is not None:
+                assoc.front_door = self.admission
+                # Waiting for the A-ASSOCIATE-RQ is bounded by what is left of the negotiation deadline;
+                # the ACSE timeout of an established association is restored once it is accepted.
+                assoc.acse_timeout = max(self.admission.remaining(), 0.001)
+                assoc.established_acse_timeout = door.acse_timeout  # type: ignore[union-attr]
             if direct is not None and type(assoc) is ResponsiveAssociation:
                 assoc.__class__ = _DirectAssociation
             if store is not None:
@@ -173,6 +245,7 @@ def _request_handler(allow_list: AllowList, store: Store | None, direct: Callabl
             acse = _AllowListACSE(assoc)
             acse.allow_list = allow_list
             acse.direct = direct
+            acse.max_associations = max_associations
             assoc.acse = acse
             return assoc
 
@@ -195,7 +268,9 @@ class StorageSCP:
         self.cfg = cfg
         self.store = store
         self.ae = AE(ae_title=cfg.dicom.ae_title)
-        self.ae.maximum_associations = cfg.dicom.max_associations
+        # Established associations are counted by _AllowListACSE; pynetdicom's own count would include
+        # connections still negotiating, which limits apart (frontdoor.py).
+        self.ae.maximum_associations = cfg.dicom.max_associations + cfg.dicom.max_pending + 1
         self.ae.maximum_pdu_size = cfg.dicom.max_pdu
         self.ae.acse_timeout = cfg.dicom.acse_timeout
         self.ae.dimse_timeout = cfg.dicom.dimse_timeout
@@ -211,7 +286,7 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_REJECTED, self._on_rejected),
         ] + (extra_handlers or [])
-        self.server: ThreadedAssociationServer | None = None
+        self.server: FrontDoorServer | None = None
         self._thread: threading.Thread | None = None
         self._ids: dict[int, int] = {}
         self._counts: dict[int, Counter] = {}
@@ -224,17 +299,25 @@ class StorageSCP:
         return host, port
 
     def start(self) -> tuple[str, int]:
-        server = ThreadedAssociationServer(
+        d = self.cfg.dicom
+        door = _Door(PendingConnections(d.max_pending_per_host, d.max_pending), d.negotiation_timeout, d.acse_timeout,
+                     d.network_timeout, d.max_pdu)
+        server = FrontDoorServer(
             self.ae,
-            (self.cfg.dicom.bind, self.cfg.dicom.port),
-            self.cfg.dicom.ae_title,
+            (d.bind, d.port),
+            d.ae_title,
             self.contexts,
             evt_handlers=self.handlers,
             request_handler=_request_handler(
                 AllowList.from_config(self.cfg),
-                self.store if self.cfg.dicom.stream_writes else None,
-                self._direct_loop if self.cfg.dicom.direct_receive else None,
+                self.store if d.stream_writes else None,
+                self._direct_loop if d.direct_receive else None,
+                door,
+                d.max_associations,
             ),
+            backlog=d.listen_backlog,
+            pending=door.pending,
+            negotiation_timeout=d.negotiation_timeout,
         )
         self.ae._servers.append(server)
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
