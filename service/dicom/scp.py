@@ -190,6 +190,15 @@ class _AllowListACSE(ACSE):
         return sum(1 for a in self.assoc.ae.active_associations if a is not self.assoc and a.is_acceptor and a.is_established)
 
 
+def _end_streams(assoc: Any) -> None:
+    """The association's thread ended (release, abort, protocol error, exception): remove its temporary files."""
+    if isinstance(assoc.dimse, StreamingDIMSE):
+        try:
+            assoc.dimse.abort_streams()
+        except Exception as exc:  # the thread is ending anyway; say where, never what
+            log.error("stream_cleanup_failed", error=type(exc).__name__, where=where(exc))
+
+
 @dataclass(frozen=True)
 class _Door:
     """What the request handler needs to admit a connection (service/dicom/frontdoor.py)."""
@@ -225,6 +234,7 @@ def _request_handler(allow_list: AllowList, store: Store | None, direct: Callabl
                         run()
                     finally:
                         admission.release()
+                        _end_streams(assoc)
 
                 assoc.run = run_then_release  # type: ignore[method-assign]
             assoc.start()
@@ -357,6 +367,8 @@ class StorageSCP:
         )
 
     def _on_closed(self, event: evt.Event) -> None:
+        if isinstance(event.assoc.dimse, StreamingDIMSE):
+            event.assoc.dimse.abort_stream()  # released in the middle of a message: it will never complete
         metrics.ACTIVE_ASSOCIATIONS.dec()
         counts = self._counts.pop(id(event.assoc), Counter())
         log.info("association_released", association=self._ids.pop(id(event.assoc), 0), **_summary(counts))

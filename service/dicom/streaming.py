@@ -33,7 +33,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
 
 from service.dicom.encoded import DATASET_TRAILING_PADDING, EncodingError, parse_header, split_pixel_data
-from service.dicom.store import SYNCERS, Prepared, PutResult, Store, StoreError, fsync_and_close
+from service.dicom.store import SYNCERS, Prepared, PutResult, Store, StoreError, _wait_quietly, fsync_and_close
 from service.logs import get_logger
 
 log = get_logger("store")
@@ -176,11 +176,19 @@ class StreamingPut:
                     written = None
                     self._step_aside(type(exc).__name__)
                 if written is not None:
-                    return self.store.commit_streamed(self.prep, self.source, self.source_ae, written, self.digest, self.size,
-                                                      self.started, self.durable)
+                    try:
+                        return self.store.commit_streamed(self.prep, self.source, self.source_ae, written, self.digest, self.size,
+                                                          self.started, self.durable)
+                    except BaseException:
+                        # The store removes what it did not publish; whatever raised, the file must not stay.
+                        if self.durable is not None:
+                            _wait_quietly(self.durable)
+                        written.unlink(missing_ok=True)
+                        raise
             self._discard()
             return self.store.put_bytes(data, source=self.source, source_ae=self.source_ae, transfer_syntax=self.tsyntax)
         finally:
+            self.active = False
             self._discard()
 
     def _complete(self, data: memoryview) -> Path | None:
@@ -212,6 +220,10 @@ class StreamingPut:
         self.digest = hasher.hexdigest()
         return written
 
+    def has_file(self) -> bool:
+        """Its temporary file exists (or is being made): it is not finished or discarded yet."""
+        return self.active or self.fd is not None or self.tmp is not None
+
     def abort(self) -> None:
         """The association ended before the message did: nothing of it may remain."""
         with self._lock:
@@ -232,9 +244,15 @@ class StreamingBuffer(io.BytesIO):
 
 
 class StreamingDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider, giving each incoming C-STORE-RQ a :class:`StreamingBuffer`."""
+    """pynetdicom's DIMSE provider, giving each incoming C-STORE-RQ a :class:`StreamingBuffer`.
+
+    It remembers the streams whose files still exist: a message complete but never handed to our handler
+    (the association aborted first) has one too, and :meth:`abort_streams` removes them all once the
+    association's thread ends, whatever ended it.
+    """
 
     store: Store | None = None
+    streams: list[StreamingPut] | None = None
 
     def receive_primitive(self, primitive) -> None:  # type: ignore[override]
         super().receive_primitive(primitive)
@@ -252,6 +270,8 @@ class StreamingDIMSE(DIMSEServiceProvider):
         buffer = StreamingBuffer()
         buffer.write(message.data_set.getvalue())  # what came with the command, before the buffer
         buffer.stream = StreamingPut(self.store, tsyntax, "cstore", self.assoc.requestor.ae_title)
+        # Finished streams are dropped here, so a long association does not accumulate them.
+        self.streams = [s for s in self.streams or () if s.has_file()] + [buffer.stream]
         buffer.stream.feed(buffer)
         message.data_set = buffer
 
@@ -260,6 +280,12 @@ class StreamingDIMSE(DIMSEServiceProvider):
         buffer = getattr(self.message, "data_set", None)
         if isinstance(buffer, StreamingBuffer) and buffer.stream is not None:
             buffer.stream.abort()
+
+    def abort_streams(self) -> None:
+        """The association is over: no stream's file may outlive it (call once no handler can run)."""
+        for stream in self.streams or ():
+            stream.abort()
+        self.streams = []
 
 
 def streaming(assoc, store: Store):

@@ -28,7 +28,7 @@ from tests.helpers import make_config, require_tool
 from tests.ingest.util import SCPProcess, assert_no_temp_files, echo_ok, phantom_files, scu, send
 from tests.peers import RunningSCP
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_temp_left")]
 
 GIB = 1 << 30
 
