@@ -67,6 +67,11 @@ class DicomConfig:
     max_pending: int = 64
     # The TCP listen backlog: connections the kernel queues before they are accepted (Orthanc uses 50).
     listen_backlog: int = 50
+    # The largest C-STORE dataset accepted (written to disk as it arrives, and held in memory until it is
+    # complete); beyond it the rest is read and dropped, the C-STORE is answered 0xA700 and nothing is
+    # kept. 2 GiB holds the largest radiographs. A deflated dataset is parsed in memory and may inflate to
+    # 256 MiB at most (service/dicom/encoded.py).
+    max_dataset_bytes: int = 2 << 30
     # Any calling AE title from loopback is accepted out of the box; other hosts must be listed in peers.
     allow_loopback: bool = True
     peers: tuple[DicomPeer, ...] = ()
@@ -496,6 +501,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("dicom.negotiation_timeout must be more than 0 seconds")
     if min(cfg.dicom.max_associations, cfg.dicom.max_pending_per_host, cfg.dicom.max_pending, cfg.dicom.listen_backlog) < 1:
         raise ConfigError("dicom.max_associations, max_pending_per_host, max_pending and listen_backlog must be at least 1")
+    if cfg.dicom.max_dataset_bytes < 1024:
+        raise ConfigError("dicom.max_dataset_bytes must be at least 1024 bytes")
     if cfg.dicom.max_pdu != 0 and cfg.dicom.max_pdu < 4096:
         raise ConfigError("dicom.max_pdu must be 0 (unlimited) or at least 4096 bytes")
     seen = set()

@@ -36,7 +36,8 @@ from typing import Any, Callable, Protocol
 
 from pynetdicom import evt
 
-from service.dicom.frontdoor import INVALID_PARAMETER, REASON_NOT_SPECIFIED, UNEXPECTED_PDU, abort_pdu, pdu_limit
+from service.dicom.status import OUT_OF_RESOURCES
+from service.dicom.frontdoor import COMMAND_SET_LIMIT, INVALID_PARAMETER, REASON_NOT_SPECIFIED, UNEXPECTED_PDU, abort_pdu, pdu_limit
 from service.dicom.streaming import StreamingPut
 from service.dicom.store import Store
 from service.logs import get_logger, where
@@ -155,8 +156,9 @@ def _response_pdu(context_id: int, command: int, request: _Request, status: int,
 class DirectLoop:
     """Serves one established storage association until it is released, aborted or times out."""
 
-    def __init__(self, assoc: Any, host: Host, store: Store | None, network_timeout: float | None):
+    def __init__(self, assoc: Any, host: Host, store: Store | None, network_timeout: float | None, max_dataset_bytes: int = 2 << 30):
         self.assoc = assoc
+        self.max_dataset_bytes = max_dataset_bytes
         self.host = host
         self.store = store
         self.network_timeout = network_timeout
@@ -172,6 +174,7 @@ class DirectLoop:
         self.command = bytearray()
         self.dataset: io.BytesIO | None = None
         self.stream: StreamingPut | None = None
+        self.oversize = False  # the dataset passed max_dataset_bytes: the rest is read and dropped
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -292,6 +295,8 @@ class DirectLoop:
         if is_command:
             if self.request is not None:
                 raise _ProtocolError(UNEXPECTED_PDU, "a command fragment while a dataset was expected")
+            if len(self.command) + len(data) > COMMAND_SET_LIMIT:
+                raise _ProtocolError(INVALID_PARAMETER, f"command set over {COMMAND_SET_LIMIT} bytes")
             self.command += data
             if last:
                 request = _parse_request(context_id, bytes(self.command))
@@ -301,12 +306,25 @@ class DirectLoop:
         request = self.request
         if request is None or self.command or context_id != request.context_id:
             raise _ProtocolError(UNEXPECTED_PDU, "a dataset fragment without its command")
-        assert self.dataset is not None
-        self.dataset.write(data)
-        if self.stream is not None:
-            self.stream.feed(self.dataset)
+        if not self.oversize:
+            assert self.dataset is not None
+            if self.dataset.tell() + len(data) > self.max_dataset_bytes:
+                self._too_large()
+            else:
+                self.dataset.write(data)
+                if self.stream is not None:
+                    self.stream.feed(self.dataset)
         if last:
             self._stored(request)
+
+    def _too_large(self) -> None:
+        """Past ``dicom.max_dataset_bytes``: nothing more is kept, its file goes; answered once it ends."""
+        log.warning("instance_refused", reason="too_large", limit=self.max_dataset_bytes)
+        self.oversize = True
+        if self.stream is not None:
+            self.stream.abort()
+        self.stream = None
+        self.dataset = io.BytesIO()
 
     def _command(self, request: _Request) -> None:
         if request.command == C_CANCEL_RQ:
@@ -332,6 +350,12 @@ class DirectLoop:
     def _stored(self, request: _Request) -> None:
         assert self.dataset is not None
         abstract, transfer = self.contexts[request.context_id]
+        if self.oversize:
+            status_code, comment = OUT_OF_RESOURCES, "dataset larger than dicom.max_dataset_bytes"
+            self.oversize = False
+            self.request, self.dataset, self.stream = None, None, None
+            self._respond_store(request, status_code, comment)
+            return
         if request.sop_class != abstract:
             # pynetdicom's answer when the Affected SOP Class is not the context's (PS3.7 C.4.2.1.4).
             status, comment = SOP_CLASS_NOT_SUPPORTED, ""
@@ -350,6 +374,7 @@ class DirectLoop:
         if self.stream is not None:
             self.stream.abort()
         self.request, self.dataset, self.stream = None, None, None
+        self.oversize = False
 
 
 def wait_for_dul(assoc: Any, timeout: float = 5.0) -> None:

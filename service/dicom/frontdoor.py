@@ -40,6 +40,10 @@ log = get_logger("scp")
 ASSOCIATE_RQ_LIMIT = 128 * 1024
 # With ``dicom.max_pdu = 0`` (no maximum advertised) a PDU is still refused beyond this.
 UNLIMITED_PDU_LIMIT = 64 << 20
+# A command set (PS3.7 §6.3, group 0000) is a few hundred bytes; beyond this the association is aborted.
+COMMAND_SET_LIMIT = 64 * 1024
+# The dataset of any request other than a C-STORE (a C-FIND identifier, ...) is a query, not an image.
+QUERY_DATASET_LIMIT = 1 << 20
 # A-ABORT source and reasons (PS3.8 Table 9-26).
 SERVICE_PROVIDER = 0x02
 REASON_NOT_SPECIFIED, UNEXPECTED_PDU, INVALID_PARAMETER = 0x00, 0x02, 0x06

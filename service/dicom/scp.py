@@ -211,7 +211,7 @@ class _Door:
 
 
 def _request_handler(allow_list: AllowList, store: Store | None, direct: Callable[[Any], DirectLoop] | None = None,
-                     door: _Door | None = None, max_associations: int = 0) -> type[RequestHandler]:
+                     door: _Door | None = None, max_associations: int = 0, max_dataset_bytes: int = 2 << 30) -> type[RequestHandler]:
     class Handler(RequestHandler):
         admission: Admission | None = None
 
@@ -250,8 +250,7 @@ def _request_handler(allow_list: AllowList, store: Store | None, direct: Callabl
                 assoc.established_acse_timeout = door.acse_timeout  # type: ignore[union-attr]
             if direct is not None and type(assoc) is ResponsiveAssociation:
                 assoc.__class__ = _DirectAssociation
-            if store is not None:
-                streaming(assoc, store)
+            streaming(assoc, store, max_dataset_bytes)
             acse = _AllowListACSE(assoc)
             acse.allow_list = allow_list
             acse.direct = direct
@@ -324,6 +323,7 @@ class StorageSCP:
                 self._direct_loop if d.direct_receive else None,
                 door,
                 d.max_associations,
+                d.max_dataset_bytes,
             ),
             backlog=d.listen_backlog,
             pending=door.pending,
@@ -397,7 +397,8 @@ class StorageSCP:
         return status.SUCCESS
 
     def _direct_loop(self, assoc: Any) -> DirectLoop:
-        return DirectLoop(assoc, self, self.store if self.cfg.dicom.stream_writes else None, self.cfg.dicom.network_timeout)
+        return DirectLoop(assoc, self, self.store if self.cfg.dicom.stream_writes else None, self.cfg.dicom.network_timeout,
+                          self.cfg.dicom.max_dataset_bytes)
 
     def _on_store(self, event: evt.Event) -> Dataset | int:
         """C-STORE through pynetdicom's reactors (associations that also carry Query/Retrieve)."""
@@ -411,6 +412,11 @@ class StorageSCP:
             metrics.STORE_FAILURES.labels(reason="malformed").inc()
             log.warning("instance_refused", reason="malformed", detail=f"{type(exc).__name__}")
             return _status(status.CANNOT_UNDERSTAND, "the dataset could not be decoded")
+        if getattr(received, "oversize", False):  # streaming.StreamingBuffer kept nothing past the limit
+            self._bind(event)
+            self._counts.setdefault(id(event.assoc), Counter())["refused"] += 1
+            metrics.STORE_FAILURES.labels(reason="too_large").inc()
+            return _status(status.OUT_OF_RESOURCES, "dataset larger than dicom.max_dataset_bytes")
         code, comment = self.store_received(event.assoc, data, getattr(received, "stream", None), tsyntax)
         return _status(code, comment) if comment else code
 

@@ -48,7 +48,9 @@ from service.dicom.encoded import (
     DATASET_TRAILING_PADDING,
     PIXEL_TAGS,
     EncodedInstance,
+    INFLATED_LIMIT,
     EncodingError,
+    TooLarge,
     encode_dataset,
     file_meta_bytes,
     parse_dataset,
@@ -217,7 +219,12 @@ class Store:
         """Store an encoded instance: a Part 10 file, or a bare dataset in ``transfer_syntax`` (C-STORE)."""
         started = time.perf_counter()
         try:
-            enc = parse_dataset(data, transfer_syntax) if transfer_syntax else parse_file(data)
+            if transfer_syntax:
+                enc = parse_dataset(data, transfer_syntax, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
+            else:
+                enc = parse_file(data)
+        except TooLarge as exc:
+            raise self._refused(StoreError(status.OUT_OF_RESOURCES, "too_large", str(exc)), source) from None
         except EncodingError as exc:
             raise self._refused(StoreError(status.CANNOT_UNDERSTAND, "malformed", str(exc)), source) from None
         return self._guarded(enc, source, source_ae, False, started)

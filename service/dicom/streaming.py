@@ -32,6 +32,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
 
+from service.dicom.frontdoor import COMMAND_SET_LIMIT, QUERY_DATASET_LIMIT
 from service.dicom.encoded import DATASET_TRAILING_PADDING, EncodingError, parse_header, split_pixel_data
 from service.dicom.store import SYNCERS, Prepared, PutResult, Store, StoreError, _wait_quietly, fsync_and_close
 from service.logs import get_logger
@@ -239,11 +240,27 @@ class StreamingPut:
 
 
 class StreamingBuffer(io.BytesIO):
-    """What pynetdicom collects a C-STORE dataset into: a BytesIO that also feeds a :class:`StreamingPut`."""
+    """What pynetdicom collects a C-STORE dataset into: a BytesIO that also feeds a :class:`StreamingPut`.
+
+    Beyond ``limit`` bytes it keeps nothing more (``oversize``), removes the stream's file and lets the
+    message complete, so the C-STORE can be answered (0xA700) without holding the rest.
+    """
 
     stream: StreamingPut | None = None
+    limit: int = 2 << 30
+    oversize = False
 
     def write(self, data) -> int:  # type: ignore[override]
+        if self.oversize:
+            return len(data)
+        if self.tell() + len(data) > self.limit:
+            log.warning("instance_refused", reason="too_large", limit=self.limit)
+            self.oversize = True
+            if self.stream is not None:
+                self.stream.abort()
+            self.seek(0)
+            self.truncate()
+            return len(data)
         n = super().write(data)
         if self.stream is not None:
             self.stream.feed(self)
@@ -260,26 +277,38 @@ class StreamingDIMSE(DIMSEServiceProvider):
 
     store: Store | None = None
     streams: list[StreamingPut] | None = None
+    max_dataset_bytes: int = 2 << 30
 
     def receive_primitive(self, primitive) -> None:  # type: ignore[override]
         super().receive_primitive(primitive)
         message = self.message  # None once a message completed; else the one still arriving
-        if isinstance(message, C_STORE_RQ) and not isinstance(message.data_set, StreamingBuffer):
-            self._install(message)
+        if message is None:
+            return
+        if isinstance(message, C_STORE_RQ):
+            if not isinstance(message.data_set, StreamingBuffer):
+                self._install(message)
+            return
+        # Bounds on what pynetdicom collects in memory for any other message (frontdoor.py).
+        data_set = message.data_set
+        if message.encoded_command_set.tell() > COMMAND_SET_LIMIT or (data_set is not None and data_set.tell() > QUERY_DATASET_LIMIT):
+            log.warning("message_refused", reason="command set or query dataset too large")
+            self.message = None
+            self.dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom answers with an A-ABORT
 
     def _install(self, message: C_STORE_RQ) -> None:
-        if self.store is None or message.context_id is None or message.data_set is None:
+        if message.context_id is None or message.data_set is None:
             return
         try:
             tsyntax = self.assoc._accepted_cx[message.context_id].transfer_syntax[0]
         except (KeyError, IndexError, AttributeError):
             return
         buffer = StreamingBuffer()
+        buffer.limit = self.max_dataset_bytes
+        if self.store is not None:
+            buffer.stream = StreamingPut(self.store, tsyntax, "cstore", self.assoc.requestor.ae_title)
+            # Finished streams are dropped here, so a long association does not accumulate them.
+            self.streams = [s for s in self.streams or () if s.has_file()] + [buffer.stream]
         buffer.write(message.data_set.getvalue())  # what came with the command, before the buffer
-        buffer.stream = StreamingPut(self.store, tsyntax, "cstore", self.assoc.requestor.ae_title)
-        # Finished streams are dropped here, so a long association does not accumulate them.
-        self.streams = [s for s in self.streams or () if s.has_file()] + [buffer.stream]
-        buffer.stream.feed(buffer)
         message.data_set = buffer
 
     def abort_stream(self) -> None:
@@ -295,9 +324,11 @@ class StreamingDIMSE(DIMSEServiceProvider):
         self.streams = []
 
 
-def streaming(assoc, store: Store):
-    """Make a freshly created acceptor association stream its C-STOREs into ``store``; returns it."""
+def streaming(assoc, store: Store | None, max_dataset_bytes: int = 2 << 30):
+    """Make a freshly created acceptor association stream its C-STOREs into ``store`` (None: collect them
+    only) and bound what it collects; returns it."""
     if type(assoc.dimse) is DIMSEServiceProvider:
         assoc.dimse.__class__ = StreamingDIMSE
         assoc.dimse.store = store
+        assoc.dimse.max_dataset_bytes = max_dataset_bytes
     return assoc
