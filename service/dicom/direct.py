@@ -36,7 +36,8 @@ from typing import Any, Callable, Protocol
 
 from pynetdicom import evt
 
-from service.dicom.status import OUT_OF_RESOURCES
+from service.dicom.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
+from service.dicom.uids import InvalidUID, validate_uid
 from service.dicom.frontdoor import COMMAND_SET_LIMIT, INVALID_PARAMETER, REASON_NOT_SPECIFIED, UNEXPECTED_PDU, abort_pdu, pdu_limit
 from service.dicom.streaming import StreamingPut
 from service.dicom.store import Store
@@ -70,7 +71,8 @@ class _Closed(Exception):
 class Host(Protocol):
     """What the loop needs from the SCP: the same handling of a received dataset and of a C-ECHO."""
 
-    def store_received(self, assoc: Any, data: memoryview, stream: StreamingPut | None, transfer_syntax: str) -> tuple[int, str]: ...
+    def store_received(self, assoc: Any, data: memoryview, stream: StreamingPut | None, transfer_syntax: str,
+                       expected: tuple[str, str] | None = None) -> tuple[int, str]: ...
 
     def echo_received(self, assoc: Any) -> int: ...
 
@@ -83,6 +85,9 @@ class _Request:
     sop_class: str
     sop_instance: str
     has_dataset: bool
+    # The UIDs as received, echoed in the response whatever they hold (PS3.7 §9.3.1.2).
+    sop_class_raw: bytes = b""
+    sop_instance_raw: bytes = b""
 
 
 def eligible(assoc: Any, storage_classes: frozenset[str]) -> bool:
@@ -116,6 +121,10 @@ def _ui(fields: dict[int, bytes], element: int) -> str:
     return fields.get(element, b"").decode("ascii", "replace").rstrip("\0 ")
 
 
+def _ui_raw(fields: dict[int, bytes], element: int) -> bytes:
+    return bytes(fields.get(element, b"")).rstrip(b"\0 ")
+
+
 def _parse_request(context_id: int, data: bytes) -> _Request:
     fields = _command_fields(data)
     command = _us(fields, 0x0100)
@@ -124,21 +133,28 @@ def _parse_request(context_id: int, data: bytes) -> _Request:
         raise _ProtocolError(INVALID_PARAMETER, "command set without Command Field or Message ID")
     dataset_type = _us(fields, 0x0800)
     return _Request(context_id, command, message_id or 0, _ui(fields, 0x0002), _ui(fields, 0x1000),
-                    dataset_type is not None and dataset_type != NO_DATASET)
+                    dataset_type is not None and dataset_type != NO_DATASET, _ui_raw(fields, 0x0002), _ui_raw(fields, 0x1000))
 
 
 def _element(element: int, value: bytes) -> bytes:
     return _ELEMENT.pack(0x0000, element, len(value)) + value
 
 
-def _ui_value(uid: str) -> bytes:
-    raw = uid.encode("ascii")
+def _pad_ui(raw: bytes) -> bytes:
     return raw + b"\0" if len(raw) % 2 else raw
+
+
+def _is_uid(raw: bytes) -> bool:
+    try:
+        validate_uid(raw.decode("ascii"), "Affected SOP Instance UID")
+    except (UnicodeDecodeError, InvalidUID):
+        return False
+    return True
 
 
 def _response_pdu(context_id: int, command: int, request: _Request, status: int, comment: str = "") -> bytes:
     """A P-DATA-TF holding one response command set (last fragment of a command)."""
-    body = _element(0x0002, _ui_value(request.sop_class))
+    body = _element(0x0002, _pad_ui(request.sop_class_raw or request.sop_class.encode("ascii", "replace")))
     body += _element(0x0100, struct.pack("<H", command))
     body += _element(0x0120, struct.pack("<H", request.message_id))
     body += _element(0x0800, struct.pack("<H", NO_DATASET))
@@ -146,8 +162,8 @@ def _response_pdu(context_id: int, command: int, request: _Request, status: int,
     if comment:
         text = comment[:64].encode("ascii", "replace")
         body += _element(0x0902, text + b" " if len(text) % 2 else text)
-    if command == C_STORE_RSP and request.sop_instance:
-        body += _element(0x1000, _ui_value(request.sop_instance))
+    if command == C_STORE_RSP and request.sop_instance_raw:
+        body += _element(0x1000, _pad_ui(request.sop_instance_raw))
     command_set = _element(0x0000, struct.pack("<I", len(body))) + body
     pdv = _PDV_HEADER.pack(len(command_set) + 2, context_id, 0x03) + command_set
     return _PDU_HEADER.pack(0x04, len(pdv)) + pdv
@@ -174,7 +190,8 @@ class DirectLoop:
         self.command = bytearray()
         self.dataset: io.BytesIO | None = None
         self.stream: StreamingPut | None = None
-        self.oversize = False  # the dataset passed max_dataset_bytes: the rest is read and dropped
+        # The message's answer is already known (too large, a bad request): the rest is read and dropped.
+        self.refusal: tuple[int, str] | None = None
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -306,7 +323,7 @@ class DirectLoop:
         request = self.request
         if request is None or self.command or context_id != request.context_id:
             raise _ProtocolError(UNEXPECTED_PDU, "a dataset fragment without its command")
-        if not self.oversize:
+        if self.refusal is None:
             assert self.dataset is not None
             if self.dataset.tell() + len(data) > self.max_dataset_bytes:
                 self._too_large()
@@ -320,7 +337,7 @@ class DirectLoop:
     def _too_large(self) -> None:
         """Past ``dicom.max_dataset_bytes``: nothing more is kept, its file goes; answered once it ends."""
         log.warning("instance_refused", reason="too_large", limit=self.max_dataset_bytes)
-        self.oversize = True
+        self.refusal = (OUT_OF_RESOURCES, "dataset larger than dicom.max_dataset_bytes")
         if self.stream is not None:
             self.stream.abort()
         self.stream = None
@@ -344,15 +361,19 @@ class DirectLoop:
         self.request = request
         self.dataset = io.BytesIO()
         abstract, transfer = self.contexts[request.context_id]
+        if not _is_uid(request.sop_instance_raw):
+            # Not a UID (PS3.5 §9.1): nothing can be stored under it; its dataset is read and dropped.
+            log.warning("instance_refused", reason="bad_affected_sop_instance_uid")
+            self.refusal = (CANNOT_UNDERSTAND, "Affected SOP Instance UID is not a valid UID")
+            return
         if self.store is not None and request.sop_class == abstract:
-            self.stream = StreamingPut(self.store, transfer, "cstore", self.calling_ae)
+            self.stream = StreamingPut(self.store, transfer, "cstore", self.calling_ae, (abstract, request.sop_instance))
 
     def _stored(self, request: _Request) -> None:
         assert self.dataset is not None
         abstract, transfer = self.contexts[request.context_id]
-        if self.oversize:
-            status_code, comment = OUT_OF_RESOURCES, "dataset larger than dicom.max_dataset_bytes"
-            self.oversize = False
+        if self.refusal is not None:
+            (status_code, comment), self.refusal = self.refusal, None
             self.request, self.dataset, self.stream = None, None, None
             self._respond_store(request, status_code, comment)
             return
@@ -361,7 +382,7 @@ class DirectLoop:
             status, comment = SOP_CLASS_NOT_SUPPORTED, ""
         else:
             data = self.dataset.getbuffer()
-            status, comment = self.host.store_received(self.assoc, data, self.stream, transfer)
+            status, comment = self.host.store_received(self.assoc, data, self.stream, transfer, (abstract, request.sop_instance))
             del data
         self.request, self.dataset, self.stream = None, None, None
         self._respond_store(request, status, comment)
@@ -374,7 +395,7 @@ class DirectLoop:
         if self.stream is not None:
             self.stream.abort()
         self.request, self.dataset, self.stream = None, None, None
-        self.oversize = False
+        self.refusal = None
 
 
 def wait_for_dul(assoc: Any, timeout: float = 5.0) -> None:

@@ -96,6 +96,9 @@ class EncodedInstance:
     complete: bool = False
     # The bytes it was parsed from, for a full parse when the split is not enough.
     raw: bytes | memoryview | None = None
+    # (SOP Class UID, SOP Instance UID) the C-STORE request announced (presentation context's abstract
+    # syntax, Affected SOP Instance UID): the dataset must carry the same (PS3.4 B.2.3, PS3.7 §9.1.1).
+    expected: tuple[str, str] | None = None
 
     @property
     def encapsulated(self) -> bool:

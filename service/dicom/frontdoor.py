@@ -6,8 +6,10 @@ it, PS3.8 §9.3.2), so everything before that must hold against anyone who can r
 * the listen backlog (``dicom.listen_backlog``) absorbs a burst of connections, as Orthanc's 50 does;
 * a connection accepted and not yet negotiated is *pending*. Pending connections are counted apart from
   established associations (``dicom.max_associations``), per source host (``dicom.max_pending_per_host``)
-  and in all (``dicom.max_pending``); beyond either limit the *oldest* pending connection is closed, so an
-  idle flood makes room for a peer that negotiates at once instead of locking it out;
+  and in all (``dicom.max_pending``). Beyond a host's limit, its oldest pending connections that have had
+  :data:`PENDING_GRACE_S` to negotiate are closed (a burst of associations from one PACS negotiates well
+  within it and is not touched); beyond the total, the oldest pending connection is closed whatever its
+  age. An idle flood thus makes room for a peer that negotiates at once instead of locking it out;
 * a pending connection has ``dicom.negotiation_timeout`` seconds, TLS handshake included, to have its
   A-ASSOCIATE-RQ answered; every read before that runs against this one deadline, whatever the peer
   trickles in;
@@ -44,6 +46,8 @@ UNLIMITED_PDU_LIMIT = 64 << 20
 COMMAND_SET_LIMIT = 64 * 1024
 # The dataset of any request other than a C-STORE (a C-FIND identifier, ...) is a query, not an image.
 QUERY_DATASET_LIMIT = 1 << 20
+# A pending connection younger than this is never closed to make room for its host's newer ones.
+PENDING_GRACE_S = 2.0
 # A-ABORT source and reasons (PS3.8 Table 9-26).
 SERVICE_PROVIDER = 0x02
 REASON_NOT_SPECIFIED, UNEXPECTED_PDU, INVALID_PARAMETER = 0x00, 0x02, 0x06
@@ -64,6 +68,7 @@ class Ticket:
 
     def __init__(self, registry: "PendingConnections", host: str, sock: socket.socket):
         self.registry, self.host, self.sock = registry, host, sock
+        self.admitted_at = time.monotonic()
         self.evicted = False
 
     def done(self) -> None:
@@ -82,8 +87,8 @@ class Ticket:
 class PendingConnections:
     """Connections accepted and not yet negotiated, oldest first, with limits per host and in all."""
 
-    def __init__(self, per_host: int, total: int):
-        self.per_host, self.total = per_host, total
+    def __init__(self, per_host: int, total: int, grace_s: float = PENDING_GRACE_S):
+        self.per_host, self.total, self.grace_s = per_host, total, grace_s
         self._lock = threading.Lock()
         self._tickets: OrderedDict[int, Ticket] = OrderedDict()
 
@@ -93,8 +98,12 @@ class PendingConnections:
         with self._lock:
             self._tickets[id(ticket)] = ticket
             same_host = [t for t in self._tickets.values() if t.host == host]
-            for oldest in same_host[: max(0, len(same_host) - self.per_host)]:
+            excess = len(same_host) - self.per_host
+            for oldest in same_host:
+                if excess <= 0 or ticket.admitted_at - oldest.admitted_at < self.grace_s:
+                    break  # oldest first: the rest are younger still
                 evicted.append(self._tickets.pop(id(oldest)))
+                excess -= 1
             while len(self._tickets) > self.total:
                 evicted.append(self._tickets.popitem(last=False)[1])
         for old in evicted:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import socket
+import sqlite3
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from service.dicom.polling import ResponsiveAssociation, ResponsiveDUL, responsi
 from service.dicom.sockets import large_reads
 from service.dicom.streaming import StreamingDIMSE, streaming
 from service.dicom.store import Store, StoreError
+from service.dicom.uids import InvalidUID, validate_uid
 from service.logs import get_logger, where
 
 log = get_logger("scp")
@@ -407,37 +409,61 @@ class StorageSCP:
             received = event.request.DataSet
             data = received.getbuffer()
             tsyntax = event.context.transfer_syntax
+            affected = str(event.request.AffectedSOPInstanceUID or "")
         except Exception as exc:  # the bytes could not even be framed as a dataset
             self._bind(event)
             metrics.STORE_FAILURES.labels(reason="malformed").inc()
             log.warning("instance_refused", reason="malformed", detail=f"{type(exc).__name__}")
             return _status(status.CANNOT_UNDERSTAND, "the dataset could not be decoded")
+        stream = getattr(received, "stream", None)
         if getattr(received, "oversize", False):  # streaming.StreamingBuffer kept nothing past the limit
             self._bind(event)
             self._counts.setdefault(id(event.assoc), Counter())["refused"] += 1
             metrics.STORE_FAILURES.labels(reason="too_large").inc()
             return _status(status.OUT_OF_RESOURCES, "dataset larger than dicom.max_dataset_bytes")
-        code, comment = self.store_received(event.assoc, data, getattr(received, "stream", None), tsyntax)
+        try:
+            validate_uid(affected, "Affected SOP Instance UID")
+        except InvalidUID:
+            self._bind(event)
+            if stream is not None:
+                stream.abort()
+            self._counts.setdefault(id(event.assoc), Counter())["refused"] += 1
+            metrics.STORE_FAILURES.labels(reason="bad_affected_sop_instance_uid").inc()
+            log.warning("instance_refused", reason="bad_affected_sop_instance_uid")
+            return _status(status.CANNOT_UNDERSTAND, "Affected SOP Instance UID is not a valid UID")
+        expected = (str(event.context.abstract_syntax), affected)
+        code, comment = self.store_received(event.assoc, data, stream, tsyntax, expected)
         return _status(code, comment) if comment else code
 
-    def store_received(self, assoc: Any, data: memoryview, stream: Any, transfer_syntax: str) -> tuple[int, str]:
-        """C-STORE (PS3.4 Annex B): (status, error comment); success only once the instance is durable and indexed."""
+    def store_received(self, assoc: Any, data: memoryview, stream: Any, transfer_syntax: str,
+                       expected: tuple[str, str] | None = None) -> tuple[int, str]:
+        """C-STORE (PS3.4 Annex B): (status, error comment); success only once the instance is durable and indexed.
+
+        ``expected``: the (SOP Class UID, SOP Instance UID) the request announced; the dataset must match.
+        Failures by cause: the store's own (0xA900 mismatch, 0xC000 unreadable, 0xA700 full disk or a limit);
+        an unexpected error is 0xA700 only when it is a resource that failed (the disk, memory, the index
+        database), else 0xC000, so a PACS does not retry forever what will never be stored.
+        """
         structlog.contextvars.bind_contextvars(association=self.assoc_id(assoc))
         counts = self._counts.setdefault(id(assoc), Counter())
         try:
             if stream is not None:  # written while it arrived (streaming.py); it falls back to put_bytes
                 result = stream.finish(data)
             else:
-                result = self.store.put_bytes(data, source="cstore", source_ae=assoc.requestor.ae_title, transfer_syntax=transfer_syntax)
+                result = self.store.put_bytes(data, source="cstore", source_ae=assoc.requestor.ae_title, transfer_syntax=transfer_syntax,
+                                              expected=expected)
         except StoreError as exc:
             counts["refused"] += 1
             return exc.status, str(exc)[:64]
         except Exception as exc:  # never a silent success, never a dead server
             counts["refused"] += 1
-            metrics.STORE_FAILURES.labels(reason="internal").inc()
+            exhausted = isinstance(exc, (OSError, MemoryError, sqlite3.Error))
+            metrics.STORE_FAILURES.labels(reason="internal" if exhausted else "unprocessable").inc()
             # Where it failed, not the message: messages of pydicom and sqlite can quote values.
             log.error("instance_store_crashed", error=type(exc).__name__, where=where(exc))
-            return status.OUT_OF_RESOURCES, "internal error while storing"
+            if exhausted:
+                return status.OUT_OF_RESOURCES, "internal error while storing"
+            return status.CANNOT_UNDERSTAND, "the dataset could not be processed"
         counts["duplicates" if result.duplicate else "stored"] += 1
         counts["bytes"] += 0 if result.duplicate else result.record.size
         return status.SUCCESS, ""

@@ -52,8 +52,9 @@ WRITEBACK_FIRST_FRACTION = 0.5
 class StreamingPut:
     """One C-STORE dataset, fed fragment by fragment (DUL thread), finished once (association thread)."""
 
-    def __init__(self, store: Store, transfer_syntax: str, source: str, source_ae: str):
+    def __init__(self, store: Store, transfer_syntax: str, source: str, source_ae: str, expected: tuple[str, str] | None = None):
         self.store, self.source, self.source_ae = store, source, source_ae
+        self.expected = expected  # (SOP Class UID, SOP Instance UID) the request announced
         self.tsyntax = UID(str(transfer_syntax))
         self.active = self.tsyntax.is_transfer_syntax and self.tsyntax != DeflatedExplicitVRLittleEndian
         self.started = time.perf_counter()
@@ -112,6 +113,7 @@ class StreamingPut:
             self.pixel_end = split.pixel_offset + split.pixel_header_length + split.pixel_length
             self.writeback_at = min(WRITEBACK_STEP, max(int(split.pixel_length * WRITEBACK_FIRST_FRACTION), 1))
         enc = split.instance
+        enc.expected = self.expected
         enc.fragments = 1  # the fragments are counted when the message is complete
         enc.pixel_length = split.pixel_length
         try:
@@ -194,7 +196,8 @@ class StreamingPut:
                         written.unlink(missing_ok=True)
                         raise
             self._discard()
-            return self.store.put_bytes(data, source=self.source, source_ae=self.source_ae, transfer_syntax=self.tsyntax)
+            return self.store.put_bytes(data, source=self.source, source_ae=self.source_ae, transfer_syntax=self.tsyntax,
+                                        expected=self.expected)
         finally:
             self.active = False
             self._discard()
@@ -305,7 +308,10 @@ class StreamingDIMSE(DIMSEServiceProvider):
         buffer = StreamingBuffer()
         buffer.limit = self.max_dataset_bytes
         if self.store is not None:
-            buffer.stream = StreamingPut(self.store, tsyntax, "cstore", self.assoc.requestor.ae_title)
+            command = message.command_set
+            expected = (str(self.assoc._accepted_cx[message.context_id].abstract_syntax),
+                        str(getattr(command, "AffectedSOPInstanceUID", "") or ""))
+            buffer.stream = StreamingPut(self.store, tsyntax, "cstore", self.assoc.requestor.ae_title, expected)
             # Finished streams are dropped here, so a long association does not accumulate them.
             self.streams = [s for s in self.streams or () if s.has_file()] + [buffer.stream]
         buffer.write(message.data_set.getvalue())  # what came with the command, before the buffer
