@@ -290,7 +290,12 @@ class Store:
         else:
             metrics.DUPLICATES.labels(outcome=result.outcome).inc()
         if time.monotonic() - self._last_checkpoint > CHECKPOINT_INTERVAL_S:
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except (OSError, sqlite3.Error) as exc:
+                # The instance is durable and indexed already: a checkpoint that fails (a full disk) is
+                # retried at the next put and must not turn this success into a failure status.
+                log.warning("checkpoint_failed", error=type(exc).__name__)
         return result
 
     @staticmethod

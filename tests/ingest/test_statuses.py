@@ -26,7 +26,7 @@ from service.data.phantom import CR_IMAGE_STORAGE, phantom_dataset
 from service.dicom import status
 from tests.helpers import make_config
 from tests.ingest.test_direct import _Server, _context_id
-from tests.ingest.util import encode_body, scu
+from tests.ingest.util import encode_body, scu, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_temp_left")]
 
@@ -129,4 +129,24 @@ def test_refusals_are_mapped_by_cause_and_the_association_goes_on(home, path, ca
             ae.shutdown()
         assert server.instances() == 1
     finally:
+        server.stop()
+
+
+def test_an_identical_resend_after_a_failed_checkpoint_on_a_full_disk_is_a_success(home, monkeypatch):
+    server = _Server(make_config(home), with_qr=False)
+    try:
+        ds = phantom_dataset(32, 32, seed=11)
+        assert send(server.port, [ds]) == [status.SUCCESS]
+
+        def full_disk(*_args, **_kwargs):
+            raise OSError(28, "No space left on device")
+
+        # The periodic checkpoint is due and its durable mark cannot be written.
+        monkeypatch.setattr("service.dicom.store._write_small_file_durably", full_disk)
+        server.store._last_checkpoint = 0.0
+        # Durable and indexed already: the re-send is answered success, not 0xA700.
+        assert send(server.port, [ds]) == [status.SUCCESS]
+        assert server.instances() == 1
+    finally:
+        monkeypatch.undo()
         server.stop()
