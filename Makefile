@@ -12,12 +12,13 @@ STAMP := $(VENV)/.synthpacs-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test bench demo deps venv proto clean help
+.PHONY: run test bench fuzz demo deps venv proto clean help
 
 help:
 	@echo "make run    start synthpacs on embedded defaults (DICOM :11112, gRPC :50051, /metrics :9108)"
 	@echo "make test   install everything and run the whole test suite"
 	@echo "make bench  run the benchmarks and rewrite bench/RESULTS.md"
+	@echo "make fuzz   send thousands of mutated DICOM conversations to the listener; figures in bench/RESULTS.md"
 	@echo "make demo   the end-to-end demo: PACS -> synthpacs -> GAN -> synthetic study -> PACS"
 
 $(STAMP): pyproject.toml
@@ -53,6 +54,11 @@ test: deps venv
 
 bench: deps venv
 	$(BIN)/python -m bench
+
+# FUZZ_INPUTS mutated PDU/DIMSE conversations against `synthpacs scp` (bench/fuzz_dicom.py); fails on a finding.
+FUZZ_INPUTS ?= 3000
+fuzz: deps venv
+	$(BIN)/python -m bench.fuzz_dicom --inputs $(FUZZ_INPUTS) --write
 
 demo: deps venv
 	$(BIN)/python -m service.demo

@@ -197,7 +197,15 @@ class DirectLoop:
 
     def run(self) -> None:
         outcome: Callable[[], None]
-        wait_for_dul(self.assoc)
+        if not wait_for_dul(self.assoc):
+            # The peer aborted or broke the protocol while we were accepting (pynetdicom's state machine
+            # left Sta6's path, its reactor may have stopped): the association never really began.
+            log.warning("association_protocol_error", detail="the association ended while it was being accepted",
+                        state=self.assoc.dul.state_machine.current_state, reactor=self.assoc.dul.is_alive())
+            self._send_quietly(abort_pdu(UNEXPECTED_PDU))
+            self._drop_message()
+            self._aborted()
+            return
         try:
             self.sock.settimeout(POLL_S)
             while True:
@@ -256,7 +264,7 @@ class DirectLoop:
     def _send_quietly(self, pdu: bytes) -> None:
         try:
             self.sock.sendall(pdu)
-        except OSError:
+        except (OSError, AttributeError):  # AttributeError: pynetdicom already closed the socket
             pass
 
     # -- PDUs ------------------------------------------------------------------------------------------
@@ -398,11 +406,20 @@ class DirectLoop:
         self.refusal = None
 
 
-def wait_for_dul(assoc: Any, timeout: float = 5.0) -> None:
+def wait_for_dul(assoc: Any, timeout: float = 5.0) -> bool:
     """Let the DUL finish sending the A-ASSOCIATE-AC (state Sta6) before the loop takes the socket.
 
     Closing the socket later moves the DUL from Sta6 to idle, which pynetdicom's ``kill()`` waits for.
+    False when it will not get there: its reactor stopped, or the peer aborted or sent something invalid
+    before the A-ASSOCIATE-AC left (Sta1 idle, Sta13 awaiting the transport's close).
     """
     deadline = time.monotonic() + timeout
-    while assoc.dul.state_machine.current_state != "Sta6" and time.monotonic() < deadline:
+    dul = assoc.dul
+    while time.monotonic() < deadline:
+        state = dul.state_machine.current_state
+        if state == "Sta6":
+            return True
+        if state in ("Sta1", "Sta13") or not dul.is_alive():
+            return False
         time.sleep(0.0002)
+    return dul.state_machine.current_state == "Sta6"

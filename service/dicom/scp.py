@@ -157,6 +157,11 @@ class _AllowListACSE(ACSE):
             # Negotiated: no longer pending; PDUs up to our Maximum Length; the ACSE timeout of an established association.
             admission.negotiation_done()
             assoc.acse_timeout = getattr(assoc, "established_acse_timeout", assoc.acse_timeout)
+        if self.dul.state_machine.current_state != "Sta3":
+            # The peer aborted, closed or sent an invalid PDU while we negotiated: the DUL has left the state
+            # that awaits our answer, and pynetdicom's state machine would stop its reactor on an
+            # A-ASSOCIATE-AC now (InvalidEventError). Nothing is sent; the association ends as aborted.
+            return
         super().send_accept()
 
     def send_reject(self, result: int, source: int, diagnostic: int) -> None:

@@ -38,6 +38,8 @@ class LargeReadSocket(AssociationSocket):
     _timeout: float | None | bool = False  # what the socket's timeout was last set to (False: never set)
 
     def recv(self, nr_bytes: int) -> bytearray:  # type: ignore[override]
+        if self.socket is None:  # closed by another thread (a kill, a timeout): nothing more arrives
+            return bytearray()
         admission = self.admission
         body_of: int | None = None  # the type of the PDU whose body this read is
         if admission is not None and self._declared is not None:
@@ -50,7 +52,7 @@ class LargeReadSocket(AssociationSocket):
         buffer = bytearray(nr_bytes)
         try:
             got = self._read_into(buffer, admission)
-        except OSError as exc:
+        except (OSError, AttributeError) as exc:  # AttributeError: the socket was closed meanwhile
             # Timed out (the negotiation deadline or the network timeout) or broken: the connection is
             # shut and the read ends short, which pynetdicom's DUL takes as the transport closing (Evt17).
             if isinstance(exc, TimeoutError):
@@ -93,7 +95,7 @@ class LargeReadSocket(AssociationSocket):
     def _shut(self) -> None:
         try:
             self.socket.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
-        except OSError:
+        except (OSError, AttributeError):
             pass
 
     def _set_timeout(self, sock: socket.socket, timeout: float | None) -> None:
@@ -109,7 +111,7 @@ class LargeReadSocket(AssociationSocket):
         try:
             sock.settimeout(1.0)  # type: ignore[union-attr]
             sock.sendall(abort_pdu(INVALID_PARAMETER))  # type: ignore[union-attr]
-        except OSError:
+        except (OSError, AttributeError):
             pass
         self._shut()
         self._ended(admission)
