@@ -241,3 +241,40 @@ def test_pending_connections_evict_the_oldest_beyond_their_limits():
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def _tls_contexts(folder: Path):
+    """A self-signed server certificate for 127.0.0.1 and the two SSL contexts (server, client) trusting it."""
+    import ssl
+
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    return server, client
+
+
+def test_a_stalled_tls_handshake_neither_blocks_accepts_nor_outlives_the_negotiation_timeout(home, tmp_path):
+    require_tool("openssl", "openssl")
+    server_ctx, client_ctx = _tls_contexts(tmp_path)
+    running = RunningSCP(make_config(home, **{"dicom.negotiation_timeout": 2.0}))
+    # The TLS settings are another part's; here only the listener's handling of a handshake is under test.
+    running.scp.server.ssl_context = server_ctx  # type: ignore[union-attr]
+    try:
+        stalled = socket.create_connection(("127.0.0.1", running.port))  # connects, never says hello
+        ae = scu("TLSPEER")
+        try:
+            # pynetdicom's own server would be stuck in this handshake inside its accept loop.
+            assoc = ae.associate("127.0.0.1", running.port, ae_title="SYNTHPACS", tls_args=(client_ctx, "127.0.0.1"))
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == status.SUCCESS
+            assoc.release()
+        finally:
+            ae.shutdown()
+        assert _until_closed(stalled, bound_s=60.0) == b"", "the stalled handshake was not closed"
+        stalled.close()
+    finally:
+        running.stop()
