@@ -12,13 +12,14 @@ STAMP := $(VENV)/.synthpacs-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-gpu demo deps venv proto clean help
+.PHONY: run test bench bench-gpu fuzz demo deps venv proto clean help
 
 help:
 	@echo "make run    start synthpacs on embedded defaults (DICOM :11112, gRPC :50051, /metrics :9108)"
 	@echo "make test   install everything and run the whole test suite"
 	@echo "make bench  run the benchmarks and rewrite bench/RESULTS.md"
 	@echo "make bench-gpu  the prepared GPU run (BENCH_GPU_ARGS='--images DIR --out DIR'; README 'GPU run')"
+	@echo "make fuzz   send thousands of mutated DICOM conversations to the listener; figures in bench/RESULTS.md"
 	@echo "make demo   the end-to-end demo: PACS -> synthpacs -> GAN -> synthetic study -> PACS"
 
 $(STAMP): pyproject.toml
@@ -59,6 +60,11 @@ bench: deps venv
 BENCH_GPU_ARGS ?=
 bench-gpu:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m bench gpu $(BENCH_GPU_ARGS)
+
+# FUZZ_INPUTS mutated PDU/DIMSE conversations against `synthpacs scp` (bench/fuzz_dicom.py); fails on a finding.
+FUZZ_INPUTS ?= 3000
+fuzz: deps venv
+	$(BIN)/python -m bench.fuzz_dicom --inputs $(FUZZ_INPUTS) --write
 
 demo: deps venv
 	$(BIN)/python -m service.demo

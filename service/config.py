@@ -48,6 +48,7 @@ class DicomConfig:
     # Loopback by default: a hospital network is opened on purpose, by configuration.
     bind: str = "127.0.0.1"
     port: int = 11112
+    # Established associations at once; connections still negotiating are counted apart (below).
     max_associations: int = 16
     # 128 KiB: dcmtk-based senders (storescu, Orthanc, most PACS) never send larger PDUs whatever we
     # offer; it was the fastest size measured (bench/RESULTS.md sweep, ../shared/NOTES.md), 16 KiB is
@@ -56,6 +57,21 @@ class DicomConfig:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+    # Seconds a new connection has to complete association negotiation (TLS handshake and A-ASSOCIATE-RQ
+    # included); shorter than the ACSE timeout, which bounds an established association's release
+    # (service/dicom/frontdoor.py).
+    negotiation_timeout: float = 10.0
+    # Connections accepted and not yet negotiated, per source host and in all; beyond either, the oldest
+    # pending connection is closed, so an idle flood cannot lock listed peers out.
+    max_pending_per_host: int = 8
+    max_pending: int = 64
+    # The TCP listen backlog: connections the kernel queues before they are accepted (Orthanc uses 50).
+    listen_backlog: int = 50
+    # The largest C-STORE dataset accepted (written to disk as it arrives, and held in memory until it is
+    # complete); beyond it the rest is read and dropped, the C-STORE is answered 0xA700 and nothing is
+    # kept. 2 GiB holds the largest radiographs. A deflated dataset is parsed in memory and may inflate to
+    # 256 MiB at most (service/dicom/encoded.py).
+    max_dataset_bytes: int = 2 << 30
     # Any calling AE title from loopback is accepted out of the box; other hosts must be listed in peers.
     allow_loopback: bool = True
     peers: tuple[DicomPeer, ...] = ()
@@ -484,6 +500,12 @@ def _validate(cfg: Config) -> None:
         port = getattr(getattr(cfg, section), key)
         if not 0 <= port <= 65535:
             raise ConfigError(f"setting {port_key} is {port}; a TCP port is 0-65535 (0 picks a free one)")
+    if cfg.dicom.negotiation_timeout <= 0:
+        raise ConfigError("dicom.negotiation_timeout must be more than 0 seconds")
+    if min(cfg.dicom.max_associations, cfg.dicom.max_pending_per_host, cfg.dicom.max_pending, cfg.dicom.listen_backlog) < 1:
+        raise ConfigError("dicom.max_associations, max_pending_per_host, max_pending and listen_backlog must be at least 1")
+    if cfg.dicom.max_dataset_bytes < 1024:
+        raise ConfigError("dicom.max_dataset_bytes must be at least 1024 bytes")
     if cfg.dicom.max_pdu != 0 and cfg.dicom.max_pdu < 4096:
         raise ConfigError("dicom.max_pdu must be 0 (unlimited) or at least 4096 bytes")
     seen = set()

@@ -36,6 +36,9 @@ from typing import Any, Callable, Protocol
 
 from pynetdicom import evt
 
+from service.dicom.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
+from service.dicom.uids import InvalidUID, validate_uid
+from service.dicom.frontdoor import COMMAND_SET_LIMIT, INVALID_PARAMETER, REASON_NOT_SPECIFIED, UNEXPECTED_PDU, abort_pdu, pdu_limit
 from service.dicom.streaming import StreamingPut
 from service.dicom.store import Store
 from service.logs import get_logger, where
@@ -46,11 +49,6 @@ VERIFICATION = "1.2.840.10008.1.1"
 C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP, C_CANCEL_RQ = 0x0001, 0x8001, 0x0030, 0x8030, 0x0FFF
 NO_DATASET = 0x0101
 SOP_CLASS_NOT_SUPPORTED = 0x0122
-# A-ABORT source and reasons (PS3.8 Table 9-26).
-SERVICE_PROVIDER = 0x02
-REASON_NOT_SPECIFIED, UNEXPECTED_PDU, INVALID_PARAMETER = 0x00, 0x02, 0x06
-# No sender we know of sends PDUs over 1 MiB; a length beyond this is garbage or an attack.
-MAX_PDU_LENGTH = 64 << 20
 # How often a blocked read wakes up to see whether the association was killed from outside.
 POLL_S = 0.5
 
@@ -73,7 +71,8 @@ class _Closed(Exception):
 class Host(Protocol):
     """What the loop needs from the SCP: the same handling of a received dataset and of a C-ECHO."""
 
-    def store_received(self, assoc: Any, data: memoryview, stream: StreamingPut | None, transfer_syntax: str) -> tuple[int, str]: ...
+    def store_received(self, assoc: Any, data: memoryview, stream: StreamingPut | None, transfer_syntax: str,
+                       expected: tuple[str, str] | None = None) -> tuple[int, str]: ...
 
     def echo_received(self, assoc: Any) -> int: ...
 
@@ -86,6 +85,9 @@ class _Request:
     sop_class: str
     sop_instance: str
     has_dataset: bool
+    # The UIDs as received, echoed in the response whatever they hold (PS3.7 §9.3.1.2).
+    sop_class_raw: bytes = b""
+    sop_instance_raw: bytes = b""
 
 
 def eligible(assoc: Any, storage_classes: frozenset[str]) -> bool:
@@ -119,6 +121,10 @@ def _ui(fields: dict[int, bytes], element: int) -> str:
     return fields.get(element, b"").decode("ascii", "replace").rstrip("\0 ")
 
 
+def _ui_raw(fields: dict[int, bytes], element: int) -> bytes:
+    return bytes(fields.get(element, b"")).rstrip(b"\0 ")
+
+
 def _parse_request(context_id: int, data: bytes) -> _Request:
     fields = _command_fields(data)
     command = _us(fields, 0x0100)
@@ -127,21 +133,28 @@ def _parse_request(context_id: int, data: bytes) -> _Request:
         raise _ProtocolError(INVALID_PARAMETER, "command set without Command Field or Message ID")
     dataset_type = _us(fields, 0x0800)
     return _Request(context_id, command, message_id or 0, _ui(fields, 0x0002), _ui(fields, 0x1000),
-                    dataset_type is not None and dataset_type != NO_DATASET)
+                    dataset_type is not None and dataset_type != NO_DATASET, _ui_raw(fields, 0x0002), _ui_raw(fields, 0x1000))
 
 
 def _element(element: int, value: bytes) -> bytes:
     return _ELEMENT.pack(0x0000, element, len(value)) + value
 
 
-def _ui_value(uid: str) -> bytes:
-    raw = uid.encode("ascii")
+def _pad_ui(raw: bytes) -> bytes:
     return raw + b"\0" if len(raw) % 2 else raw
+
+
+def _is_uid(raw: bytes) -> bool:
+    try:
+        validate_uid(raw.decode("ascii"), "Affected SOP Instance UID")
+    except (UnicodeDecodeError, InvalidUID):
+        return False
+    return True
 
 
 def _response_pdu(context_id: int, command: int, request: _Request, status: int, comment: str = "") -> bytes:
     """A P-DATA-TF holding one response command set (last fragment of a command)."""
-    body = _element(0x0002, _ui_value(request.sop_class))
+    body = _element(0x0002, _pad_ui(request.sop_class_raw or request.sop_class.encode("ascii", "replace")))
     body += _element(0x0100, struct.pack("<H", command))
     body += _element(0x0120, struct.pack("<H", request.message_id))
     body += _element(0x0800, struct.pack("<H", NO_DATASET))
@@ -149,28 +162,27 @@ def _response_pdu(context_id: int, command: int, request: _Request, status: int,
     if comment:
         text = comment[:64].encode("ascii", "replace")
         body += _element(0x0902, text + b" " if len(text) % 2 else text)
-    if command == C_STORE_RSP and request.sop_instance:
-        body += _element(0x1000, _ui_value(request.sop_instance))
+    if command == C_STORE_RSP and request.sop_instance_raw:
+        body += _element(0x1000, _pad_ui(request.sop_instance_raw))
     command_set = _element(0x0000, struct.pack("<I", len(body))) + body
     pdv = _PDV_HEADER.pack(len(command_set) + 2, context_id, 0x03) + command_set
     return _PDU_HEADER.pack(0x04, len(pdv)) + pdv
 
 
-def _abort_pdu(reason: int) -> bytes:
-    return b"\x07\x00\x00\x00\x00\x04\x00\x00" + bytes((SERVICE_PROVIDER, reason))
-
-
 class DirectLoop:
     """Serves one established storage association until it is released, aborted or times out."""
 
-    def __init__(self, assoc: Any, host: Host, store: Store | None, network_timeout: float | None):
+    def __init__(self, assoc: Any, host: Host, store: Store | None, network_timeout: float | None, max_dataset_bytes: int = 2 << 30):
         self.assoc = assoc
+        self.max_dataset_bytes = max_dataset_bytes
         self.host = host
         self.store = store
         self.network_timeout = network_timeout
         self.contexts = {cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
         self.calling_ae = assoc.requestor.ae_title
         self.sock: socket.socket = assoc.dul.socket.socket
+        # Every PDU is checked against the Maximum Length we advertised before it is read (PS3.8 Annex D.1).
+        self.max_pdu_length = pdu_limit(assoc.acceptor.maximum_length or 0)
         self._header = bytearray(6)
         self._body = bytearray(1 << 17)
         # The message being received.
@@ -178,12 +190,22 @@ class DirectLoop:
         self.command = bytearray()
         self.dataset: io.BytesIO | None = None
         self.stream: StreamingPut | None = None
+        # The message's answer is already known (too large, a bad request): the rest is read and dropped.
+        self.refusal: tuple[int, str] | None = None
 
     # -- the loop --------------------------------------------------------------------------------------
 
     def run(self) -> None:
         outcome: Callable[[], None]
-        wait_for_dul(self.assoc)
+        if not wait_for_dul(self.assoc):
+            # The peer aborted or broke the protocol while we were accepting (pynetdicom's state machine
+            # left Sta6's path, its reactor may have stopped): the association never really began.
+            log.warning("association_protocol_error", detail="the association ended while it was being accepted",
+                        state=self.assoc.dul.state_machine.current_state, reactor=self.assoc.dul.is_alive())
+            self._send_quietly(abort_pdu(UNEXPECTED_PDU))
+            self._drop_message()
+            self._aborted()
+            return
         try:
             self.sock.settimeout(POLL_S)
             while True:
@@ -203,17 +225,17 @@ class DirectLoop:
                     raise _ProtocolError(UNEXPECTED_PDU, f"PDU type 0x{pdu_type:02X} on an established association")
         except _ProtocolError as exc:
             log.warning("association_protocol_error", detail=str(exc))
-            self._send_quietly(_abort_pdu(exc.reason))
+            self._send_quietly(abort_pdu(exc.reason))
             outcome = self._aborted
         except TimeoutError:
             log.warning("association_network_timeout", seconds=self.network_timeout)
-            self._send_quietly(_abort_pdu(REASON_NOT_SPECIFIED))
+            self._send_quietly(abort_pdu(REASON_NOT_SPECIFIED))
             outcome = self._aborted
         except (_Closed, OSError):
             outcome = self._aborted
         except Exception as exc:  # a bug must cost this association, never leave it hanging
             log.error("association_internal_error", error=type(exc).__name__, where=where(exc))
-            self._send_quietly(_abort_pdu(REASON_NOT_SPECIFIED))
+            self._send_quietly(abort_pdu(REASON_NOT_SPECIFIED))
             outcome = self._aborted
         self._drop_message()
         outcome()
@@ -242,7 +264,7 @@ class DirectLoop:
     def _send_quietly(self, pdu: bytes) -> None:
         try:
             self.sock.sendall(pdu)
-        except OSError:
+        except (OSError, AttributeError):  # AttributeError: pynetdicom already closed the socket
             pass
 
     # -- PDUs ------------------------------------------------------------------------------------------
@@ -268,8 +290,8 @@ class DirectLoop:
         with memoryview(self._header) as header:
             self._recv_exact(header)
         pdu_type, length = _PDU_HEADER.unpack(self._header)
-        if length > MAX_PDU_LENGTH:
-            raise _ProtocolError(INVALID_PARAMETER, f"PDU length {length}")
+        if length > self.max_pdu_length:
+            raise _ProtocolError(INVALID_PARAMETER, f"PDU length {length} over {self.max_pdu_length}")
         if length > len(self._body):
             self._body = bytearray(length)
         body = memoryview(self._body)[:length]
@@ -298,6 +320,8 @@ class DirectLoop:
         if is_command:
             if self.request is not None:
                 raise _ProtocolError(UNEXPECTED_PDU, "a command fragment while a dataset was expected")
+            if len(self.command) + len(data) > COMMAND_SET_LIMIT:
+                raise _ProtocolError(INVALID_PARAMETER, f"command set over {COMMAND_SET_LIMIT} bytes")
             self.command += data
             if last:
                 request = _parse_request(context_id, bytes(self.command))
@@ -307,12 +331,25 @@ class DirectLoop:
         request = self.request
         if request is None or self.command or context_id != request.context_id:
             raise _ProtocolError(UNEXPECTED_PDU, "a dataset fragment without its command")
-        assert self.dataset is not None
-        self.dataset.write(data)
-        if self.stream is not None:
-            self.stream.feed(self.dataset)
+        if self.refusal is None:
+            assert self.dataset is not None
+            if self.dataset.tell() + len(data) > self.max_dataset_bytes:
+                self._too_large()
+            else:
+                self.dataset.write(data)
+                if self.stream is not None:
+                    self.stream.feed(self.dataset)
         if last:
             self._stored(request)
+
+    def _too_large(self) -> None:
+        """Past ``dicom.max_dataset_bytes``: nothing more is kept, its file goes; answered once it ends."""
+        log.warning("instance_refused", reason="too_large", limit=self.max_dataset_bytes)
+        self.refusal = (OUT_OF_RESOURCES, "dataset larger than dicom.max_dataset_bytes")
+        if self.stream is not None:
+            self.stream.abort()
+        self.stream = None
+        self.dataset = io.BytesIO()
 
     def _command(self, request: _Request) -> None:
         if request.command == C_CANCEL_RQ:
@@ -332,18 +369,28 @@ class DirectLoop:
         self.request = request
         self.dataset = io.BytesIO()
         abstract, transfer = self.contexts[request.context_id]
+        if not _is_uid(request.sop_instance_raw):
+            # Not a UID (PS3.5 §9.1): nothing can be stored under it; its dataset is read and dropped.
+            log.warning("instance_refused", reason="bad_affected_sop_instance_uid")
+            self.refusal = (CANNOT_UNDERSTAND, "Affected SOP Instance UID is not a valid UID")
+            return
         if self.store is not None and request.sop_class == abstract:
-            self.stream = StreamingPut(self.store, transfer, "cstore", self.calling_ae)
+            self.stream = StreamingPut(self.store, transfer, "cstore", self.calling_ae, (abstract, request.sop_instance))
 
     def _stored(self, request: _Request) -> None:
         assert self.dataset is not None
         abstract, transfer = self.contexts[request.context_id]
+        if self.refusal is not None:
+            (status_code, comment), self.refusal = self.refusal, None
+            self.request, self.dataset, self.stream = None, None, None
+            self._respond_store(request, status_code, comment)
+            return
         if request.sop_class != abstract:
             # pynetdicom's answer when the Affected SOP Class is not the context's (PS3.7 C.4.2.1.4).
             status, comment = SOP_CLASS_NOT_SUPPORTED, ""
         else:
             data = self.dataset.getbuffer()
-            status, comment = self.host.store_received(self.assoc, data, self.stream, transfer)
+            status, comment = self.host.store_received(self.assoc, data, self.stream, transfer, (abstract, request.sop_instance))
             del data
         self.request, self.dataset, self.stream = None, None, None
         self._respond_store(request, status, comment)
@@ -356,13 +403,23 @@ class DirectLoop:
         if self.stream is not None:
             self.stream.abort()
         self.request, self.dataset, self.stream = None, None, None
+        self.refusal = None
 
 
-def wait_for_dul(assoc: Any, timeout: float = 5.0) -> None:
+def wait_for_dul(assoc: Any, timeout: float = 5.0) -> bool:
     """Let the DUL finish sending the A-ASSOCIATE-AC (state Sta6) before the loop takes the socket.
 
     Closing the socket later moves the DUL from Sta6 to idle, which pynetdicom's ``kill()`` waits for.
+    False when it will not get there: its reactor stopped, or the peer aborted or sent something invalid
+    before the A-ASSOCIATE-AC left (Sta1 idle, Sta13 awaiting the transport's close).
     """
     deadline = time.monotonic() + timeout
-    while assoc.dul.state_machine.current_state != "Sta6" and time.monotonic() < deadline:
+    dul = assoc.dul
+    while time.monotonic() < deadline:
+        state = dul.state_machine.current_state
+        if state == "Sta6":
+            return True
+        if state in ("Sta1", "Sta13") or not dul.is_alive():
+            return False
         time.sleep(0.0002)
+    return dul.state_machine.current_state == "Sta6"

@@ -47,6 +47,35 @@ class EncodingError(ValueError):
     """The bytes are not a DICOM dataset we can store; the message says what is wrong, never a value."""
 
 
+class TooLarge(EncodingError):
+    """The dataset is larger than the store takes (a size limit, not a defect of its encoding)."""
+
+
+# A deflated dataset (PS3.5 §A.5) is inflated and parsed whole in memory: it may inflate to this much at most.
+INFLATED_LIMIT = 256 << 20
+_INFLATE_STEP = 1 << 20
+
+
+def inflate(data: bytes | memoryview, limit: int = INFLATED_LIMIT) -> bytes:
+    """Inflate a deflated dataset, refusing (:class:`TooLarge`) one that would inflate beyond ``limit``.
+
+    Its size is first counted as a stream, 1 MiB at a time and nothing kept, so a deflate bomb (a few
+    hundred KB inflating to gigabytes) costs CPU, never memory; only a dataset within the limit is then
+    inflated for real.
+    """
+    counter = zlib.decompressobj(-zlib.MAX_WBITS)
+    total, rest = 0, bytes(data)
+    while rest:
+        total += len(counter.decompress(rest, _INFLATE_STEP))
+        if total > limit:
+            raise TooLarge(f"the deflated dataset inflates beyond {limit} bytes")
+        rest = counter.unconsumed_tail
+    total += len(counter.flush())
+    if total > limit:
+        raise TooLarge(f"the deflated dataset inflates beyond {limit} bytes")
+    return zlib.decompress(bytes(data), -zlib.MAX_WBITS)
+
+
 @dataclass
 class EncodedInstance:
     """A received instance: ``dataset`` holds every top-level element before the pixel data.
@@ -67,6 +96,9 @@ class EncodedInstance:
     complete: bool = False
     # The bytes it was parsed from, for a full parse when the split is not enough.
     raw: bytes | memoryview | None = None
+    # (SOP Class UID, SOP Instance UID) the C-STORE request announced (presentation context's abstract
+    # syntax, Affected SOP Instance UID): the dataset must carry the same (PS3.4 B.2.3, PS3.7 §9.1.1).
+    expected: tuple[str, str] | None = None
 
     @property
     def encapsulated(self) -> bool:
@@ -101,17 +133,19 @@ def parse_file(data: bytes | memoryview) -> EncodedInstance:
     return enc
 
 
-def parse_dataset(data: bytes | memoryview, transfer_syntax: str) -> EncodedInstance:
+def parse_dataset(data: bytes | memoryview, transfer_syntax: str, inflated_limit: int = INFLATED_LIMIT) -> EncodedInstance:
     """A bare dataset encoded in ``transfer_syntax``, as a C-STORE request carries it (PS3.7 §9.3.1)."""
     tsyntax = UID(str(transfer_syntax))
     if not tsyntax.is_transfer_syntax:
         raise EncodingError("unknown transfer syntax")
     if tsyntax == DeflatedExplicitVRLittleEndian:
         try:
-            inflated = zlib.decompress(bytes(data), -zlib.MAX_WBITS)
+            inflated = inflate(data, inflated_limit)
             full = read_dataset(io.BytesIO(inflated), False, True)
         except zlib.error:
             raise EncodingError("the deflated dataset does not inflate") from None
+        except TooLarge:
+            raise
         except Exception as exc:
             raise EncodingError(f"not a readable DICOM dataset ({type(exc).__name__})") from None
         full.file_meta = FileMetaDataset()

@@ -25,6 +25,7 @@ import pynetdicom
 import pynetdicom.association as _association_module
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import InvalidEventError, StateMachine
 
 FAST_POLL_S = 0.0001
 HANDED_OFF_POLL_S = 0.005
@@ -62,6 +63,39 @@ class ResponsiveDUL(DULServiceProvider):
     @_run_loop_delay.setter
     def _run_loop_delay(self, _value: float) -> None:
         pass
+
+
+class TolerantStateMachine(StateMachine):
+    """pynetdicom's DUL state machine, dropping an event that its current state does not allow.
+
+    A peer that sends its P-DATA before our A-ASSOCIATE-AC, or aborts meanwhile, moves the machine to
+    Sta13 or Sta1 while the association thread is still accepting; pynetdicom then raises
+    InvalidEventError for our A-ASSOCIATE-AC (Evt7) inside the DUL's thread and that thread dies (the
+    listener fuzzer found it: bench/fuzz_dicom.py). The peer has already ended the association, so the
+    event is dropped and the association ends as aborted.
+    """
+
+    def do_action(self, event: str) -> None:
+        try:
+            super().do_action(event)
+        except InvalidEventError:
+            pass
+        except Exception:
+            # An action failed on a PDU it could not convert (an A-ASSOCIATE-RQ whose presentation context
+            # ID is even, ...). pynetdicom has logged it and stops the DUL's reactor, which would leave the
+            # connection open and the association thread waiting for its ACSE timeout: A-ABORT
+            # (service-provider, PS3.8 Table 9-26), close, and let the association thread end now.
+            dul = self.dul
+            try:
+                dul.socket.send(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00")  # type: ignore[union-attr]
+            except Exception:
+                pass
+            try:
+                dul.socket.close()  # type: ignore[union-attr]
+            except Exception:
+                pass
+            if not dul.assoc.is_established:
+                dul.to_user_queue.put(None)  # what the acceptor's wait for an A-ASSOCIATE-RQ returns on a timeout
 
 
 class _AdaptiveTime:
@@ -103,4 +137,6 @@ def responsive(assoc: Association) -> Association:
     if SUPPORTED and type(assoc) is Association and type(assoc.dul) is DULServiceProvider:
         assoc.__class__ = ResponsiveAssociation
         assoc.dul.__class__ = ResponsiveDUL
+        if type(assoc.dul.state_machine) is StateMachine:
+            assoc.dul.state_machine.__class__ = TolerantStateMachine
     return assoc

@@ -7,6 +7,9 @@ Built the pynetdicom way: a declaratively configured AE (contexts, timeouts, PDU
   unknown peer gets an A-ASSOCIATE-RJ "calling AE title not recognized" (PS3.8 §9.3.4);
 * TCP_NODELAY on every accepted socket: with Nagle and delayed ACK, each C-STORE response waits
   40-80 ms on loopback (../shared/NOTES.md);
+* a front door (:mod:`service.dicom.frontdoor`): connections still negotiating are counted apart from
+  established associations and limited per host, must negotiate within ``dicom.negotiation_timeout``, and
+  may not declare a PDU longer than allowed; ``dicom.max_associations`` counts established associations;
 * associations that carry only Storage and Verification (what a PACS or a modality opens) are served,
   once established, straight from the socket by :class:`service.dicom.direct.DirectLoop` instead of
   pynetdicom's two polling reactors; associations that also carry Query/Retrieve keep pynetdicom, with
@@ -19,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import socket
+import sqlite3
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -30,16 +34,18 @@ from pynetdicom import AE, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler
 
 from service import metrics
 from service.config import Config
 from service.dicom import status
 from service.dicom.direct import DirectLoop, eligible
+from service.dicom.frontdoor import Admission, FrontDoorServer, PendingConnections, tls_handshake
 from service.dicom.polling import ResponsiveAssociation, ResponsiveDUL, responsive
 from service.dicom.sockets import large_reads
 from service.dicom.streaming import StreamingDIMSE, streaming
 from service.dicom.store import Store, StoreError
+from service.dicom.uids import InvalidUID, validate_uid
 from service.logs import get_logger, where
 
 log = get_logger("scp")
@@ -138,13 +144,31 @@ class _AllowListACSE(ACSE):
     allow_list: AllowList
     direct: Callable[[Any], DirectLoop] | None = None
 
+    max_associations: int = 0  # established associations at most (0: pynetdicom's own count decides)
+
     def send_accept(self) -> None:
         assoc = self.assoc
         if self.direct is not None and isinstance(assoc, _DirectAssociation) and isinstance(assoc.dul, ResponsiveDUL) and eligible(assoc, STORAGE_SOP_CLASSES):
             assoc.direct_loop = self.direct(assoc)
             # Before the A-ASSOCIATE-AC leaves: from then on only the loop reads the socket.
             assoc.dul.handed_off = True
+        admission: Admission | None = getattr(assoc, "front_door", None)
+        if admission is not None:
+            # Negotiated: no longer pending; PDUs up to our Maximum Length; the ACSE timeout of an established association.
+            admission.negotiation_done()
+            assoc.acse_timeout = getattr(assoc, "established_acse_timeout", assoc.acse_timeout)
+        if self.dul.state_machine.current_state != "Sta3":
+            # The peer aborted, closed or sent an invalid PDU while we negotiated: the DUL has left the state
+            # that awaits our answer, and pynetdicom's state machine would stop its reactor on an
+            # A-ASSOCIATE-AC now (InvalidEventError). Nothing is sent; the association ends as aborted.
+            return
         super().send_accept()
+
+    def send_reject(self, result: int, source: int, diagnostic: int) -> None:
+        admission: Admission | None = getattr(self.assoc, "front_door", None)
+        if admission is not None:
+            admission.release()
+        super().send_reject(result, source, diagnostic)
 
     def _negotiate_as_acceptor(self) -> None:
         calling = self.requestor.primitive.calling_ae_title  # type: ignore[union-attr]
@@ -158,21 +182,86 @@ class _AllowListACSE(ACSE):
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
             self.assoc.kill()
             return
+        if self.max_associations and self._established_elsewhere() >= self.max_associations:
+            # Only established associations count: connections still negotiating are limited apart
+            # (frontdoor.PendingConnections), so they cannot lock listed peers out.
+            log.warning("association_rejected", reason="too many associations", calling_ae=calling, host=host)
+            # Rejected (transient), service-provider (presentation), local limit exceeded (PS3.8 Table 9-21).
+            self.send_reject(0x02, 0x03, 0x02)
+            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+            self.assoc.kill()
+            return
         super()._negotiate_as_acceptor()
 
+    def _established_elsewhere(self) -> int:
+        return sum(1 for a in self.assoc.ae.active_associations if a is not self.assoc and a.is_acceptor and a.is_established)
 
-def _request_handler(allow_list: AllowList, store: Store | None, direct: Callable[[Any], DirectLoop] | None = None) -> type[RequestHandler]:
+
+def _end_streams(assoc: Any) -> None:
+    """The association's thread ended (release, abort, protocol error, exception): remove its temporary files."""
+    if isinstance(assoc.dimse, StreamingDIMSE):
+        try:
+            assoc.dimse.abort_streams()
+        except Exception as exc:  # the thread is ending anyway; say where, never what
+            log.error("stream_cleanup_failed", error=type(exc).__name__, where=where(exc))
+
+
+@dataclass(frozen=True)
+class _Door:
+    """What the request handler needs to admit a connection (service/dicom/frontdoor.py)."""
+
+    pending: PendingConnections
+    negotiation_timeout: float
+    acse_timeout: float | None
+    network_timeout: float | None
+    max_pdu: int
+
+
+def _request_handler(allow_list: AllowList, store: Store | None, direct: Callable[[Any], DirectLoop] | None = None,
+                     door: _Door | None = None, max_associations: int = 0, max_dataset_bytes: int = 2 << 30) -> type[RequestHandler]:
     class Handler(RequestHandler):
+        admission: Admission | None = None
+
+        def handle(self) -> None:
+            """pynetdicom's handle (create, announce, start), with the connection admitted as pending first."""
+            if door is not None:
+                ticket = door.pending.admit(_normalize_host(self.client_address[0]), self.request)
+                self.admission = Admission.start(ticket, door.negotiation_timeout, door.max_pdu, door.network_timeout)
+                if not tls_handshake(self.request, self.admission):
+                    self.admission.release()
+                    self.server.shutdown_request(self.request)
+                    return
+            assoc = self._create_association()
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            if self.admission is not None:
+                admission, run = self.admission, assoc.run
+
+                def run_then_release() -> None:
+                    try:
+                        run()
+                    finally:
+                        admission.release()
+                        _end_streams(assoc)
+
+                assoc.run = run_then_release  # type: ignore[method-assign]
+            assoc.start()
+
         def _create_association(self):  # type: ignore[override]
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assoc = large_reads(responsive(super()._create_association()))
+            assoc = large_reads(responsive(super()._create_association()), self.admission)
+            if self.admission is not None:
+                assoc.front_door = self.admission
+                # Waiting for the A-ASSOCIATE-RQ is bounded by what is left of the negotiation deadline;
+                # the ACSE timeout of an established association is restored once it is accepted.
+                assoc.acse_timeout = max(self.admission.remaining(), 0.001)
+                assoc.established_acse_timeout = door.acse_timeout  # type: ignore[union-attr]
             if direct is not None and type(assoc) is ResponsiveAssociation:
                 assoc.__class__ = _DirectAssociation
-            if store is not None:
-                streaming(assoc, store)
+            streaming(assoc, store, max_dataset_bytes)
             acse = _AllowListACSE(assoc)
             acse.allow_list = allow_list
             acse.direct = direct
+            acse.max_associations = max_associations
             assoc.acse = acse
             return assoc
 
@@ -195,7 +284,9 @@ class StorageSCP:
         self.cfg = cfg
         self.store = store
         self.ae = AE(ae_title=cfg.dicom.ae_title)
-        self.ae.maximum_associations = cfg.dicom.max_associations
+        # Established associations are counted by _AllowListACSE; pynetdicom's own count would include
+        # connections still negotiating, which limits apart (frontdoor.py).
+        self.ae.maximum_associations = cfg.dicom.max_associations + cfg.dicom.max_pending + 1
         self.ae.maximum_pdu_size = cfg.dicom.max_pdu
         self.ae.acse_timeout = cfg.dicom.acse_timeout
         self.ae.dimse_timeout = cfg.dicom.dimse_timeout
@@ -211,7 +302,7 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_REJECTED, self._on_rejected),
         ] + (extra_handlers or [])
-        self.server: ThreadedAssociationServer | None = None
+        self.server: FrontDoorServer | None = None
         self._thread: threading.Thread | None = None
         self._ids: dict[int, int] = {}
         self._counts: dict[int, Counter] = {}
@@ -224,17 +315,26 @@ class StorageSCP:
         return host, port
 
     def start(self) -> tuple[str, int]:
-        server = ThreadedAssociationServer(
+        d = self.cfg.dicom
+        door = _Door(PendingConnections(d.max_pending_per_host, d.max_pending), d.negotiation_timeout, d.acse_timeout,
+                     d.network_timeout, d.max_pdu)
+        server = FrontDoorServer(
             self.ae,
-            (self.cfg.dicom.bind, self.cfg.dicom.port),
-            self.cfg.dicom.ae_title,
+            (d.bind, d.port),
+            d.ae_title,
             self.contexts,
             evt_handlers=self.handlers,
             request_handler=_request_handler(
                 AllowList.from_config(self.cfg),
-                self.store if self.cfg.dicom.stream_writes else None,
-                self._direct_loop if self.cfg.dicom.direct_receive else None,
+                self.store if d.stream_writes else None,
+                self._direct_loop if d.direct_receive else None,
+                door,
+                d.max_associations,
+                d.max_dataset_bytes,
             ),
+            backlog=d.listen_backlog,
+            pending=door.pending,
+            negotiation_timeout=d.negotiation_timeout,
         )
         self.ae._servers.append(server)
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
@@ -274,6 +374,8 @@ class StorageSCP:
         )
 
     def _on_closed(self, event: evt.Event) -> None:
+        if isinstance(event.assoc.dimse, StreamingDIMSE):
+            event.assoc.dimse.abort_stream()  # released in the middle of a message: it will never complete
         metrics.ACTIVE_ASSOCIATIONS.dec()
         counts = self._counts.pop(id(event.assoc), Counter())
         log.info("association_released", association=self._ids.pop(id(event.assoc), 0), **_summary(counts))
@@ -302,7 +404,8 @@ class StorageSCP:
         return status.SUCCESS
 
     def _direct_loop(self, assoc: Any) -> DirectLoop:
-        return DirectLoop(assoc, self, self.store if self.cfg.dicom.stream_writes else None, self.cfg.dicom.network_timeout)
+        return DirectLoop(assoc, self, self.store if self.cfg.dicom.stream_writes else None, self.cfg.dicom.network_timeout,
+                          self.cfg.dicom.max_dataset_bytes)
 
     def _on_store(self, event: evt.Event) -> Dataset | int:
         """C-STORE through pynetdicom's reactors (associations that also carry Query/Retrieve)."""
@@ -311,32 +414,61 @@ class StorageSCP:
             received = event.request.DataSet
             data = received.getbuffer()
             tsyntax = event.context.transfer_syntax
+            affected = str(event.request.AffectedSOPInstanceUID or "")
         except Exception as exc:  # the bytes could not even be framed as a dataset
             self._bind(event)
             metrics.STORE_FAILURES.labels(reason="malformed").inc()
             log.warning("instance_refused", reason="malformed", detail=f"{type(exc).__name__}")
             return _status(status.CANNOT_UNDERSTAND, "the dataset could not be decoded")
-        code, comment = self.store_received(event.assoc, data, getattr(received, "stream", None), tsyntax)
+        stream = getattr(received, "stream", None)
+        if getattr(received, "oversize", False):  # streaming.StreamingBuffer kept nothing past the limit
+            self._bind(event)
+            self._counts.setdefault(id(event.assoc), Counter())["refused"] += 1
+            metrics.STORE_FAILURES.labels(reason="too_large").inc()
+            return _status(status.OUT_OF_RESOURCES, "dataset larger than dicom.max_dataset_bytes")
+        try:
+            validate_uid(affected, "Affected SOP Instance UID")
+        except InvalidUID:
+            self._bind(event)
+            if stream is not None:
+                stream.abort()
+            self._counts.setdefault(id(event.assoc), Counter())["refused"] += 1
+            metrics.STORE_FAILURES.labels(reason="bad_affected_sop_instance_uid").inc()
+            log.warning("instance_refused", reason="bad_affected_sop_instance_uid")
+            return _status(status.CANNOT_UNDERSTAND, "Affected SOP Instance UID is not a valid UID")
+        expected = (str(event.context.abstract_syntax), affected)
+        code, comment = self.store_received(event.assoc, data, stream, tsyntax, expected)
         return _status(code, comment) if comment else code
 
-    def store_received(self, assoc: Any, data: memoryview, stream: Any, transfer_syntax: str) -> tuple[int, str]:
-        """C-STORE (PS3.4 Annex B): (status, error comment); success only once the instance is durable and indexed."""
+    def store_received(self, assoc: Any, data: memoryview, stream: Any, transfer_syntax: str,
+                       expected: tuple[str, str] | None = None) -> tuple[int, str]:
+        """C-STORE (PS3.4 Annex B): (status, error comment); success only once the instance is durable and indexed.
+
+        ``expected``: the (SOP Class UID, SOP Instance UID) the request announced; the dataset must match.
+        Failures by cause: the store's own (0xA900 mismatch, 0xC000 unreadable, 0xA700 full disk or a limit);
+        an unexpected error is 0xA700 only when it is a resource that failed (the disk, memory, the index
+        database), else 0xC000, so a PACS does not retry forever what will never be stored.
+        """
         structlog.contextvars.bind_contextvars(association=self.assoc_id(assoc))
         counts = self._counts.setdefault(id(assoc), Counter())
         try:
             if stream is not None:  # written while it arrived (streaming.py); it falls back to put_bytes
                 result = stream.finish(data)
             else:
-                result = self.store.put_bytes(data, source="cstore", source_ae=assoc.requestor.ae_title, transfer_syntax=transfer_syntax)
+                result = self.store.put_bytes(data, source="cstore", source_ae=assoc.requestor.ae_title, transfer_syntax=transfer_syntax,
+                                              expected=expected)
         except StoreError as exc:
             counts["refused"] += 1
             return exc.status, str(exc)[:64]
         except Exception as exc:  # never a silent success, never a dead server
             counts["refused"] += 1
-            metrics.STORE_FAILURES.labels(reason="internal").inc()
+            exhausted = isinstance(exc, (OSError, MemoryError, sqlite3.Error))
+            metrics.STORE_FAILURES.labels(reason="internal" if exhausted else "unprocessable").inc()
             # Where it failed, not the message: messages of pydicom and sqlite can quote values.
             log.error("instance_store_crashed", error=type(exc).__name__, where=where(exc))
-            return status.OUT_OF_RESOURCES, "internal error while storing"
+            if exhausted:
+                return status.OUT_OF_RESOURCES, "internal error while storing"
+            return status.CANNOT_UNDERSTAND, "the dataset could not be processed"
         counts["duplicates" if result.duplicate else "stored"] += 1
         counts["bytes"] += 0 if result.duplicate else result.record.size
         return status.SUCCESS, ""

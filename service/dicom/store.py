@@ -48,7 +48,9 @@ from service.dicom.encoded import (
     DATASET_TRAILING_PADDING,
     PIXEL_TAGS,
     EncodedInstance,
+    INFLATED_LIMIT,
     EncodingError,
+    TooLarge,
     encode_dataset,
     file_meta_bytes,
     parse_dataset,
@@ -115,6 +117,11 @@ class PutResult:
 _TAGS: dict[str, int] = {}
 # Not PN: pydicom's PersonName drops empty trailing component groups ("DOE^JOHN=" reads "DOE^JOHN").
 _RAW_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI"})
+
+
+# Integer attributes that the index keeps (InstanceRecord): each must fit its VR's range.
+_INDEXED_INTEGERS = ("SeriesNumber", "InstanceNumber", "NumberOfFrames", "Rows", "Columns", "BitsStored")
+_IS_MIN, _IS_MAX = -(2**31), 2**31 - 1
 
 
 def _tag(keyword: str) -> int:
@@ -213,13 +220,22 @@ class Store:
 
     # -- the ways in ---------------------------------------------------------------------------------
 
-    def put_bytes(self, data: bytes | memoryview, source: str, source_ae: str = "", transfer_syntax: str | None = None) -> PutResult:
-        """Store an encoded instance: a Part 10 file, or a bare dataset in ``transfer_syntax`` (C-STORE)."""
+    def put_bytes(self, data: bytes | memoryview, source: str, source_ae: str = "", transfer_syntax: str | None = None,
+                  expected: tuple[str, str] | None = None) -> PutResult:
+        """Store an encoded instance: a Part 10 file, or a bare dataset in ``transfer_syntax`` (C-STORE).
+
+        ``expected``: the (SOP Class UID, SOP Instance UID) a C-STORE request announced for it."""
         started = time.perf_counter()
         try:
-            enc = parse_dataset(data, transfer_syntax) if transfer_syntax else parse_file(data)
+            if transfer_syntax:
+                enc = parse_dataset(data, transfer_syntax, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
+            else:
+                enc = parse_file(data)
+        except TooLarge as exc:
+            raise self._refused(StoreError(status.OUT_OF_RESOURCES, "too_large", str(exc)), source) from None
         except EncodingError as exc:
             raise self._refused(StoreError(status.CANNOT_UNDERSTAND, "malformed", str(exc)), source) from None
+        enc.expected = expected
         return self._guarded(enc, source, source_ae, False, started)
 
     def put(self, ds: Dataset, source: str, source_ae: str = "", synthetic: bool = False) -> PutResult:
@@ -274,7 +290,12 @@ class Store:
         else:
             metrics.DUPLICATES.labels(outcome=result.outcome).inc()
         if time.monotonic() - self._last_checkpoint > CHECKPOINT_INTERVAL_S:
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except (OSError, sqlite3.Error) as exc:
+                # The instance is durable and indexed already: a checkpoint that fails (a full disk) is
+                # retried at the next put and must not turn this success into a failure status.
+                log.warning("checkpoint_failed", error=type(exc).__name__)
         return result
 
     @staticmethod
@@ -586,6 +607,7 @@ class Store:
     def _validate_header(self, enc: EncodedInstance) -> None:
         ds = enc.dataset
         self._validate_uids(ds)
+        self._validate_image_attributes(ds)
         rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
         if rows is not None and cols is not None and rows * cols > self.cfg.store.max_pixels:
             raise StoreError(
@@ -594,6 +616,34 @@ class Store:
                 f"the header claims a {rows} x {cols} image; the store accepts at most {self.cfg.store.max_pixels} "
                 "pixels per frame (store.max_pixels)",
             )
+        # Last: a dataset that cannot be stored anyway says why, whatever the request announced.
+        self._validate_request_match(enc)
+
+    @staticmethod
+    def _validate_request_match(enc: EncodedInstance) -> None:
+        """The dataset is the one the C-STORE request announced: 0xA900 otherwise, as dcmtk's storescp answers."""
+        if enc.expected is None:
+            return
+        sop_class, sop_instance = enc.expected
+        if _uid(enc.dataset, "SOPClassUID") != sop_class:
+            raise StoreError(status.DATASET_MISMATCH, "sop_class_mismatch",
+                             "the dataset's SOP Class UID is not the presentation context's")
+        if _uid(enc.dataset, "SOPInstanceUID") != sop_instance:
+            raise StoreError(status.DATASET_MISMATCH, "sop_instance_mismatch",
+                             "the dataset's SOP Instance UID is not the Affected SOP Instance UID")
+
+    @staticmethod
+    def _validate_image_attributes(ds: Dataset) -> None:
+        """Values the index keeps and Type 1 image attributes (PS3.3 C.7.6.3) that no image can have."""
+        for keyword in _INDEXED_INTEGERS:
+            value = _int(ds, keyword)
+            if value is not None and not _IS_MIN <= value <= _IS_MAX:
+                # PS3.5 Table 6.2-1: an IS value lies within -2^31 .. 2^31-1.
+                raise StoreError(status.CANNOT_UNDERSTAND, "value_out_of_range", f"{keyword} is outside the range of its VR")
+        for keyword in ("Rows", "Columns", "BitsAllocated"):
+            if _int(ds, keyword) == 0:
+                raise StoreError(status.DATASET_MISMATCH, "image_attribute_zero",
+                                 f"{keyword} is 0; an image needs at least 1 (PS3.3 C.7.6.3)")
 
     def _validate_pixels(self, enc: EncodedInstance) -> None:
         ds = enc.dataset

@@ -32,8 +32,9 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
 
+from service.dicom.frontdoor import COMMAND_SET_LIMIT, QUERY_DATASET_LIMIT
 from service.dicom.encoded import DATASET_TRAILING_PADDING, EncodingError, parse_header, split_pixel_data
-from service.dicom.store import SYNCERS, Prepared, PutResult, Store, StoreError, fsync_and_close
+from service.dicom.store import SYNCERS, Prepared, PutResult, Store, StoreError, _wait_quietly, fsync_and_close
 from service.logs import get_logger
 
 log = get_logger("store")
@@ -51,8 +52,9 @@ WRITEBACK_FIRST_FRACTION = 0.5
 class StreamingPut:
     """One C-STORE dataset, fed fragment by fragment (DUL thread), finished once (association thread)."""
 
-    def __init__(self, store: Store, transfer_syntax: str, source: str, source_ae: str):
+    def __init__(self, store: Store, transfer_syntax: str, source: str, source_ae: str, expected: tuple[str, str] | None = None):
         self.store, self.source, self.source_ae = store, source, source_ae
+        self.expected = expected  # (SOP Class UID, SOP Instance UID) the request announced
         self.tsyntax = UID(str(transfer_syntax))
         self.active = self.tsyntax.is_transfer_syntax and self.tsyntax != DeflatedExplicitVRLittleEndian
         self.started = time.perf_counter()
@@ -67,6 +69,7 @@ class StreamingPut:
         self.early_writeback = store.cfg.store.fsync and hasattr(os, "posix_fadvise")
         self.writeback_at = WRITEBACK_STEP  # file size at which writeback is next started
         self.durable: Future | None = None  # the fsync of the complete file, running on SYNCERS
+        self.next_header_attempt = 0  # bytes received before the header is parsed again
         self._key = ("stream", id(self))
         # feed() runs in pynetdicom's reading thread, abort() and finish() in the association's: one at a
         # time, so a file descriptor is never closed under a write.
@@ -94,16 +97,23 @@ class StreamingPut:
             self._step_aside(type(exc).__name__)
 
     def _try_header(self, view: memoryview) -> None:
+        if len(view) < self.next_header_attempt:
+            return
         split = parse_header(view, self.tsyntax)
         if split is None:
             if len(view) > HEADER_LIMIT:
                 self._step_aside("header_too_large")
+            # Each attempt parses from the start: trying again only once the bytes have doubled keeps the
+            # whole header's cost linear in its size, however finely it is fragmented (a 0.49 MB header in
+            # 4 KB fragments cost 18 s of CPU when every fragment re-parsed it).
+            self.next_header_attempt = 2 * len(view)
             return
         self.pixel_offset = split.pixel_offset
         if split.pixel_length is not None:
             self.pixel_end = split.pixel_offset + split.pixel_header_length + split.pixel_length
             self.writeback_at = min(WRITEBACK_STEP, max(int(split.pixel_length * WRITEBACK_FIRST_FRACTION), 1))
         enc = split.instance
+        enc.expected = self.expected
         enc.fragments = 1  # the fragments are counted when the message is complete
         enc.pixel_length = split.pixel_length
         try:
@@ -176,11 +186,20 @@ class StreamingPut:
                     written = None
                     self._step_aside(type(exc).__name__)
                 if written is not None:
-                    return self.store.commit_streamed(self.prep, self.source, self.source_ae, written, self.digest, self.size,
-                                                      self.started, self.durable)
+                    try:
+                        return self.store.commit_streamed(self.prep, self.source, self.source_ae, written, self.digest, self.size,
+                                                          self.started, self.durable)
+                    except BaseException:
+                        # The store removes what it did not publish; whatever raised, the file must not stay.
+                        if self.durable is not None:
+                            _wait_quietly(self.durable)
+                        written.unlink(missing_ok=True)
+                        raise
             self._discard()
-            return self.store.put_bytes(data, source=self.source, source_ae=self.source_ae, transfer_syntax=self.tsyntax)
+            return self.store.put_bytes(data, source=self.source, source_ae=self.source_ae, transfer_syntax=self.tsyntax,
+                                        expected=self.expected)
         finally:
+            self.active = False
             self._discard()
 
     def _complete(self, data: memoryview) -> Path | None:
@@ -212,6 +231,10 @@ class StreamingPut:
         self.digest = hasher.hexdigest()
         return written
 
+    def has_file(self) -> bool:
+        """Its temporary file exists (or is being made): it is not finished or discarded yet."""
+        return self.active or self.fd is not None or self.tmp is not None
+
     def abort(self) -> None:
         """The association ended before the message did: nothing of it may remain."""
         with self._lock:
@@ -220,11 +243,27 @@ class StreamingPut:
 
 
 class StreamingBuffer(io.BytesIO):
-    """What pynetdicom collects a C-STORE dataset into: a BytesIO that also feeds a :class:`StreamingPut`."""
+    """What pynetdicom collects a C-STORE dataset into: a BytesIO that also feeds a :class:`StreamingPut`.
+
+    Beyond ``limit`` bytes it keeps nothing more (``oversize``), removes the stream's file and lets the
+    message complete, so the C-STORE can be answered (0xA700) without holding the rest.
+    """
 
     stream: StreamingPut | None = None
+    limit: int = 2 << 30
+    oversize = False
 
     def write(self, data) -> int:  # type: ignore[override]
+        if self.oversize:
+            return len(data)
+        if self.tell() + len(data) > self.limit:
+            log.warning("instance_refused", reason="too_large", limit=self.limit)
+            self.oversize = True
+            if self.stream is not None:
+                self.stream.abort()
+            self.seek(0)
+            self.truncate()
+            return len(data)
         n = super().write(data)
         if self.stream is not None:
             self.stream.feed(self)
@@ -232,27 +271,50 @@ class StreamingBuffer(io.BytesIO):
 
 
 class StreamingDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider, giving each incoming C-STORE-RQ a :class:`StreamingBuffer`."""
+    """pynetdicom's DIMSE provider, giving each incoming C-STORE-RQ a :class:`StreamingBuffer`.
+
+    It remembers the streams whose files still exist: a message complete but never handed to our handler
+    (the association aborted first) has one too, and :meth:`abort_streams` removes them all once the
+    association's thread ends, whatever ended it.
+    """
 
     store: Store | None = None
+    streams: list[StreamingPut] | None = None
+    max_dataset_bytes: int = 2 << 30
 
     def receive_primitive(self, primitive) -> None:  # type: ignore[override]
         super().receive_primitive(primitive)
         message = self.message  # None once a message completed; else the one still arriving
-        if isinstance(message, C_STORE_RQ) and not isinstance(message.data_set, StreamingBuffer):
-            self._install(message)
+        if message is None:
+            return
+        if isinstance(message, C_STORE_RQ):
+            if not isinstance(message.data_set, StreamingBuffer):
+                self._install(message)
+            return
+        # Bounds on what pynetdicom collects in memory for any other message (frontdoor.py).
+        data_set = message.data_set
+        if message.encoded_command_set.tell() > COMMAND_SET_LIMIT or (data_set is not None and data_set.tell() > QUERY_DATASET_LIMIT):
+            log.warning("message_refused", reason="command set or query dataset too large")
+            self.message = None
+            self.dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom answers with an A-ABORT
 
     def _install(self, message: C_STORE_RQ) -> None:
-        if self.store is None or message.context_id is None or message.data_set is None:
+        if message.context_id is None or message.data_set is None:
             return
         try:
             tsyntax = self.assoc._accepted_cx[message.context_id].transfer_syntax[0]
         except (KeyError, IndexError, AttributeError):
             return
         buffer = StreamingBuffer()
+        buffer.limit = self.max_dataset_bytes
+        if self.store is not None:
+            command = message.command_set
+            expected = (str(self.assoc._accepted_cx[message.context_id].abstract_syntax),
+                        str(getattr(command, "AffectedSOPInstanceUID", "") or ""))
+            buffer.stream = StreamingPut(self.store, tsyntax, "cstore", self.assoc.requestor.ae_title, expected)
+            # Finished streams are dropped here, so a long association does not accumulate them.
+            self.streams = [s for s in self.streams or () if s.has_file()] + [buffer.stream]
         buffer.write(message.data_set.getvalue())  # what came with the command, before the buffer
-        buffer.stream = StreamingPut(self.store, tsyntax, "cstore", self.assoc.requestor.ae_title)
-        buffer.stream.feed(buffer)
         message.data_set = buffer
 
     def abort_stream(self) -> None:
@@ -261,10 +323,18 @@ class StreamingDIMSE(DIMSEServiceProvider):
         if isinstance(buffer, StreamingBuffer) and buffer.stream is not None:
             buffer.stream.abort()
 
+    def abort_streams(self) -> None:
+        """The association is over: no stream's file may outlive it (call once no handler can run)."""
+        for stream in self.streams or ():
+            stream.abort()
+        self.streams = []
 
-def streaming(assoc, store: Store):
-    """Make a freshly created acceptor association stream its C-STOREs into ``store``; returns it."""
+
+def streaming(assoc, store: Store | None, max_dataset_bytes: int = 2 << 30):
+    """Make a freshly created acceptor association stream its C-STOREs into ``store`` (None: collect them
+    only) and bound what it collects; returns it."""
     if type(assoc.dimse) is DIMSEServiceProvider:
         assoc.dimse.__class__ = StreamingDIMSE
         assoc.dimse.store = store
+        assoc.dimse.max_dataset_bytes = max_dataset_bytes
     return assoc

@@ -25,3 +25,12 @@ class _Stdout:
 def _live_log_stream():
     configure("info", "json", stream=_Stdout())
     yield
+
+
+@pytest.fixture
+def no_temp_left(home):
+    """For adversarial tests: once the test (and its server) is done, ``store/.tmp`` must be empty."""
+    yield
+    from tests.ingest.util import assert_no_temp_files
+
+    assert_no_temp_files(home)

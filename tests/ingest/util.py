@@ -189,3 +189,12 @@ class SCPProcess:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def assert_no_temp_files(home: Path) -> None:
+    """Nothing of an association may outlive it: ``store/.tmp`` is empty once the server is done with it."""
+    from service.home import Home
+
+    tmp = Home(Path(home)).tmp_dir
+    left = sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
+    assert left == [], f"temporary files left in {tmp}: {left}"
