@@ -5,6 +5,10 @@ Built the pynetdicom way: a declaratively configured AE (contexts, timeouts, PDU
 
 * an allow-list of calling AE titles *with their hosts*, checked during association negotiation so an
   unknown peer gets an A-ASSOCIATE-RJ "calling AE title not recognized" (PS3.8 §9.3.4);
+* DICOM TLS (PS3.15 Annex B, :mod:`service.dicom.tls`) when ``dicom.tls_cert`` is set: the handshake runs
+  in the connection's own thread under ``dicom.tls_handshake_timeout``, not in the accept loop where
+  pynetdicom does it, so a caller that never finishes its handshake holds up nobody else; with
+  ``dicom.tls_require_client_cert`` a listed AE title must also present its own certificate;
 * TCP_NODELAY on every accepted socket: with Nagle and delayed ACK, each C-STORE response waits
   40-80 ms on loopback (../shared/NOTES.md);
 * associations that carry only Storage and Verification (what a PACS or a modality opens) are served,
@@ -19,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import socket
+import ssl
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -33,13 +38,14 @@ from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from service import metrics
-from service.config import Config
+from service.config import Config, DicomPeer
 from service.dicom import status
 from service.dicom.direct import DirectLoop, eligible
 from service.dicom.polling import ResponsiveAssociation, ResponsiveDUL, responsive
 from service.dicom.sockets import large_reads
 from service.dicom.streaming import StreamingDIMSE, streaming
 from service.dicom.store import Store, StoreError
+from service.dicom.tls import certificate_matches, certificate_names, peer_certificate, server_context
 from service.logs import get_logger, where
 
 log = get_logger("scp")
@@ -85,6 +91,8 @@ class AllowList:
 
     peers: frozenset[tuple[str, str]]
     allow_loopback: bool
+    # Under dicom.tls_require_client_cert: the listed peers, whose callers must present their own certificate.
+    certified: tuple[DicomPeer, ...] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> "AllowList":
@@ -92,7 +100,19 @@ class AllowList:
         for peer in cfg.dicom.peers:
             for host in _resolve(peer.host):
                 pairs.add((peer.ae_title.strip(), host))
-        return cls(frozenset(pairs), cfg.dicom.allow_loopback)
+        certified = cfg.dicom.peers if cfg.dicom.tls_cert and cfg.dicom.tls_require_client_cert else None
+        return cls(frozenset(pairs), cfg.dicom.allow_loopback, certified)
+
+    def certificate_allows(self, calling_ae: str, cert: dict | None) -> bool:
+        """A caller using a listed AE title must present a certificate naming that peer (PS3.15 §B.1:
+        the certificate identifies the node); unlisted AE titles only need the CA-signed certificate."""
+        if self.certified is None:
+            return True
+        listed = [p for p in self.certified if p.ae_title.strip() == calling_ae.strip()]
+        if not listed:
+            return cert is not None
+        names = certificate_names(cert)
+        return any(certificate_matches(p, names) for p in listed)
 
     def allows(self, calling_ae: str, host: str) -> bool:
         host = _normalize_host(host)
@@ -158,11 +178,44 @@ class _AllowListACSE(ACSE):
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
             self.assoc.kill()
             return
+        if not self.allow_list.certificate_allows(calling, peer_certificate(getattr(self.assoc.dul.socket, "socket", None))):
+            log.warning("association_rejected", reason="certificate does not name the calling peer", calling_ae=calling, host=host)
+            metrics.ASSOCIATIONS.labels(outcome="rejected_certificate").inc()
+            self.assoc._rejected_by_allow_list = True  # type: ignore[attr-defined]
+            self.send_reject(0x01, 0x01, 0x03)
+            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+            self.assoc.kill()
+            return
         super()._negotiate_as_acceptor()
 
 
-def _request_handler(allow_list: AllowList, store: Store | None, direct: Callable[[Any], DirectLoop] | None = None) -> type[RequestHandler]:
+def _tls_handshake(sock: socket.socket, context: ssl.SSLContext, timeout: float, address: Any) -> ssl.SSLSocket | None:
+    """Wrap an accepted socket as the TLS server side; None (socket closed) when the handshake fails."""
+    previous = sock.gettimeout()
+    sock.settimeout(timeout)
+    try:
+        wrapped = context.wrap_socket(sock, server_side=True)
+    except (ssl.SSLError, OSError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else getattr(exc, "reason", None) or type(exc).__name__
+        metrics.ASSOCIATIONS.labels(outcome="rejected_tls").inc()
+        log.warning("tls_handshake_failed", host=address[0] if address else "", reason=str(reason)[:80])
+        sock.close()
+        return None
+    wrapped.settimeout(previous)
+    return wrapped
+
+
+def _request_handler(allow_list: AllowList, store: Store | None, direct: Callable[[Any], DirectLoop] | None = None,
+                     tls: tuple[ssl.SSLContext, float] | None = None) -> type[RequestHandler]:
     class Handler(RequestHandler):
+        def handle(self) -> None:
+            if tls is not None:
+                wrapped = _tls_handshake(self.request, tls[0], tls[1], self.client_address)
+                if wrapped is None:
+                    return
+                self.request = wrapped
+            super().handle()
+
         def _create_association(self):  # type: ignore[override]
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             assoc = large_reads(responsive(super()._create_association()))
@@ -224,6 +277,7 @@ class StorageSCP:
         return host, port
 
     def start(self) -> tuple[str, int]:
+        tls_context = server_context(self.cfg)  # before listening: a bad certificate file stops the start
         server = ThreadedAssociationServer(
             self.ae,
             (self.cfg.dicom.bind, self.cfg.dicom.port),
@@ -234,6 +288,7 @@ class StorageSCP:
                 AllowList.from_config(self.cfg),
                 self.store if self.cfg.dicom.stream_writes else None,
                 self._direct_loop if self.cfg.dicom.direct_receive else None,
+                (tls_context, self.cfg.dicom.tls_handshake_timeout) if tls_context is not None else None,
             ),
         )
         self.ae._servers.append(server)
@@ -241,7 +296,8 @@ class StorageSCP:
         self._thread.start()
         self.server = server
         host, port = self.address
-        log.info("scp_listening", ae_title=self.cfg.dicom.ae_title, bind=host, port=port, max_pdu=self.cfg.dicom.max_pdu)
+        log.info("scp_listening", ae_title=self.cfg.dicom.ae_title, bind=host, port=port, max_pdu=self.cfg.dicom.max_pdu,
+                 tls=tls_context is not None, client_certificates=self.cfg.dicom.tls_require_client_cert)
         return host, port
 
     def stop(self) -> None:
