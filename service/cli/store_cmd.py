@@ -97,11 +97,17 @@ def _open_index(args: argparse.Namespace) -> Index:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from service.dicom.watermark import free_space
+
     index = _open_index(args)
     try:
         stats = index.stats()
     finally:
         index.close()
+    cfg = config_from_args(args)
+    space = free_space(home_from(cfg).store_dir, cfg.store.min_free_bytes, cfg.store.min_free_percent)
+    stats["disk"] = {"free_bytes": space.free_bytes, "total_bytes": space.total_bytes, "min_free_bytes": space.threshold_bytes,
+                     "accepting": not space.below}
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -114,6 +120,9 @@ def _stats(args: argparse.Namespace) -> int:
     for title, key in (("by modality", "by_modality"), ("by body part", "by_body_part"), ("by sender AE", "by_source_ae")):
         if stats[key]:
             print(f"{title}: " + ", ".join(f"{k or '(none)'} {v}" for k, v in stats[key].items()))
+    verdict = "accepting instances" if not space.below else "BELOW THE WATERMARK: new instances are refused (0xA700)"
+    print(f"disk       {_size(space.free_bytes)} free of {_size(space.total_bytes)} ({space.free_percent:.1f} %); "
+          f"watermark {_size(space.threshold_bytes)} (store.min_free_bytes / min_free_percent): {verdict}")
     return 0
 
 
