@@ -243,6 +243,8 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"refused     {sum(summary.refused.values())}")
         for reason, n in summary.refused.most_common():
             print(f"  {n:6d}  {reason}: {summary.refused_examples.get(reason, '')}")
+    # Documented convention (README "Importing folders"): skipped non-DICOM files are not failures;
+    # any DICOM file that could not be imported is.
     return 1 if summary.refused else 0
 
 
