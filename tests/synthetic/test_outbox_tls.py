@@ -85,21 +85,49 @@ def test_a_plain_peer_is_not_reached_over_tls_and_items_wait(home, tmp_path, pki
         plain.stop()
 
 
-def test_c_move_sends_over_tls_to_a_tls_destination(home, tls_storescp, pki, tmp_path):
+def test_c_find_and_c_move_over_tls_both_ways(home, tls_storescp, pki, tmp_path):
+    """A Query/Retrieve association over TLS to our SCP (served by pynetdicom's reactors: findscu +tls, and
+    pynetdicom for C-MOVE, as dcmtk 3.6.7's movescu has no TLS); our C-MOVE sub-association is TLS too."""
+    import ssl
     import subprocess
+
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
     from tests.helpers import require_tool
     from tests.synthetic.conftest import RunningService
 
     cfg = _config(home, tls_storescp.port, pki)
+    cfg = make_config(home, **{"dicom.peers": [dict(p.__dict__) for p in cfg.dicom.peers], "dicom.tls_cert": str(pki.server.cert),
+                               "dicom.tls_key": str(pki.server.key), "dicom.tls_ca": str(pki.ca), "dicom.tls_require_client_cert": True})
     svc = RunningService(cfg, outbox=False)
     try:
         syn = write_synthetic_study(cfg, svc.store, count=2)
-        # movescu speaks plain DICOM to us; our C-MOVE sub-association to STORESCP is TLS.
-        proc = subprocess.run([require_tool("movescu", "dcmtk"), "-S", "-aem", "STORESCP", "-aec", svc.ae_title, "127.0.0.1", str(svc.port),
-                               "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={syn.study_instance_uid}"],
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        client = pki.clients["modality-b"]
+        found = subprocess.run([require_tool("findscu", "dcmtk"), "+tls", str(client.key), str(client.cert), "+cf", str(pki.ca),
+                                "-S", "-aec", svc.ae_title, "127.0.0.1", str(svc.port), "-k", "QueryRetrieveLevel=STUDY",
+                                "-k", f"StudyInstanceUID={syn.study_instance_uid}", "-k", "NumberOfStudyRelatedInstances"],
+                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert syn.study_instance_uid in found.stdout + found.stderr, found.stdout + found.stderr
+
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+        context.load_cert_chain(str(client.cert), str(client.key))
+        ae = AE(ae_title="MOVESCU")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        try:
+            assoc = ae.associate("127.0.0.1", svc.port, ae_title=svc.ae_title, tls_args=(context, "localhost"))
+            assert assoc.is_established
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = syn.study_instance_uid
+            statuses = [int(status.Status) for status, _ in assoc.send_c_move(query, "STORESCP", StudyRootQueryRetrieveInformationModelMove)]
+            assoc.release()
+        finally:
+            ae.shutdown()
+        assert statuses[-1] == 0, statuses
         moved = {pydicom.dcmread(p).SOPInstanceUID for p in tls_storescp.files()}
-        assert moved == {i.sop_instance_uid for i in syn.instances}, proc.stdout + proc.stderr
+        assert moved == {i.sop_instance_uid for i in syn.instances}
     finally:
         svc.stop()
