@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import select
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -104,8 +106,8 @@ class AllowList:
         return cls(frozenset(pairs), cfg.dicom.allow_loopback, certified)
 
     def certificate_allows(self, calling_ae: str, cert: dict | None) -> bool:
-        """A caller using a listed AE title must present a certificate naming that peer (PS3.15 §B.1:
-        the certificate identifies the node); unlisted AE titles only need the CA-signed certificate."""
+        """A caller using a listed AE title must present a certificate naming that peer (PS3.15 Annex B:
+        certificates authenticate the nodes); unlisted AE titles only need the CA-signed certificate."""
         if self.certified is None:
             return True
         listed = [p for p in self.certified if p.ae_title.strip() == calling_ae.strip()]
@@ -190,16 +192,32 @@ class _AllowListACSE(ACSE):
 
 
 def _tls_handshake(sock: socket.socket, context: ssl.SSLContext, timeout: float, address: Any) -> ssl.SSLSocket | None:
-    """Wrap an accepted socket as the TLS server side; None (socket closed) when the handshake fails."""
+    """Wrap an accepted socket as the TLS server side; None (socket closed) when the handshake fails.
+
+    ``timeout`` bounds the whole handshake, not each read, so a caller dribbling its ClientHello a byte
+    at a time is closed as surely as a silent one.
+    """
     previous = sock.gettimeout()
-    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    wrapped: ssl.SSLSocket | None = None
     try:
-        wrapped = context.wrap_socket(sock, server_side=True)
+        sock.setblocking(False)
+        wrapped = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        while True:
+            try:
+                wrapped.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                ready = select.select([wrapped], [], [], max(0.0, deadline - time.monotonic()))[0]
+            except ssl.SSLWantWriteError:
+                ready = select.select([], [wrapped], [], max(0.0, deadline - time.monotonic()))[1]
+            if not ready:
+                raise TimeoutError("handshake not completed in time")
     except (ssl.SSLError, OSError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else getattr(exc, "reason", None) or type(exc).__name__
+        reason = f"timed out after {timeout:g} s" if isinstance(exc, TimeoutError) else getattr(exc, "reason", None) or type(exc).__name__
         metrics.ASSOCIATIONS.labels(outcome="rejected_tls").inc()
         log.warning("tls_handshake_failed", host=address[0] if address else "", reason=str(reason)[:80])
-        sock.close()
+        (wrapped or sock).close()
         return None
     wrapped.settimeout(previous)
     return wrapped

@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 
 import pytest
 from prometheus_client import REGISTRY
@@ -148,6 +149,33 @@ def test_a_caller_that_never_finishes_its_handshake_blocks_nobody(home, pki):
         finally:
             for conn in silent:
                 conn.close()
+        # The timeout bounds the whole handshake: a ClientHello dribbled a byte at a time is cut off too.
+        dribbler = socket.create_connection(("127.0.0.1", scp.port))
+        stop = threading.Event()
+
+        def dribble() -> None:
+            hello = b"\x16\x03\x01\x02\x00" + b"\x01" * 512
+            for byte in hello:
+                if stop.wait(0.2):
+                    return
+                try:
+                    dribbler.send(bytes([byte]))
+                except OSError:
+                    return
+
+        thread = threading.Thread(target=dribble, daemon=True)
+        thread.start()
+        try:
+            dribbler.settimeout(30)
+            try:
+                assert dribbler.recv(1) == b""
+            except ConnectionResetError:
+                pass
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            dribbler.close()
+        assert _dcmtk("echoscu", scp.port, *_tls(pki.clients["modality-b"], pki)).returncode == 0
     finally:
         scp.stop()
 
