@@ -4,9 +4,10 @@ Delivery is at least once (DESIGN.md "Network contracts"). An instance is queued
 the same database as the store's index, so a queued send survives a crash or restart exactly like the
 instance does. A sender claims rows with a lease that names its process (host, pid and the process's
 start time, so a reused pid is not mistaken for it); a row whose sender died becomes claimable again when
-its lease ends, or at once when a sender starts on the same host and finds the owning process gone. A row is marked sent only after the peer answered the C-STORE with success, a warning,
-or "duplicate" (PS3.4 B.2.3), so a crash between sending and marking re-sends it, which a PACS treats as
-a harmless duplicate of the same SOP Instance UID.
+its lease ends, or at once when a sender starts on the same host and finds the owning process gone. A
+row is marked sent only after the peer answered the C-STORE with success, a warning, or "duplicate"
+(PS3.4 B.2.3), so a crash between sending and marking re-sends it, which a PACS treats as a harmless
+duplicate of the same SOP Instance UID.
 
 Failed attempts are retried with exponential backoff and jitter (``outbox.backoff_initial_s`` doubling
 up to ``outbox.backoff_max_s``); ``outbox.max_attempts`` = 0 retries forever. Each destination gets up
@@ -66,8 +67,6 @@ _SCHEMA = (
         UNIQUE (sop_instance_uid, destination)
     )""",
     "CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, destination, next_attempt_at)",
-    # Who holds a 'sending' row's lease: "host pid start-time" (process_token()); added to older databases.
-    "ALTER TABLE outbox ADD COLUMN lease_owner TEXT",
     """CREATE TABLE IF NOT EXISTS outbox_destinations (
         destination TEXT PRIMARY KEY,
         healthy INTEGER NOT NULL,
@@ -189,11 +188,10 @@ class Outbox:
         _check_config(cfg)
         with index.write() as conn:
             for statement in _SCHEMA:
-                try:
-                    conn.execute(statement)
-                except sqlite3.OperationalError as exc:
-                    if "duplicate column" not in str(exc):
-                        raise
+                conn.execute(statement)
+            # Who holds a 'sending' row's lease: "host pid start-time" (process_token()); older databases lack it.
+            if "lease_owner" not in {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}:
+                conn.execute("ALTER TABLE outbox ADD COLUMN lease_owner TEXT")
 
     # -- queueing ------------------------------------------------------------------------------------
 
