@@ -54,8 +54,6 @@ def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SY
         raise EchoError(f"connection refused: nothing listens on {host}:{port}") from None
     except OSError as exc:
         raise EchoError(f"cannot connect to {host}:{port} ({exc.strerror or 'timed out'} after {timeout:g} s)") from None
-    if tls is not None:
-        _check_handshake(host, port, tls, timeout)
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -66,6 +64,8 @@ def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SY
     assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_ACSE_RECV, lambda e: answers.append(e.primitive))],
                          **({"tls_args": tls} if tls is not None else {}))
     try:
+        if tls is not None and not assoc.is_established and not assoc.is_rejected:
+            _check_handshake(host, port, tls, timeout)
         if assoc.is_rejected:
             reason = _reject_reason(answers)
             raise EchoError(f"{called_ae}@{host}:{port} rejected the association: {reason}")
@@ -87,7 +87,7 @@ def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SY
 
 
 def _check_handshake(host: str, port: int, tls: tuple[ssl.SSLContext, str], timeout: float) -> None:
-    """A TLS handshake on its own connection first, so its failure is told apart from a DICOM refusal."""
+    """After a failed association: was it the TLS handshake, and which side refused what?"""
     problem = handshake_problem(host, port, tls[0], tls[1], timeout)
     if problem is not None:
         raise EchoError(problem)

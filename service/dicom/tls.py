@@ -126,18 +126,42 @@ def peer_certificate(sock: Any) -> dict[str, Any] | None:
     return None
 
 
-def handshake_problem(host: str, port: int, context: ssl.SSLContext, name: str, timeout: float) -> str | None:
+# What an operator should check, by OpenSSL's reason for a failed handshake.
+_ALERT_HINTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a client certificate; configure ours (tls_cert and tls_key)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer does not accept our client certificate (is it signed by a CA the peer trusts?)",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the peer does not accept our client certificate (is it signed by a CA the peer trusts?)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust the CA that signed our client certificate",
+    "WRONG_VERSION_NUMBER": "the peer does not speak TLS on this port",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "no TLS version or cipher suite in common (BCP 195: TLS 1.2 or later, AEAD suites)",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common (BCP 195: TLS 1.2 or later)",
+    "NO_SHARED_CIPHER": "no cipher suite in common (BCP 195: ECDHE/DHE with AES-GCM or ChaCha20-Poly1305)",
+}
+
+
+def handshake_problem(host: str, port: int, context: ssl.SSLContext, name: str, timeout: float, probe_s: float = 1.0) -> str | None:
     """Why a TLS handshake with ``host:port`` fails, in words, or None when it succeeds.
 
     pynetdicom reports a failed handshake as an aborted association; this tells an operator which side
-    refused what (run on its own connection, only after something failed or before an echo).
+    refused what. It opens a connection of its own, so callers run it only after something failed. Under
+    TLS 1.3 a server that refuses the client's certificate (or its absence) says so only after the client
+    has finished its side of the handshake: the first ``probe_s`` seconds of the connection are read too.
     """
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw, server_hostname=name):
+        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw, server_hostname=name) as tls:
+            if tls.version() != "TLSv1.3":
+                return None
+            tls.settimeout(probe_s)
+            try:
+                if tls.recv(1) == b"":
+                    return f"{host}:{port} closed the TLS connection after the handshake: does it require a client certificate we did not send?"
+            except TimeoutError:
+                pass
             return None
     except ssl.SSLCertVerificationError as exc:
         return f"TLS: the certificate of {host}:{port} is not accepted ({exc.verify_message}; expected name {name!r})"
     except ssl.SSLError as exc:
-        return f"TLS handshake with {host}:{port} failed ({exc.reason or exc}): does it speak TLS, and does it accept our certificate?"
+        hint = _ALERT_HINTS.get(str(exc.reason), "does it speak TLS, and does it accept our certificate (or require one)?")
+        return f"TLS handshake with {host}:{port} failed ({exc.reason or exc}): {hint}"
     except OSError as exc:
         return f"TLS handshake with {host}:{port} failed ({exc.strerror or type(exc).__name__}): does it speak TLS on this port?"

@@ -204,7 +204,8 @@ def test_synthpacs_echo_speaks_tls_and_says_why_a_handshake_fails(tls_scp, pki, 
     assert "certificate of 127.0.0.1" in capsys.readouterr().err
     # No client certificate while the SCP requires one.
     assert main(args + ["--tls", "--tls-ca", str(pki.ca)]) == 1
-    assert "TLS" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "C-ECHO failed: " in err and "client certificate" in err.split("C-ECHO failed: ")[1], err
     # Plain echo against a TLS port.
     assert main(args) == 1
     capsys.readouterr()

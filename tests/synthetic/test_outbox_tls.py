@@ -63,7 +63,8 @@ def test_echo_over_tls_checks_the_peers_certificate(home, tls_storescp, pki):
         assert not result.ok and "certificate of 127.0.0.1" in result.detail and "not accepted" in result.detail, result.detail
     # Without our client certificate storescp refuses the handshake.
     cfg = _config(home, tls_storescp.port, pki, tls_cert="", tls_key="")
-    assert not echo(cfg, cfg.peer("STORESCP"), timeout=10).ok
+    result = echo(cfg, cfg.peer("STORESCP"), timeout=10)
+    assert not result.ok and "client certificate" in result.detail, result.detail
 
 
 def test_a_plain_peer_is_not_reached_over_tls_and_items_wait(home, tmp_path, pki):
