@@ -38,6 +38,16 @@ class DicomPeer:
     ae_title: str
     host: str
     port: int | None = None
+    # DICOM TLS (PS3.15 Annex B) to this peer as the outbox and C-MOVE SCU: the peer's certificate is
+    # checked against tls_ca (empty: the system's trusted CAs) and must name tls_name (empty: host).
+    tls: bool = False
+    tls_ca: str = ""
+    # Our client certificate for this peer (empty: dicom.tls_cert / dicom.tls_key, if any).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # The name the peer's certificate carries (subjectAltName DNS/IP or Common Name). For a caller under
+    # dicom.tls_require_client_cert, empty accepts a certificate naming the peer's host or its AE title.
+    tls_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,17 @@ class DicomConfig:
     # Serve storage-only associations (C-STORE, C-ECHO) straight from the socket once they are
     # established (service/dicom/direct.py); false leaves every association to pynetdicom's reactors.
     direct_receive: bool = True
+    # DICOM TLS for the SCP (PS3.15 Annex B, BCP 195 profile: TLS 1.2 or later, AEAD cipher suites).
+    # With tls_cert and tls_key set, the port speaks TLS only; plain TCP callers are refused.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # CA certificates (PEM) that client certificates must chain to.
+    tls_ca: str = ""
+    # Callers must present a certificate signed by tls_ca; a listed AE title must present its own
+    # (see DicomPeer.tls_name), so the certificate, not only the AE title and host, identifies the peer.
+    tls_require_client_cert: bool = False
+    # Seconds a caller has to complete the TLS handshake before its connection is closed.
+    tls_handshake_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,10 @@ class StoreConfig:
     # Largest frame we accept, in pixels (rows x columns); guards against headers claiming 65535 x 65535.
     max_pixels: int = 50_000_000
     fsync: bool = True
+    # Free-space watermark of the store's file system: C-STORE is refused (0xA700) while free space is
+    # below the larger of the two, so the disk never fills; it recovers by itself when space returns.
+    min_free_bytes: int = 2 * 1024**3
+    min_free_percent: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -513,6 +538,9 @@ def _validate(cfg: Config) -> None:
         if peer.ae_title in seen:
             raise ConfigError(f"dicom.peers lists AE title {peer.ae_title!r} twice")
         seen.add(peer.ae_title)
+    _validate_tls(cfg)
+    if cfg.store.min_free_bytes < 0 or not 0 <= cfg.store.min_free_percent < 100:
+        raise ConfigError("store.min_free_bytes must be >= 0 and store.min_free_percent 0-99.9")
     dest = cfg.outbox.default_destination
     if dest:
         peer = cfg.peer(dest)
@@ -520,3 +548,21 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"outbox.default_destination {dest!r} must be a dicom.peers entry with a port")
     if cfg.inference.max_batch < 1 or cfg.inference.max_count < 1 or cfg.inference.max_inflight < 1:
         raise ConfigError("inference.max_batch, max_count and max_inflight must be at least 1")
+
+
+def _validate_tls(cfg: Config) -> None:
+    """TLS settings that cannot work together (the files themselves are read when a context is built)."""
+    d = cfg.dicom
+    if bool(d.tls_cert) != bool(d.tls_key):
+        raise ConfigError("dicom.tls_cert and dicom.tls_key go together: set both (TLS on) or neither (TLS off)")
+    if (d.tls_ca or d.tls_require_client_cert) and not d.tls_cert:
+        raise ConfigError("dicom.tls_ca and dicom.tls_require_client_cert need dicom.tls_cert and dicom.tls_key (the SCP's own certificate)")
+    if d.tls_require_client_cert and not d.tls_ca:
+        raise ConfigError("dicom.tls_require_client_cert needs dicom.tls_ca: the CA certificates client certificates must chain to")
+    if d.tls_handshake_timeout <= 0:
+        raise ConfigError("dicom.tls_handshake_timeout must be more than 0 seconds")
+    for peer in d.peers:
+        if bool(peer.tls_cert) != bool(peer.tls_key):
+            raise ConfigError(f"dicom.peers {peer.ae_title!r}: tls_cert and tls_key go together")
+        if not peer.tls and (peer.tls_ca or peer.tls_cert):
+            raise ConfigError(f"dicom.peers {peer.ae_title!r}: tls_ca/tls_cert are set but tls is false; set tls = true to use them")

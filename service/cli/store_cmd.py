@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from service.cli.common import CommandError, add_command, config_from_args, home_from
@@ -59,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     echo.add_argument("-aec", "--aec", "--called-aet", dest="called_aet", default="ANY-SCP", help="the peer's (called) AE title (default ANY-SCP)")
     echo.add_argument("-to", "--timeout", type=float, default=10.0, help="seconds to wait at each step (default 10)")
     echo.add_argument("-r", "--repeat", type=int, default=1, help="echo this many times (default 1)")
+    echo.add_argument("--tls", action="store_true", help="DICOM TLS (PS3.15 Annex B, BCP 195), like echoscu +tls")
+    echo.add_argument("--tls-ca", help="CA certificates (PEM) the peer's certificate must chain to (default dicom.tls_ca, else the system's)")
+    echo.add_argument("--tls-cert", help="our client certificate (PEM; default dicom.tls_cert)")
+    echo.add_argument("--tls-key", help="its private key (PEM; default dicom.tls_key)")
+    echo.add_argument("--tls-name", help="the name the peer's certificate must carry (default HOST)")
     echo.set_defaults(func=_echo)
 
 
@@ -91,11 +97,17 @@ def _open_index(args: argparse.Namespace) -> Index:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from service.dicom.watermark import free_space
+
     index = _open_index(args)
     try:
         stats = index.stats()
     finally:
         index.close()
+    cfg = config_from_args(args)
+    space = free_space(home_from(cfg).store_dir, cfg.store.min_free_bytes, cfg.store.min_free_percent)
+    stats["disk"] = {"free_bytes": space.free_bytes, "total_bytes": space.total_bytes, "min_free_bytes": space.threshold_bytes,
+                     "accepting": not space.below}
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -108,6 +120,9 @@ def _stats(args: argparse.Namespace) -> int:
     for title, key in (("by modality", "by_modality"), ("by body part", "by_body_part"), ("by sender AE", "by_source_ae")):
         if stats[key]:
             print(f"{title}: " + ", ".join(f"{k or '(none)'} {v}" for k, v in stats[key].items()))
+    verdict = "accepting instances" if not space.below else "BELOW THE WATERMARK: new instances are refused (0xA700)"
+    print(f"disk       {_size(space.free_bytes)} free of {_size(space.total_bytes)} ({space.free_percent:.1f} %); "
+          f"watermark {_size(space.threshold_bytes)} (store.min_free_bytes / min_free_percent): {verdict}")
     return 0
 
 
@@ -228,6 +243,8 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"refused     {sum(summary.refused.values())}")
         for reason, n in summary.refused.most_common():
             print(f"  {n:6d}  {reason}: {summary.refused_examples.get(reason, '')}")
+    # Documented convention (README "Importing folders"): skipped non-DICOM files are not failures;
+    # any DICOM file that could not be imported is.
     return 1 if summary.refused else 0
 
 
@@ -274,10 +291,11 @@ def _echo(args: argparse.Namespace) -> int:
     calling = args.calling_aet or cfg.dicom.ae_title
     if args.repeat < 1:
         raise CommandError("--repeat must be at least 1")
+    tls = _echo_tls(args, cfg)
     failures = 0
     for _ in range(args.repeat):
         try:
-            result = echo(args.host, args.port, called_ae=args.called_aet, calling_ae=calling, timeout=args.timeout, max_pdu=cfg.dicom.max_pdu or 16384)
+            result = echo(args.host, args.port, called_ae=args.called_aet, calling_ae=calling, timeout=args.timeout, max_pdu=cfg.dicom.max_pdu or 16384, tls=tls)
         except EchoError as exc:
             print(f"C-ECHO failed: {exc}", file=sys.stderr)
             failures += 1
@@ -286,6 +304,30 @@ def _echo(args: argparse.Namespace) -> int:
         print(f"C-ECHO {calling} -> {args.called_aet}@{args.host}:{args.port}: {verdict} (status 0x{result.status:04X}) in {result.round_trip_ms:.1f} ms")
         failures += 0 if result.ok else 1
     return 1 if failures else 0
+
+
+def _echo_tls(args: argparse.Namespace, cfg: Any) -> tuple[Any, str] | None:
+    """The (context, expected name) for ``echo --tls``, built as the outbox would for a TLS peer."""
+    from service.config import ConfigError, DicomPeer
+    from service.dicom.tls import client_args
+
+    given = [flag for flag in ("tls_ca", "tls_cert", "tls_key", "tls_name") if getattr(args, flag)]
+    if not args.tls:
+        if given:
+            raise CommandError(f"--{given[0].replace('_', '-')} needs --tls")
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CommandError("--tls-cert and --tls-key go together")
+    for flag in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(args, flag)
+        if path and not Path(path).expanduser().is_file():
+            raise CommandError(f"--{flag.replace('_', '-')} {path}: not a readable file")
+    peer = DicomPeer(args.called_aet, args.host, args.port, tls=True, tls_ca=args.tls_ca or cfg.dicom.tls_ca,
+                     tls_cert=args.tls_cert or "", tls_key=args.tls_key or "", tls_name=args.tls_name or "")
+    try:
+        return client_args(cfg, peer)["tls_args"]
+    except ConfigError as exc:
+        raise CommandError(str(exc).replace(f"dicom.peers {args.called_aet!r} ", "echo --")) from None
 
 
 def _size(n: int) -> str:

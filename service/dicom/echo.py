@@ -2,12 +2,14 @@
 
 What a PACS administrator runs first, like dcmtk's ``echoscu``: it says whether the TCP connection, the
 association (our calling AE title, its called AE title) and the Verification service all work, and
-if not, which of them failed, in words.
+if not, which of them failed, in words. Over DICOM TLS (PS3.15 Annex B) it also says whether the TLS
+handshake failed and why (the peer's certificate not trusted or not naming the host, ours refused).
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from service.dicom.status import SUCCESS
+from service.dicom.tls import handshake_problem
 
 
 class EchoError(Exception):
@@ -31,8 +34,12 @@ class EchoResult:
         return self.status == SUCCESS
 
 
-def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SYNTHPACS", timeout: float = 10.0, max_pdu: int = 16384) -> EchoResult:
-    """Open an association, send one C-ECHO, release. Raises :class:`EchoError` when any step fails."""
+def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SYNTHPACS", timeout: float = 10.0, max_pdu: int = 16384,
+         tls: tuple[ssl.SSLContext, str] | None = None) -> EchoResult:
+    """Open an association, send one C-ECHO, release. Raises :class:`EchoError` when any step fails.
+
+    ``tls``: (client context, the name the peer's certificate must carry) for DICOM TLS.
+    """
     _check_ae(called_ae, "called")
     _check_ae(calling_ae, "calling")
     try:
@@ -54,8 +61,11 @@ def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SY
     ae.maximum_pdu_size = max_pdu
     answers: list = []
     started = time.perf_counter()
-    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_ACSE_RECV, lambda e: answers.append(e.primitive))])
+    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_ACSE_RECV, lambda e: answers.append(e.primitive))],
+                         **({"tls_args": tls} if tls is not None else {}))
     try:
+        if tls is not None and not assoc.is_established and not assoc.is_rejected:
+            _check_handshake(host, port, tls, timeout)
         if assoc.is_rejected:
             reason = _reject_reason(answers)
             raise EchoError(f"{called_ae}@{host}:{port} rejected the association: {reason}")
@@ -74,6 +84,13 @@ def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SY
             assoc.abort()
         ae.shutdown()
     return EchoResult(status, (time.perf_counter() - started) * 1000)
+
+
+def _check_handshake(host: str, port: int, tls: tuple[ssl.SSLContext, str], timeout: float) -> None:
+    """After a failed association: was it the TLS handshake, and which side refused what?"""
+    problem = handshake_problem(host, port, tls[0], tls[1], timeout)
+    if problem is not None:
+        raise EchoError(problem)
 
 
 def _check_ae(title: str, which: str) -> None:

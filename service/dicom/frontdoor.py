@@ -24,7 +24,9 @@ socket reader (:mod:`service.dicom.sockets`) and the direct loop (:mod:`service.
 
 from __future__ import annotations
 
+import select
 import socket
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -185,16 +187,37 @@ class FrontDoorServer(ThreadedAssociationServer):
         return client, address
 
 
-def tls_handshake(sock: socket.socket, admission: Admission) -> bool:
-    """Complete a deferred server-side TLS handshake before the negotiation deadline; False: it failed."""
-    do_handshake = getattr(sock, "do_handshake", None)
-    if do_handshake is None:
+def tls_handshake(sock: socket.socket, admission: Admission, timeout: float | None = None, host: str = "") -> bool:
+    """Complete a deferred server-side TLS handshake (PS3.15 Annex B); False: it failed and the socket is closed.
+
+    The deadline bounds the whole handshake, not each read, so a caller that dribbles its ClientHello a
+    byte at a time is closed as surely as a silent one: the earlier of ``timeout``
+    (``dicom.tls_handshake_timeout``) and what is left of the negotiation deadline.
+    """
+    if not isinstance(sock, ssl.SSLSocket):
         return True
+    budget = admission.remaining() if timeout is None else min(timeout, admission.remaining())
+    deadline = time.monotonic() + max(budget, 0.001)
     try:
-        sock.settimeout(max(admission.remaining(), 0.001))
-        do_handshake()
-        sock.settimeout(None)
+        sock.setblocking(False)
+        while True:
+            try:
+                sock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                ready = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]
+            except ssl.SSLWantWriteError:
+                ready = select.select([], [sock], [], max(0.0, deadline - time.monotonic()))[1]
+            if not ready:
+                raise TimeoutError("handshake not completed in time")
+        sock.setblocking(True)
         return True
-    except (OSError, ValueError) as exc:
-        log.warning("tls_handshake_failed", error=type(exc).__name__)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = f"timed out after {budget:g} s" if isinstance(exc, TimeoutError) else getattr(exc, "reason", None) or type(exc).__name__
+        metrics.ASSOCIATIONS.labels(outcome="rejected_tls").inc()
+        log.warning("tls_handshake_failed", host=host, reason=str(reason)[:80])
+        try:
+            sock.close()
+        except OSError:
+            pass
         return False

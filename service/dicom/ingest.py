@@ -3,8 +3,11 @@
 Each file goes through exactly the path a C-STORE takes (:meth:`Store.put_bytes`: validation,
 de-identification, durable write, index), so an imported instance is indistinguishable from a received
 one except for its source (``import``). Files that are not DICOM Part 10 files (PS3.10 §7.1: 128-byte
-preamble and "DICM") are skipped with a reason; DICOM files the store refuses are counted by the
-store's reason. Nothing here logs a path or a value from a file, only counts and reasons.
+preamble and "DICM") are skipped with a reason; DICOM files the store refuses, or that cannot be read or
+decoded at all, are counted as refused by reason, and the import goes on with the next file whatever one
+file holds. The command's exit status is 0 when nothing was refused (skipped files are not failures: a
+folder may hold reports and DICOMDIRs), 1 when at least one DICOM file could not be imported. Nothing here
+logs a path or a value from a file, only counts and reasons.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from service.dicom.store import Store, StoreError
-from service.logs import get_logger
+from service.logs import get_logger, where
 
 log = get_logger("ingest")
 
@@ -158,7 +161,7 @@ def _import_one(store: Store, path: Path) -> tuple[str, str, int, str]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return "skipped", f"unreadable ({exc.strerror or type(exc).__name__})", 0, ""
+        return "refused", "unreadable", 0, f"the file cannot be read ({exc.strerror or type(exc).__name__})"
     reason = classify(data[:_PREFIX_LENGTH])
     if reason:
         return "skipped", reason, 0, ""
@@ -168,6 +171,27 @@ def _import_one(store: Store, path: Path) -> tuple[str, str, int, str]:
         result = store.put_bytes(data, source="import")
     except StoreError as exc:
         return "refused", exc.reason, 0, str(exc)
+    except Exception as exc:  # an error no check foresaw: this file is refused, the import goes on
+        reason, message = _diagnose(path)
+        log.warning("import_file_failed", reason=reason, error=type(exc).__name__, where=where(exc))
+        return "refused", reason, 0, message or f"the file cannot be decoded ({type(exc).__name__})"
     if result.duplicate:
         return "duplicate", result.outcome, 0, ""
     return "imported", "", result.record.size, ""
+
+
+def _diagnose(path: Path) -> tuple[str, str]:
+    """Why a Part 10 file failed to decode, where its File Meta Information says (PS3.10 §7.1)."""
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.uid import UID
+
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:
+        return "undecodable", "the File Meta Information (group 0002) cannot be decoded"
+    tsyntax = meta.get("TransferSyntaxUID")
+    if tsyntax is None:
+        return "no_transfer_syntax", "the File Meta Information has no Transfer Syntax UID (0002,0010)"
+    if not UID(str(tsyntax)).is_transfer_syntax:
+        return "unknown_transfer_syntax", "the Transfer Syntax UID (0002,0010) is not a transfer syntax (PS3.5 §10)"
+    return "undecodable", ""

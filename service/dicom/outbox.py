@@ -2,10 +2,12 @@
 
 Delivery is at least once (DESIGN.md "Network contracts"). An instance is queued for a destination in
 the same database as the store's index, so a queued send survives a crash or restart exactly like the
-instance does. A sender claims rows with a lease; a row whose sender died becomes claimable again when
-its lease ends. A row is marked sent only after the peer answered the C-STORE with success, a warning,
-or "duplicate" (PS3.4 B.2.3), so a crash between sending and marking re-sends it, which a PACS treats as
-a harmless duplicate of the same SOP Instance UID.
+instance does. A sender claims rows with a lease that names its process (host, pid and the process's
+start time, so a reused pid is not mistaken for it); a row whose sender died becomes claimable again when
+its lease ends, or at once when a sender starts on the same host and finds the owning process gone. A
+row is marked sent only after the peer answered the C-STORE with success, a warning, or "duplicate"
+(PS3.4 B.2.3), so a crash between sending and marking re-sends it, which a PACS treats as a harmless
+duplicate of the same SOP Instance UID.
 
 Failed attempts are retried with exponential backoff and jitter (``outbox.backoff_initial_s`` doubling
 up to ``outbox.backoff_max_s``); ``outbox.max_attempts`` = 0 retries forever. Each destination gets up
@@ -21,7 +23,9 @@ and waiting rows back to due.
 from __future__ import annotations
 
 import math
+import os
 import random
+import socket
 import sqlite3
 import threading
 import time
@@ -75,6 +79,49 @@ _SCHEMA = (
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """Fields 3 and on of /proc/PID/stat (state first), or [] where there is no such process or no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    # The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or "" if unknown."""
+    fields = _proc_stat(pid)
+    return fields[19] if len(fields) > 19 else ""
+
+
+def process_token(pid: int | None = None) -> str:
+    """This process (or ``pid``) as a lease owner: host, pid and start time."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()} {pid} {_process_start(pid) or '?'}"
+
+
+def owner_gone(token: str) -> bool:
+    """True only when ``token`` names a process on this host that no longer runs (or whose pid was reused)."""
+    parts = token.split(" ")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False  # another host, or not ours to judge: its lease runs out by itself
+    pid, started = int(parts[1]), parts[2]
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent
+        return True
+    current = fields[19] if len(fields) > 19 else ""
+    return bool(current) and started != "?" and current != started
 
 
 def backoff_delay(attempts: int, initial: float, maximum: float, rng: random.Random | None = None) -> float:
@@ -137,10 +184,14 @@ class Outbox:
         # Long enough for a whole batch on a slow link; a crashed sender's items return after it.
         self.lease_s = lease_s if lease_s is not None else max(120.0, 4 * cfg.dicom.dimse_timeout)
         self.changed = threading.Event()
+        self.owner = process_token()
         _check_config(cfg)
         with index.write() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
+            # Who holds a 'sending' row's lease: "host pid start-time" (process_token()); older databases lack it.
+            if "lease_owner" not in {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}:
+                conn.execute("ALTER TABLE outbox ADD COLUMN lease_owner TEXT")
 
     # -- queueing ------------------------------------------------------------------------------------
 
@@ -225,8 +276,8 @@ class Outbox:
             ).fetchall()
             if rows:
                 conn.executemany(
-                    "UPDATE outbox SET state = 'sending', lease_until = ?, updated_at = ? WHERE id = ?",
-                    [(now + self.lease_s, _now_iso(), r["id"]) for r in rows],
+                    "UPDATE outbox SET state = 'sending', lease_until = ?, lease_owner = ?, updated_at = ? WHERE id = ?",
+                    [(now + self.lease_s, self.owner, _now_iso(), r["id"]) for r in rows],
                 )
         return [
             Claimed(r["id"], r["sop_instance_uid"], r["destination"], r["attempts"], r["path"] or "", r["sop_class_uid"] or "", r["transfer_syntax_uid"] or "")
@@ -290,6 +341,25 @@ class Outbox:
                 ids,
             )
         self.changed.set()
+
+    def release_orphans(self) -> int:
+        """Make items due now whose lease belongs to a process on this host that is gone (killed mid-send);
+        returns how many. Leases of other hosts, or of live processes, run their course."""
+        owners = [r[0] for r in self.index.reader.execute(
+            "SELECT DISTINCT lease_owner FROM outbox WHERE state = 'sending' AND lease_owner IS NOT NULL").fetchall()]
+        gone = [o for o in owners if owner_gone(o)]
+        if not gone:
+            return 0
+        with self.index.write() as conn:
+            cur = conn.execute(
+                "UPDATE outbox SET state = 'pending', lease_until = NULL, lease_owner = NULL, next_attempt_at = ?, updated_at = ? "
+                f"WHERE state = 'sending' AND lease_owner IN ({', '.join('?' for _ in gone)})",
+                [time.time(), _now_iso(), *gone],
+            )
+            count = cur.rowcount
+        log.warning("orphaned_sends_released", count=count, owners=len(gone))
+        self.changed.set()
+        return count
 
     def make_due(self, destination: str | None = None, ids: Iterable[int] | None = None, include_failed: bool = True) -> int:
         """Make waiting (and, by default, failed) items due now; returns how many. ``synthpacs outbox retry``."""
@@ -422,6 +492,8 @@ class OutboxSender:
 
     def start(self) -> None:
         self._stop.clear()
+        # Hand-offs of a sender killed mid-send are due now, not when their lease runs out.
+        self.outbox.release_orphans()
         self._dispatcher = threading.Thread(target=self._run, name="outbox-dispatcher", daemon=True)
         self._dispatcher.start()
         log.info("outbox_started", concurrency=self.cfg.outbox.concurrency_per_destination,

@@ -36,7 +36,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from service.config import Config
+from service.config import Config, ConfigError
 from service.dicom import status
 from service.dicom.query import (
     IMAGE,
@@ -53,6 +53,7 @@ from service.dicom.query import (
     values_of,
 )
 from service.dicom.scu import TUNING_HANDLERS, storage_contexts_for
+from service.dicom.tls import client_args
 from service.logs import get_logger
 
 QR_REQUESTS = Counter("synthpacs_qr_requests_total", "Query/Retrieve requests, by operation and outcome", ["operation", "outcome"])
@@ -243,13 +244,17 @@ class QueryRetrieveSCP:
         problem: QueryError | None = None
         records: list[Any] = []
         level = ""
+        tls: dict[str, Any] = {}
         try:
+            tls = client_args(self.cfg, peer)  # DICOM TLS to the destination (PS3.15 Annex B) when its entry says so
             identifier, level = self._retrieve_level(event, MOVE_MODELS)
             records = self.retrieve_records(identifier, level)
             pairs = {(r.sop_class_uid, r.transfer_syntax_uid) for r in records}
             contexts = storage_contexts_for(pairs) if pairs else []
         except QueryError as exc:
             problem = exc
+        except ConfigError as exc:  # the destination's TLS files cannot be used
+            problem = QueryError(status.QR_UNABLE_TO_PERFORM_SUBOPS, str(exc))
         except ValueError as exc:  # more SOP Class / syntax pairs than one association can carry
             problem = QueryError(status.QR_UNABLE_TO_PERFORM_SUBOPS, str(exc))
         if problem is not None:
@@ -258,7 +263,7 @@ class QueryRetrieveSCP:
             # pynetdicom asks for the destination first and answers a count of 0 with Success, so one
             # (failing) sub-operation carries the status.
             yield peer.host, peer.port, {"contexts": storage_contexts_for([("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.1.2.1")]),
-                                         "evt_handlers": TUNING_HANDLERS}
+                                         "evt_handlers": TUNING_HANDLERS, **tls}
             yield 1
             yield problem.status, None
             return
@@ -271,7 +276,7 @@ class QueryRetrieveSCP:
         log.info("c_move", level=level, instances=len(records), destination=destination)
         QR_REQUESTS.labels("move", "ok").inc()
         QR_MATCHES.labels("move").inc(len(records))
-        yield peer.host, peer.port, {"contexts": contexts, "evt_handlers": handlers}
+        yield peer.host, peer.port, {"contexts": contexts, "evt_handlers": handlers, **tls}
         yield len(records)
         yield from self._datasets(records, event, lambda: list(sub["assoc"].accepted_contexts) if "assoc" in sub else [])
 

@@ -5,6 +5,10 @@ Built the pynetdicom way: a declaratively configured AE (contexts, timeouts, PDU
 
 * an allow-list of calling AE titles *with their hosts*, checked during association negotiation so an
   unknown peer gets an A-ASSOCIATE-RJ "calling AE title not recognized" (PS3.8 §9.3.4);
+* DICOM TLS (PS3.15 Annex B, :mod:`service.dicom.tls`) when ``dicom.tls_cert`` is set: the handshake runs
+  in the connection's own thread under ``dicom.tls_handshake_timeout``, not in the accept loop where
+  pynetdicom does it, so a caller that never finishes its handshake holds up nobody else; with
+  ``dicom.tls_require_client_cert`` a listed AE title must also present its own certificate;
 * TCP_NODELAY on every accepted socket: with Nagle and delayed ACK, each C-STORE response waits
   40-80 ms on loopback (../shared/NOTES.md);
 * a front door (:mod:`service.dicom.frontdoor`): connections still negotiating are counted apart from
@@ -37,7 +41,7 @@ from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
 from pynetdicom.transport import RequestHandler
 
 from service import metrics
-from service.config import Config
+from service.config import Config, DicomPeer
 from service.dicom import status
 from service.dicom.direct import DirectLoop, eligible
 from service.dicom.frontdoor import Admission, FrontDoorServer, PendingConnections, tls_handshake
@@ -46,6 +50,7 @@ from service.dicom.sockets import large_reads
 from service.dicom.streaming import StreamingDIMSE, streaming
 from service.dicom.store import Store, StoreError
 from service.dicom.uids import InvalidUID, validate_uid
+from service.dicom.tls import certificate_matches, certificate_names, peer_certificate, server_context
 from service.logs import get_logger, where
 
 log = get_logger("scp")
@@ -91,6 +96,8 @@ class AllowList:
 
     peers: frozenset[tuple[str, str]]
     allow_loopback: bool
+    # Under dicom.tls_require_client_cert: the listed peers, whose callers must present their own certificate.
+    certified: tuple[DicomPeer, ...] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> "AllowList":
@@ -98,7 +105,19 @@ class AllowList:
         for peer in cfg.dicom.peers:
             for host in _resolve(peer.host):
                 pairs.add((peer.ae_title.strip(), host))
-        return cls(frozenset(pairs), cfg.dicom.allow_loopback)
+        certified = cfg.dicom.peers if cfg.dicom.tls_cert and cfg.dicom.tls_require_client_cert else None
+        return cls(frozenset(pairs), cfg.dicom.allow_loopback, certified)
+
+    def certificate_allows(self, calling_ae: str, cert: dict | None) -> bool:
+        """A caller using a listed AE title must present a certificate naming that peer (PS3.15 Annex B:
+        certificates authenticate the nodes); unlisted AE titles only need the CA-signed certificate."""
+        if self.certified is None:
+            return True
+        listed = [p for p in self.certified if p.ae_title.strip() == calling_ae.strip()]
+        if not listed:
+            return cert is not None
+        names = certificate_names(cert)
+        return any(certificate_matches(p, names) for p in listed)
 
     def allows(self, calling_ae: str, host: str) -> bool:
         host = _normalize_host(host)
@@ -182,6 +201,14 @@ class _AllowListACSE(ACSE):
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
             self.assoc.kill()
             return
+        if not self.allow_list.certificate_allows(calling, peer_certificate(getattr(self.assoc.dul.socket, "socket", None))):
+            log.warning("association_rejected", reason="certificate does not name the calling peer", calling_ae=calling, host=host)
+            metrics.ASSOCIATIONS.labels(outcome="rejected_certificate").inc()
+            self.assoc._rejected_by_allow_list = True  # type: ignore[attr-defined]
+            self.send_reject(0x01, 0x01, 0x03)
+            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+            self.assoc.kill()
+            return
         if self.max_associations and self._established_elsewhere() >= self.max_associations:
             # Only established associations count: connections still negotiating are limited apart
             # (frontdoor.PendingConnections), so they cannot lock listed peers out.
@@ -215,6 +242,7 @@ class _Door:
     acse_timeout: float | None
     network_timeout: float | None
     max_pdu: int
+    tls_handshake_timeout: float | None = None
 
 
 def _request_handler(allow_list: AllowList, store: Store | None, direct: Callable[[Any], DirectLoop] | None = None,
@@ -227,7 +255,7 @@ def _request_handler(allow_list: AllowList, store: Store | None, direct: Callabl
             if door is not None:
                 ticket = door.pending.admit(_normalize_host(self.client_address[0]), self.request)
                 self.admission = Admission.start(ticket, door.negotiation_timeout, door.max_pdu, door.network_timeout)
-                if not tls_handshake(self.request, self.admission):
+                if not tls_handshake(self.request, self.admission, door.tls_handshake_timeout, _normalize_host(self.client_address[0])):
                     self.admission.release()
                     self.server.shutdown_request(self.request)
                     return
@@ -316,8 +344,9 @@ class StorageSCP:
 
     def start(self) -> tuple[str, int]:
         d = self.cfg.dicom
+        tls_context = server_context(self.cfg)  # before listening: a bad certificate file stops the start
         door = _Door(PendingConnections(d.max_pending_per_host, d.max_pending), d.negotiation_timeout, d.acse_timeout,
-                     d.network_timeout, d.max_pdu)
+                     d.network_timeout, d.max_pdu, d.tls_handshake_timeout)
         server = FrontDoorServer(
             self.ae,
             (d.bind, d.port),
@@ -335,13 +364,15 @@ class StorageSCP:
             backlog=d.listen_backlog,
             pending=door.pending,
             negotiation_timeout=d.negotiation_timeout,
+            ssl_context=tls_context,
         )
         self.ae._servers.append(server)
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
         self._thread.start()
         self.server = server
         host, port = self.address
-        log.info("scp_listening", ae_title=self.cfg.dicom.ae_title, bind=host, port=port, max_pdu=self.cfg.dicom.max_pdu)
+        log.info("scp_listening", ae_title=self.cfg.dicom.ae_title, bind=host, port=port, max_pdu=self.cfg.dicom.max_pdu,
+                 tls=tls_context is not None, client_certificates=self.cfg.dicom.tls_require_client_cert)
         return host, port
 
     def stop(self) -> None:

@@ -31,6 +31,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
 from service.config import Config, DicomPeer
+from service.dicom.tls import client_args, handshake_problem
 from service.logs import get_logger, uid_hash
 
 log = get_logger("scu")
@@ -145,12 +146,12 @@ def echo(cfg: Config, peer: DicomPeer, timeout: float | None = None) -> EchoResu
     ae.add_requested_context(Verification)
     started = time.perf_counter()
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=TUNING_HANDLERS)
-    except Exception as exc:  # name resolution and socket errors surface here
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=TUNING_HANDLERS, **client_args(cfg, peer))
+    except Exception as exc:  # name resolution, socket and TLS errors surface here
         return EchoResult(False, time.perf_counter() - started, None, f"cannot connect: {type(exc).__name__}: {exc}")
     try:
         if not assoc.is_established:
-            return EchoResult(False, time.perf_counter() - started, None, _why_not_established(assoc, peer))
+            return EchoResult(False, time.perf_counter() - started, None, _why_not_established(assoc, peer, cfg, ae.connection_timeout))
         rsp = assoc.send_c_echo()
         code = int(rsp.Status) if rsp is not None and "Status" in rsp else None
         ok = code == STATUS_SUCCESS
@@ -162,8 +163,14 @@ def echo(cfg: Config, peer: DicomPeer, timeout: float | None = None) -> EchoResu
         ae.shutdown()
 
 
-def _why_not_established(assoc: Any, peer: DicomPeer) -> str:
+def _why_not_established(assoc: Any, peer: DicomPeer, cfg: Config, timeout: float | None) -> str:
     where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    if peer.tls and not assoc.is_rejected:
+        # pynetdicom reports a failed TLS handshake as an abort: find out which side refused what.
+        context, name = client_args(cfg, peer)["tls_args"]
+        problem = handshake_problem(peer.host, int(peer.port or 0), context, name, timeout or 10.0)
+        if problem is not None:
+            return f"{where}: {problem}"
     if assoc.is_rejected:
         return f"{where} rejected the association (is our AE title allowed there?)"
     if assoc.is_aborted:
@@ -214,11 +221,12 @@ class StoreAssociation:
     def open(self) -> None:
         self.ae.requested_contexts = storage_contexts_for(self.pairs)
         try:
-            assoc = self.ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title, evt_handlers=TUNING_HANDLERS)
+            assoc = self.ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title, evt_handlers=TUNING_HANDLERS,
+                                      **client_args(self.cfg, self.peer))
         except Exception as exc:
             raise DestinationUnavailable(f"cannot connect to {self.peer.ae_title}: {type(exc).__name__}: {exc}") from None
         if not assoc.is_established:
-            raise DestinationUnavailable(_why_not_established(assoc, self.peer))
+            raise DestinationUnavailable(_why_not_established(assoc, self.peer, self.cfg, self.ae.connection_timeout))
         self.assoc = assoc
 
     def close(self) -> None:

@@ -58,6 +58,7 @@ from service.dicom.encoded import (
 )
 from service.dicom.index import Index, InstanceRecord
 from service.dicom.uids import InvalidUID, validate_uid
+from service.dicom.watermark import Watermark
 from service.home import Home
 from service.logs import get_logger, uid_hash
 
@@ -213,6 +214,7 @@ class Store:
         self._inflight_guard = threading.Lock()
         self._last_checkpoint = time.monotonic()
         self._checkpoint_lock = threading.Lock()
+        self.watermark = Watermark.from_config(cfg, self.tmp)
         self._clean_tmp()
         recovered = self.recover()
         if recovered:
@@ -313,6 +315,9 @@ class Store:
         ``pixels_later``: ``enc`` is a header whose pixel data is still arriving (streaming.py); the
         caller checks it with :meth:`_validate_pixels` once it is complete.
         """
+        low = self.watermark.room()
+        if low is not None:
+            raise StoreError(status.OUT_OF_RESOURCES, "low_disk", f"store disk below its free-space watermark ({low.free_bytes // 2**20} MiB free)")
         self._validate(enc, pixels_later)
         exclusion = ""
         keep_trailing = True

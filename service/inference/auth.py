@@ -3,6 +3,9 @@
 Tokens come from ``grpc.tokens`` (the configuration file or ``SYNTHPACS_GRPC_TOKENS``). With no tokens
 configured every call is let through. The health service is always open, so load balancers and
 Kubernetes probes, which send no metadata, can check readiness; health reveals no data.
+
+A call carrying more than one ``authorization`` entry is refused: which of them a proxy, a log or the
+server would honour is ambiguous (RFC 6750 §2.1 allows one credential), and answers never quote them.
 """
 
 from __future__ import annotations
@@ -20,8 +23,13 @@ log = get_logger("grpc")
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-def check_token(value: str | None, tokens: Iterable[bytes]) -> str | None:
-    """None when ``value`` (the authorization header) carries an accepted token, else why not."""
+def check_token(value: str | None | list[str], tokens: Iterable[bytes]) -> str | None:
+    """None when ``value`` (the authorization header, or every one the call carried) holds an accepted
+    token, else why not."""
+    if isinstance(value, list):
+        if len(value) > 1:
+            return f"the call carries {len(value)} 'authorization' metadata entries; send exactly one"
+        value = value[0] if value else None
     if not value:
         return "this server requires authentication: send metadata 'authorization: Bearer <token>'"
     scheme, _, token = value.strip().partition(" ")
@@ -46,8 +54,8 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method or ""
         if method.startswith(self._open):
             return continuation(handler_call_details)
-        metadata = {k.lower(): v for k, v in (handler_call_details.invocation_metadata or ())}
-        problem = check_token(metadata.get("authorization"), self._tokens)
+        given = [v for k, v in (handler_call_details.invocation_metadata or ()) if k.lower() == "authorization"]
+        problem = check_token([v if isinstance(v, str) else v.decode("latin-1") for v in given], self._tokens)
         handler = continuation(handler_call_details)
         if problem is None or handler is None:
             return handler

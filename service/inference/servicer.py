@@ -16,13 +16,13 @@ import grpc
 import numpy as np
 import torch
 
-from models.registry import ModelNotFound, RegistryError, validate_name
+from models.registry import ModelNotFound, RegistryError
 from service.config import Config
 from service.inference import metrics
 from service.inference.batcher import BatcherStopped, DynamicBatcher
 from service.inference.cache import AVAILABLE, FAILED, LOADING, READY, LoadedModel, ModelCache, ModelStatus, ModelUnavailable
 from service.inference.encode import DicomEncoder, EncodeError, Format, check_format, encode_png, encode_raw
-from service.inference.validate import InvalidRequest, check_model_ref, check_psi, check_request_id, plan_seeds
+from service.inference.validate import InvalidRequest, check_model_name, check_model_ref, check_psi, check_request_id, plan_seeds, shown
 from service.logs import get_logger
 from synthpacs.v1 import synthesizer_pb2 as pb
 from synthpacs.v1 import synthesizer_pb2_grpc as pb_grpc
@@ -121,7 +121,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         started, code = time.monotonic(), grpc.StatusCode.OK
         try:
             if request.name:
-                validate_name(request.name)
+                check_model_name(request.name)
             statuses = self.cache.statuses(all_versions=request.all_versions, name=request.name)
             return pb.ListModelsResponse(models=[model_info(s) for s in statuses])
         except Exception as exc:
@@ -255,7 +255,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     peer = self.cfg.peer(destination)
                     if peer is None or peer.port is None:
                         known = ", ".join(p.ae_title for p in self.cfg.dicom.peers if p.port is not None) or "none"
-                        raise InvalidRequest(f"destination_ae_title {destination!r} is not a configured DICOM peer with a port (dicom.peers; known: {known})")
+                        raise InvalidRequest(f"destination_ae_title {shown(destination)} is not a configured DICOM peer with a port (dicom.peers; known: {known})")
                 if len(request.series_description) > 64:
                     raise InvalidRequest("series_description is longer than 64 characters (LO, PS3.5 §6.2)")
                 model = self.cache.get(ref)

@@ -7,6 +7,7 @@ import math
 import secrets
 from typing import Sequence
 
+from models.registry import RegistryError, parse_ref, validate_name
 from models.sampling import MAX_SEED
 
 # Beyond about 2 the truncation trick extrapolates away from the mean into images no model was trained
@@ -14,8 +15,24 @@ from models.sampling import MAX_SEED
 MAX_PSI = 2.0
 
 
+# An error message quotes at most this many characters of what a client sent: enough to recognise the
+# value, never a way to reflect a client's payload (megabytes of it, or control characters) back.
+ECHO_LIMIT = 32
+# A model reference is a name of 1-64 characters (models/registry.py) and an optional ":vN".
+MAX_REF_LENGTH = 80
+_REF_FORM = "a model name (1-64 letters, digits, '.', '_' or '-') or name:vN"
+
+
 class InvalidRequest(ValueError):
     """An argument out of range; the message names the field."""
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """Client input as an error message may quote it: its first ``limit`` characters, escaped, and its
+    length when there is more."""
+    text = str(value)
+    quoted = repr(text[:limit])
+    return quoted if len(text) <= limit else f"{quoted}... ({len(text)} characters)"
 
 
 def plan_seeds(count: int, seeds: Sequence[int], first_seed: int | None, max_count: int) -> list[int]:
@@ -64,14 +81,29 @@ def check_psi(psi: float | None) -> float:
 
 
 def check_model_ref(ref: str) -> str:
+    """A well-formed model reference, checked here so that no later message quotes more of it than it should."""
     ref = (ref or "").strip()
     if not ref:
         raise InvalidRequest("model is empty; give a model name, or name:vN for a version (ListModels shows them)")
+    try:
+        if len(ref) > MAX_REF_LENGTH or not ref.isprintable():
+            raise RegistryError("too long")
+        parse_ref(ref)
+    except RegistryError:
+        raise InvalidRequest(f"model {shown(ref)} is not {_REF_FORM}") from None
     return ref
+
+
+def check_model_name(name: str) -> str:
+    """A well-formed model name (ListModels' filter)."""
+    try:
+        return validate_name(name) if len(name) <= MAX_REF_LENGTH else validate_name("")
+    except RegistryError:
+        raise InvalidRequest(f"name {shown(name)} is not a model name (1-64 letters, digits, '.', '_' or '-')") from None
 
 
 def check_request_id(request_id: str) -> str:
     """Request ids go into logs: printable, at most 128 characters."""
     if len(request_id) > 128 or not request_id.isprintable():
-        raise InvalidRequest("request_id must be at most 128 printable characters")
+        raise InvalidRequest(f"request_id {shown(request_id)} is not at most 128 printable characters")
     return request_id

@@ -127,3 +127,44 @@ def test_tls_settings_errors(home: Path, models_root: Path, tmp_path: Path) -> N
     )
     with pytest.raises(ConfigError, match="grpc.tls_cert: cannot read"):
         missing.start()
+
+
+def test_two_authorization_entries_are_refused(start_server, export) -> None:
+    export("m")
+    srv = start_server(wait_for=("m",), **{"grpc.tokens": ["s3cret-one"]})
+    req = pb.ListModelsRequest()
+    good = ("authorization", "Bearer s3cret-one")
+    for metadata in ((good, good), (good, ("authorization", "Bearer wrong")), (("authorization", "Bearer wrong"), good)):
+        with pytest.raises(grpc.RpcError) as info:
+            srv.stub.ListModels(req, metadata=metadata)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "2 'authorization' metadata entries" in info.value.details()
+        assert "s3cret" not in info.value.details()
+    assert [m.ref for m in srv.stub.ListModels(req, metadata=(good,)).models] == ["m:v1"]
+
+
+MALICIOUS = "<script>alert(1)</script>" + "A" * 5000 + "\x1b[2J\n\x00" + "Z" * 5000
+
+
+def test_error_messages_quote_only_a_short_prefix_of_client_input(start_server, export) -> None:
+    from service.inference.validate import ECHO_LIMIT
+
+    export("m")
+    srv = start_server(wait_for=("m",))
+    stub = srv.stub
+    calls = {
+        "GetModel model": lambda: stub.GetModel(pb.GetModelRequest(model=MALICIOUS)),
+        "GetModel name:version": lambda: stub.GetModel(pb.GetModelRequest(model="m:" + MALICIOUS)),
+        "ListModels name": lambda: stub.ListModels(pb.ListModelsRequest(name=MALICIOUS)),
+        "Generate model": lambda: list(stub.Generate(pb.GenerateRequest(model=MALICIOUS, count=1))),
+        "Generate request_id": lambda: list(stub.Generate(pb.GenerateRequest(model="m", count=1, request_id=MALICIOUS))),
+        "GenerateStudy destination": lambda: stub.GenerateStudy(pb.GenerateStudyRequest(model="m", count=1, destination_ae_title=MALICIOUS)),
+    }
+    for what, call in calls.items():
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        details = info.value.details() or ""
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (what, info.value.code())
+        assert "A" * (ECHO_LIMIT + 1) not in details and "Z" * 10 not in details, (what, details[:300])
+        assert "\x1b" not in details and "\x00" not in details and "\n" not in details, what
+        assert len(details) < 400, (what, len(details))

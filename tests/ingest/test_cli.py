@@ -101,3 +101,28 @@ def test_shared_radiographs_wrapped_as_dicom_are_ingested(cli_env, shared_radiog
         data = (cli_env / "store" / rec.path).read_bytes()
         assert not any(v.encode() in data for v in PHI.values())
         assert pydicom.dcmread(cli_env / "store" / rec.path).BodyPartExamined == "EXTREMITY"
+
+
+def test_ingest_skips_a_file_it_cannot_decode_and_imports_the_rest(cli_env, tmp_path, capsys):
+    root = tmp_path / "import"
+    phantom_files(root, 5)
+    # First in walking order: a File Meta Transfer Syntax UID that is not a transfer syntax (it raised
+    # ValueError out of the whole import before), and one whose File Meta Information is garbage.
+    bad = phantom_dataset(16, 16)
+    bad.save_as(root / "0-bad-syntax.dcm", enforce_file_format=True)
+    raw = (root / "0-bad-syntax.dcm").read_bytes()
+    assert raw.count(b"1.2.840.10008.1.2.1\x00") == 1
+    (root / "0-bad-syntax.dcm").write_bytes(raw.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.3.4.5.6.7.8.9.1\x00"))
+    (root / "0-bad-meta.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff" + b"\x07" * 64)
+
+    rc = main(["ingest", "--quiet", "--json", str(root)])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 1  # two DICOM files could not be imported
+    assert summary["imported"] == 5 and summary["files"] == 7
+    assert summary["refused"].get("unknown_transfer_syntax") == 1 and sum(summary["refused"].values()) == 2, summary
+    assert "not a transfer syntax" in summary["refused_examples"]["unknown_transfer_syntax"]
+
+    assert main(["ingest", "--quiet", str(root / "0-bad-syntax.dcm")]) == 1
+    out = capsys.readouterr().out
+    assert "refused     1" in out and "unknown_transfer_syntax" in out and "imported    0" in out
+    assert main(["ingest", "--quiet", str(root / "0000.dcm")]) == 0  # a duplicate is no failure

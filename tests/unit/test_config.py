@@ -45,6 +45,14 @@ def test_peers_from_toml_and_environment(tmp_path):
         ("[dicom]\nae_title = \"THIS_IS_FAR_TOO_LONG\"\n", "AE title"),
         ("[outbox]\ndefault_destination = \"NOPE\"\n", "outbox.default_destination"),
         ("not toml [", "not valid TOML"),
+        ("[dicom]\ntls_cert = \"a.pem\"\n", "dicom.tls_cert and dicom.tls_key go together"),
+        ("[dicom]\ntls_ca = \"ca.pem\"\n", "need dicom.tls_cert and dicom.tls_key"),
+        ("[dicom]\ntls_cert = \"a\"\ntls_key = \"b\"\ntls_require_client_cert = true\n", "tls_require_client_cert needs dicom.tls_ca"),
+        ("[dicom]\ntls_handshake_timeout = 0\n", "dicom.tls_handshake_timeout"),
+        ("[[dicom.peers]]\nae_title = \"P\"\nhost = \"h\"\ntls_ca = \"ca.pem\"\n", "set tls = true"),
+        ("[[dicom.peers]]\nae_title = \"P\"\nhost = \"h\"\ntls = true\ntls_key = \"k\"\n", "tls_cert and tls_key go together"),
+        ("[store]\nmin_free_percent = 100\n", "store.min_free_percent"),
+        ("[store]\nmin_free_bytes = -1\n", "store.min_free_bytes"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, text, fragment):
