@@ -32,8 +32,11 @@ def test_evaluate_writes_evaluation_json_and_prints_a_table(world, capsys):
     out, err = capsys.readouterr()
     path = m1.path / "evaluation.json"
     assert f"written: {path}" in out
-    for label in ("FID", "KID", "SSIM", "PSNR (dB)", "Diversity (MS-SSIM)", "Near-copies"):
+    for label in ("Frechet distance [HOG]", "KID [HOG]", "FRD [radiomics]", "Precision / Recall [radiomics]", "SSIM", "PSNR (dB)",
+                  "Diversity (MS-SSIM)", "Near-copies", "similarity to nearest reference, not a quality ranking"):
         assert label in out
+    # Quality figures come first, with the reference set named; SSIM/PSNR only after them.
+    assert out.index("Quality") < out.index("[HOG]") < out.index("SSIM") and "vs phantoms@v1" in out
     data = json.loads(path.read_text())
     assert data["format"] == "synthpacs-evaluation/1"
     assert data["model"]["ref"] == "m1:v1" and data["training_dataset"]["ref"] == "phantoms@v1"
@@ -43,10 +46,15 @@ def test_evaluate_writes_evaluation_json_and_prints_a_table(world, capsys):
     assert 0 <= m["ssim"] <= 1 and m["psnr"] > 0 and 0 < m["diversity"] <= 1 and 0 < m["diversity_real"] < 1
     assert m["memorization"] == 0.0 and data["memorization"]["checked"] == 12 and data["memorization"]["offending_seeds"] == []
     # Without the weights file: skipped, with the file, its sha256 and the setting, never another network.
-    for metric in ("fid", "kid", "precision_recall"):
-        assert inc.WEIGHTS_FILE in data["skipped"][metric] and inc.WEIGHTS_SHA256 in data["skipped"][metric]
-    assert "fid" not in m and data["feature_spaces"] == {}
-    assert "evaluation.inception_weights" in err and "fid, kid, precision_recall" in err
+    assert inc.WEIGHTS_FILE in data["skipped"]["inception"] and inc.WEIGHTS_SHA256 in data["skipped"]["inception"]
+    assert "fid" not in m and set(data["feature_spaces"]) == {"hog", "radiomics"}
+    assert "evaluation.inception_weights" in err and "HOG and radiomics need no weights" in err
+    # The download-free spaces are there without any file.
+    assert m["hog_fd"] > 0 and m["hog_kid"] == data["feature_spaces"]["hog"]["kid"] and 0 <= m["hog_recall"] <= 1
+    rad = data["feature_spaces"]["radiomics"]
+    assert m["radiomics_frd"] == rad["log_frechet_distance"] and rad["standardization"]["z_clip"] == 5.0
+    # TSTR needs a held-out reference: said, not guessed.
+    assert "held-out" in data["skipped"]["tstr"]
     assert "ssim" in data["definitions"] and "nearest in MSE" in data["definitions"]["ssim"]
     with Image.open(m1.path / "evaluation_samples.png") as grid:
         assert grid.size == (4 * 66 + 2, 3 * 66 + 2)  # 12 images of 64 px, 4 columns, 2 px apart
@@ -69,7 +77,7 @@ def test_feature_network_distances(world, feature_net, capsys):
     space = data["feature_spaces"]["torchscript:feat.pt"]
     assert space["dim"] == 8 and space["n_reference"] == 40 and space["n_generated"] == 10
     assert space["frechet_distance"] > 0 and "kid" in space and 0 <= space["precision"] <= 1 and 0 <= space["recall"] <= 1
-    assert "fid" in data["skipped"] and "fid" not in data["metrics"]  # the FID column stays Inception-only
+    assert "inception" in data["skipped"] and "fid" not in data["metrics"]  # the FID column stays Inception-only
     assert "FD [torchscript:feat.pt]" in capsys.readouterr().out
     # Reference features are cached by dataset hash and network content.
     assert len(list((home / "evaluations" / "feature-cache").glob("*torchscript-*.npy"))) == 1
@@ -132,7 +140,9 @@ def test_compare_prints_the_table_and_saves_chart_and_grids(world, tmp_path, cap
     assert "FID" in lines[0] and "SSIM" in lines[0] and "Train time h" in lines[0] and "Near-copies %" in lines[0]
     assert lines[2].startswith("| m1:v1") and lines[3].startswith("| m2:v1")
     assert " 0.50 " in lines[2] and " 1.00 " in lines[3]  # training time from the model cards
-    assert "note: m1:v1: fid skipped: FID, KID and precision/recall need the FID Inception weights" in out
+    assert "note: m1:v1: inception skipped: FID, KID and precision/recall need the FID Inception weights" in out
+    assert "HOG FD" in lines[0] and lines[0].index("HOG FD") < lines[0].index("| FID ") < lines[0].index("SSIM")  # quality first
+    assert lines[2].split("|")[2].strip() != "-" and lines[3].split("|")[2].strip() == "-"  # m2 was not asked for distances
     with Image.open(out_dir / "comparison.png") as chart, Image.open(out_dir / "samples.png") as samples:
         assert chart.width > 400 and samples.width > 2 * samples.height * 0.9
     rows = json.loads((out_dir / "comparison.json").read_text())["rows"]
@@ -179,7 +189,7 @@ def test_model_without_dataset_and_broken_files(world, tmp_path, capsys):
     wrong.write_bytes(b"some other inception")
     assert run(home, "m1", "--inception-weights", str(wrong), "--metrics", "fid,ssim", "--n", "4") == 0
     data = json.loads((m1.path / "evaluation.json").read_text())
-    assert "its sha256 is" in data["skipped"]["fid"] and "ssim" in data["metrics"]
+    assert "its sha256 is" in data["skipped"]["inception"] and "ssim" in data["metrics"] and "hog_fd" in data["metrics"]
     (m1.path / "evaluation.json").write_text("{broken")
     assert run(home, "--compare", "m1", "nodata") == 2
     assert "is not valid JSON" in capsys.readouterr().err
