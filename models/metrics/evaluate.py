@@ -113,6 +113,8 @@ class EvaluationSettings:
             raise ValueError(f"psi must be a finite number >= 0, got {self.psi}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if self.tstr_epochs < 1:
+            raise ValueError(f"tstr_epochs must be at least 1, got {self.tstr_epochs}")
         if self.diversity_pairs < 1 or self.kid_subsets < 1 or self.kid_subset_size < 2 or self.pr_k < 1:
             raise ValueError("diversity_pairs, kid_subsets and pr_k must be at least 1, kid_subset_size at least 2")
 

@@ -170,3 +170,31 @@ def side_by_side(grids: Sequence[Image.Image], labels: Sequence[str], height: in
         out.paste(s.convert("RGB"), (x, label_h))
         x += s.width + gap
     return out
+
+
+def card_evaluation(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A model card's evaluation section from an evaluation.json: a list, so the order survives cards
+    written with sorted keys. First the quality figures (they rank the calibration controls,
+    :mod:`models.metrics.calibration`) with the reference set named, then what else was measured with
+    what each measures, then memorization."""
+    from models.metrics.calibration import NOT_QUALITY, QUALITY_METRICS
+
+    m = evaluation.get("metrics", {}) if isinstance(evaluation, Mapping) else {}
+    ref = evaluation.get("reference") or {}
+    gen = evaluation.get("generated") or {}
+    reference = f"{ref.get('ref', '?')} ({ref.get('count', '?')} images, {ref.get('role', '')})"
+    quality = {k: m[k] for k in QUALITY_METRICS if isinstance(m.get(k), (int, float))}
+    for k in ("tstr_accuracy", "trtr_accuracy", "fid", "kid", "precision", "recall"):
+        if isinstance(m.get(k), (int, float)):
+            quality[k] = m[k]
+    other = {k: {"value": m[k], "measures": why} for k, why in NOT_QUALITY.items() if isinstance(m.get(k), (int, float))}
+    section: list[dict[str, Any]] = [
+        {"section": "quality figures (rank the calibration controls correctly)", "reference": reference,
+         "generated": f"{gen.get('count', '?')} images, seeds {gen.get('seeds', '?')}", "metrics": quality},
+        {"section": "also measured (not quality rankings)", "reference": reference, "metrics": other},
+    ]
+    if "memorization" in m:
+        training = (evaluation.get("training_dataset") or {}).get("ref", "?")
+        section.append({"section": "memorization", "training_set": training,
+                        "near_copies": f"{m.get('near_copies', 0)} of {gen.get('count', '?')} (below the training set's 1st percentile nearest-neighbour distance, mirrors included)"})
+    return section

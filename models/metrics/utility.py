@@ -44,9 +44,9 @@ Generate = Callable[[Sequence[str], Sequence[int]], np.ndarray]
 
 
 class SmallCNN(nn.Module):
-    """(N, 1, 64, 64) in [0, 1] -> (N, classes) logits: 4 x (conv 3x3, batch norm, ReLU, 2x2 max pool)."""
+    """(N, 1, 64, 64) in [0, 1] -> (N, classes) logits: 4 x (conv 3x3, batch norm, ReLU, 2x2 max pool), 8-64 channels."""
 
-    def __init__(self, classes: int, width: int = 16):
+    def __init__(self, classes: int, width: int = 8):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1

@@ -43,7 +43,7 @@ from models.metrics.features import FeatureNetworkError, HOGFeatures, InceptionF
 from models.metrics.radiomics import RadiomicsFeatures
 from models.metrics.utility import labels_from_rows
 from models.metrics.inception import InceptionWeightsError
-from models.metrics.report import draw_chart, format_table, image_grid, side_by_side, summary_row
+from models.metrics.report import card_evaluation, draw_chart, format_table, image_grid, side_by_side, summary_row
 from models.metrics.snapshot import SnapshotEvaluator
 from service import __version__
 from service.cli.common import CommandError, add_command, config_from_args, home_from
@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--psi", type=float, default=1.0, help="truncation psi (default 1)")
     p.add_argument("--metrics", default="all", help=f"comma-separated: all, {', '.join(METRICS)} (aliases pr, ssim, psnr)")
     p.add_argument("--diversity-pairs", type=int, default=1000, help="random image pairs for the MS-SSIM diversity of each set (default 1000)")
+    p.add_argument("--tstr-epochs", type=int, default=30, help="epochs of each TSTR/TRTR classifier (default 30)")
     p.add_argument("--batch", type=int, help="batch size for generation and features (evaluation.batch_size)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (evaluation.device)")
     p.add_argument("--inception-weights", metavar="FILE", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (evaluation.inception_weights)")
@@ -231,6 +232,7 @@ def _settings(args: argparse.Namespace, cfg: Config, device: torch.device) -> Ev
     try:
         return EvaluationSettings(
             metrics=parse_metrics(args.metrics), n=args.n, seed_start=args.seed_start, psi=args.psi, diversity_pairs=args.diversity_pairs,
+            tstr_epochs=args.tstr_epochs,
             batch_size=cfg.evaluation.batch_size, memorization_percentile=cfg.evaluation.memorization_percentile, device=str(device),
         )
     except ValueError as exc:
@@ -392,6 +394,8 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
     )
+    # What a model card's "evaluation" should say (quality figures first), ready for `models export --card`.
+    results["card_section"] = card_evaluation(results)
     path = write_evaluation(home.root, mv, results, images)
     emit("evaluation_written", model=mv.ref, path=str(path), wall_time_s=results["wall_time_s"])
     if args.json:

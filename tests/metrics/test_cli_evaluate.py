@@ -55,6 +55,11 @@ def test_evaluate_writes_evaluation_json_and_prints_a_table(world, capsys):
     assert m["radiomics_frd"] == rad["log_frechet_distance"] and rad["standardization"]["z_clip"] == 5.0
     # TSTR needs a held-out reference: said, not guessed.
     assert "held-out" in data["skipped"]["tstr"]
+    # The model card's section: quality figures first, with the reference set named.
+    card = data["card_section"]
+    assert card[0]["section"].startswith("quality figures") and card[0]["reference"].startswith("phantoms@v1")
+    assert set(card[0]["metrics"]) == {"hog_fd", "hog_kid"} and "ssim" in card[1]["metrics"]
+    assert "not a quality ranking" in card[1]["metrics"]["ssim"]["measures"] and card[2]["section"] == "memorization"
     assert "ssim" in data["definitions"] and "nearest in MSE" in data["definitions"]["ssim"]
     with Image.open(m1.path / "evaluation_samples.png") as grid:
         assert grid.size == (4 * 66 + 2, 3 * 66 + 2)  # 12 images of 64 px, 4 columns, 2 px apart
@@ -193,3 +198,58 @@ def test_model_without_dataset_and_broken_files(world, tmp_path, capsys):
     (m1.path / "evaluation.json").write_text("{broken")
     assert run(home, "--compare", "m1", "nodata") == 2
     assert "is not valid JSON" in capsys.readouterr().err
+
+
+def _labelled_dataset(root: Path, name: str, seeds) -> None:
+    from models.datasets import write_dataset
+    from tests.metrics.conftest import labelled_phantoms
+
+    images, labels = labelled_phantoms(seeds)
+    write_dataset(root, name, images, [{"body_part": lab, "view": "AP"} for lab in labels])
+
+
+def test_tstr_trtr_against_a_held_out_labelled_set(tmp_path, capsys):
+    home = tmp_path / "home"
+    _labelled_dataset(home / "datasets", "parts", range(40))
+    _labelled_dataset(home / "datasets", "parts-heldout", range(500, 530))
+    export_dcgan(home / "models", "g", None)
+    assert run(home, "g", "--dataset", "parts", "--real", "parts-heldout", "--metrics", "tstr,memorization", "--n", "16", "--tstr-epochs", "8") == 0
+    out = capsys.readouterr().out
+    data = json.loads((home / "models" / "g" / "v1" / "evaluation.json").read_text())
+    u = data["utility"]["body_part"]
+    assert u["classes"] == ["HAND", "LEG"] and u["n_test_real"] == 30 and u["n_generated"] == 16 and u["mode"].startswith("unconditional")
+    m = data["metrics"]
+    assert m["tstr_trtr_ratio"] == pytest.approx(m["tstr_accuracy"] / m["trtr_accuracy"])
+    # One view only: that task cannot run, and says why.
+    assert "fewer than two classes" in " ".join(data["utility"]["not_run"])
+    assert "TSTR / TRTR accuracy [body-part classifier]" in out and "on parts-heldout@v1" in out
+
+
+def test_a_run_that_measured_nothing_keeps_the_earlier_evaluation(world, capsys):
+    home, _, m1, _ = world
+    assert run(home, "m1", *FAST) == 0
+    path = m1.path / "evaluation.json"
+    before = path.read_bytes()
+    capsys.readouterr()
+    # TSTR needs a held-out set; without one nothing is measured: an error, and the earlier file stays.
+    assert run(home, "m1", "--metrics", "tstr", "--n", "4") == 2
+    err = capsys.readouterr().err
+    assert "nothing was measured for m1:v1" in err and "held-out" in err and f"the earlier evaluation {path} is kept" in err
+    assert path.read_bytes() == before
+
+
+def test_the_note_on_another_dataset_says_what_differs(world, capsys):
+    home, dv, _, _ = world
+    same_shape = {"name": dv.name, "version": dv.version, "count": dv.count, "resolution": 64, "content_hash": "0" * 64}
+    export_dcgan(home / "models", "old", None, card_extra={"dataset": same_shape})
+    assert run(home, "old", *FAST) == 0
+    err = capsys.readouterr().err
+    assert "phantoms@v1 is not the dataset old:v1 was trained on (phantoms@v1)" in err
+    assert "the same number of images at the same resolution, but other pixels or labels" in err and "000000000000 in the card" in err
+    export_dcgan(home / "models", "bigger", None, card_extra={"dataset": {**same_shape, "count": 476}})
+    assert run(home, "bigger", *FAST) == 0
+    assert "476 images in the card, 40 here" in capsys.readouterr().err
+    # A card that recorded the store-dependent hash as well as the content hash matches on either.
+    export_dcgan(home / "models", "both", None, card_extra={"dataset": {**same_shape, "content_hash_v1": dv.content_hash}})
+    assert run(home, "both", *FAST) == 0
+    assert "is not the dataset" not in capsys.readouterr().err
