@@ -10,6 +10,11 @@
 * FID InceptionV3 features on the CPU, images/s (architecture only: deterministic weights, which cost
   the same as the real ones); no peer runs here (pytorch-fid needs torchvision).
 
+* Feature spaces without weights (issue 15): seconds per 1,000 images for HOG and radiomics (one
+  process, and the worker pool), beside the FID Inception network's cost on the same CPU, at 64 px.
+* The control table: every metric on every control set of :mod:`models.metrics.calibration` at 64 px
+  (FracAtlas split in thirds: training, reference, held-out), with whether it ranks them correctly.
+
 Training images: ../shared/data/radiographs (FracAtlas, grayscale, resized to 256 px) when present,
 otherwise phantoms.
 """
@@ -31,7 +36,9 @@ from models.metrics.inception import FIDInceptionV3
 from models.metrics.memorization import MemorizationGuard
 from models.metrics.ssim import psnr, ssim
 
-RADIOGRAPHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "radiographs"
+# Beside the repository, or beside the folder that holds the repository's worktrees.
+RADIOGRAPHS = next((p / "shared" / "data" / "radiographs" for p in Path(__file__).resolve().parents[2:4] if (p / "shared" / "data" / "radiographs").is_dir()),
+                   Path(__file__).resolve().parents[2] / "shared" / "data" / "radiographs")
 SIZE = 256
 
 
@@ -171,6 +178,114 @@ def _inception() -> list[str]:
     ]
 
 
+def _padded(size: int = 64) -> tuple[np.ndarray, list[str], str]:
+    """FracAtlas at ``size`` px, aspect kept, padded with black (``dataset build --fit pad``), with body
+    parts (first of mixed labels); phantoms (two 'body parts': upright, transposed) without it."""
+    import csv
+
+    manifest = RADIOGRAPHS / "manifest.csv"
+    if manifest.is_file():
+        with open(manifest, newline="") as f:
+            body = {r["filename"]: r["body_part"].split("+")[0].upper() for r in csv.DictReader(f)}
+        files = sorted(p for p in RADIOGRAPHS.glob("*.jpg") if p.name in body)
+        out = []
+        for path in files:
+            with Image.open(path) as im:
+                im = im.convert("L")
+                scale = size / max(im.size)
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
+                canvas = Image.new("L", (size, size), 0)
+                canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
+                out.append(np.asarray(canvas))
+        return np.stack(out), [body[p.name] for p in files], f"{len(files)} FracAtlas radiographs at {size} px (padded)"
+    from service.data.phantom import phantom_image
+
+    imgs = [phantom_image(size, size, bits_stored=8, seed=s, noise=0.03)[0] for s in range(300)]
+    labels = ["LEG" if s % 2 == 0 else "HAND" for s in range(300)]
+    imgs = [im if lab == "LEG" else np.ascontiguousarray(im.T) for im, lab in zip(imgs, labels)]
+    return np.stack(imgs), labels, "300 phantoms at 64 px"
+
+
+def _feature_speed(images: np.ndarray) -> list[str]:
+    from models.metrics.features import HOGFeatures, extract_features
+    from models.metrics.radiomics import RadiomicsFeatures, default_workers
+
+    n = min(len(images), 400)
+    x = images[:n]
+    rows = []
+    for label, extractor in (
+        ("HOG (1764 dimensions)", HOGFeatures()),
+        ("radiomics, 1 process (416 features)", RadiomicsFeatures(size=64, workers=1)),
+        (f"radiomics, {default_workers()} worker processes", RadiomicsFeatures(size=64)),
+    ):
+        extract_features(extractor, x[:8])  # warm-up (starts the pool)
+        t = _best(lambda: extract_features(extractor, x), repeat=2)
+        getattr(extractor, "close", lambda: None)()
+        rows.append(f"| {label} | {1000 * t / n:.1f} s |")
+    net = FIDInceptionV3().eval()
+    xi = torch.rand(16, 3, 64, 64)
+    with torch.inference_mode():
+        net(xi[:2])
+        t = _best(lambda: net(xi), repeat=2)
+    rows.append(f"| FID Inception (architecture, 64 px input resized to 299) | {1000 * t / 16:.1f} s |")
+    return [
+        "### Feature spaces: seconds per 1,000 images (CPU, 64 px)",
+        "",
+        f"{n} images, best of 2; {torch.get_num_threads()} torch threads. PyRadiomics, for comparison, measured 0.35-0.85 s per 256 px image on one core (NOTES.md), i.e. 350-850 s per 1,000.",
+        "",
+        "| feature space | s / 1,000 images |",
+        "| --- | ---: |",
+        *rows,
+    ]
+
+
+def _control_table(images: np.ndarray, labels: list[str], what: str) -> list[str]:
+    from models.metrics.calibration import COPIES, QUALITY_METRICS, TIERS, calibration_table, control_sets
+    from models.metrics.evaluate import EvaluationSettings, Inputs, evaluate_images
+    from models.metrics.features import HOGFeatures
+    from models.metrics.radiomics import RadiomicsFeatures
+
+    perm = np.random.RandomState(0).permutation(len(images))
+    k = len(images) // 3
+    parts = [perm[:k], perm[k : 2 * k], perm[2 * k : 3 * k]]
+    training, reference, held_out = (images[p] for p in parts)
+    radiomics = RadiomicsFeatures(size=64)
+    inputs = Inputs(
+        reference=reference, training=training, guard=MemorizationGuard(training), extractors=[HOGFeatures(), radiomics],
+        training_labels={"body_part": [labels[i] for i in parts[0]]}, reference_labels={"body_part": [labels[i] for i in parts[1]]},
+        reference_held_out=True,
+    )
+    settings = EvaluationSettings(metrics=("fid", "kid", "precision_recall", "ssim_psnr", "diversity", "memorization", "tstr"), n=k, kid_subsets=50, diversity_pairs=200)
+    results = {}
+    for name, x in control_sets(training, held_out).items():
+        results[name] = evaluate_images(x, inputs, settings)["metrics"]
+        print(f"control {name}: done", flush=True)
+    radiomics.close()
+    table = calibration_table(results)
+    names = list(TIERS)
+    head = "| metric | " + " | ".join(f"{n} (tier {TIERS[n]})" for n in names) + " | ranks correctly |"
+    lines = [
+        "### Control table (64 px)",
+        "",
+        f"{what}, split in thirds with seed 0: training set T ({k}), reference R ({k}), held-out H ({k}); every metric against R, "
+        "memorization against T. Controls (`models.metrics.calibration`): tier 0 = H and mirrored copies of T; tier 1 = blurred "
+        "(sigma 2 % of the side) and noisy (sigma 0.08) copies of T; tier 2 = smooth noise, iid noise, T[0] repeated, the mean of T. "
+        "A distance ranks correctly when each tier scores strictly better than every set of the next; TSTR/TRTR when tiers 0-1 "
+        "score above tier 2. Quality figures in the report: " + ", ".join(f"`{m}`" for m in QUALITY_METRICS) + ".",
+        "",
+        head,
+        "| --- | " + " | ".join("---:" for _ in names) + " | --- |",
+    ]
+    for metric, row in table.items():
+        cells = " | ".join("-" if row["values"][n] is None else f"{row['values'][n]:.4g}" for n in names)
+        verdict = "yes" if not row["failures"] else f"no ({len(row['failures'])} pairs; e.g. {row['failures'][0]})"
+        lines.append(f"| `{metric}` ({row['better']} is better) | {cells} | {verdict} |")
+    mem = " | ".join(f"{100 * (results[n].get('memorization') or 0):.0f} %" for n in names)
+    lines.append(f"| memorization: flagged as near-copies of T | {mem} | copies ({', '.join(COPIES)}) flagged: "
+                 f"{'yes' if all((results[c].get('memorization') or 0) >= 0.9 for c in COPIES) else 'no'} |")
+    return lines
+
+
 def main() -> None:
     train, what = _training_images()
     print(f"training set: {what}", flush=True)
@@ -185,6 +300,24 @@ def main() -> None:
         print("\n".join(section), flush=True)
         parts += [""] + section
     write_section("metrics", "\n".join(parts))
+    calibration_main()
+
+
+def calibration_main() -> None:
+    """The feature spaces' cost and the control table, one run on the same images (its own section)."""
+    small, labels, what = _padded(64)
+    load = os.getloadavg()[0]
+    parts = [
+        "## Metrics without weights, and the control table (`bench/bench_metrics.py`)",
+        "",
+        f"Images: {what}. Load average at the start: {load:.1f} on {os.cpu_count()} cores (other processes share the CPU: the "
+        "absolute times move with the load; the control table does not).",
+    ]
+    for make in (lambda: _feature_speed(small), lambda: _control_table(small, labels, what)):
+        section = make()
+        print("\n".join(section), flush=True)
+        parts += [""] + section
+    write_section("metrics-calibration", "\n".join(parts))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,12 @@ Layout (DESIGN.md "Data contracts")::
 
 A version never changes once written: :class:`DatasetWriter` fills a hidden temporary folder beside the
 versions and renames it to the next free ``v<N>`` only when it is complete, so a reader sees a whole
-version or none. The content hash covers the array's dtype and shape, the pixel bytes and the manifest
-bytes (and nothing that depends on when or where it was built), so the same inputs give the same hash.
+version or none. The content hash covers the array's dtype and shape, the pixel bytes and each
+manifest row without its provenance fields (:data:`PROVENANCE_FIELDS`: UIDs, which de-identification
+remaps per store, the stored file's sha256, the sending AE), in image order; nothing that depends on
+when or where it was built. With ``commit(order_by_content=True)`` (what ``dataset build`` does) the
+rows are first sorted by (pixel sha256, content row), so the same images with the same labels give the
+same order and the same hash in any home (``content_hash_method`` in dataset.json).
 
 :class:`ImageDataset` maps item ``i`` to a float32 tensor ``(channels, H, W)`` in [-1, 1]. With
 ``xflip`` the dataset is twice as long and items ``N..2N-1`` are the mirror images of ``0..N-1``, as
@@ -50,6 +54,9 @@ DTYPES = ("uint8", "uint16")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]*)$")
 _REF_RE = re.compile(r"^(?P<name>[^@]+)(?:@v?(?P<version>[0-9]+))?$")
+# Manifest fields that say where an image came from in one store, not what it is: left out of the hash.
+PROVENANCE_FIELDS = frozenset({"index", "sop_instance_uid", "series_uid", "study_uid", "sha256", "source", "path", "sop_class_uid", "transfer_syntax_uid"})
+CONTENT_HASH_METHOD = "pixels+manifest-without-provenance/2"
 # The .npy header DatasetWriter writes has this fixed size, so the final shape can be written over the
 # provisional one in place (NumPy format 1.0: 10-byte preamble + header, 64-byte aligned).
 _NPY_HEADER_BYTES = 128
@@ -352,7 +359,7 @@ class DatasetWriter:
             self._unsynced = 0
         line = json.dumps({"index": self.count, **row}, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
         self._manifest.write(line)
-        self._manifest_hash.update(line.encode("utf-8"))
+        self._manifest_hash.update(_content_line(row))
         self.count += 1
         return self.count - 1
 
@@ -363,8 +370,43 @@ class DatasetWriter:
         return np.memmap(self._images_path, dtype=self.dtype, mode="r", offset=_NPY_HEADER_BYTES,
                          shape=(self.count, self.resolution, self.resolution))
 
+    def _order_by_content(self) -> None:
+        """Rewrite images and manifest sorted by (pixel sha256, content row); provenance breaks no tie
+        that matters (rows equal in both keys are the same image with the same labels)."""
+        images = self.written()
+        rows = [json.loads(line) for line in (self.tmp / MANIFEST_FILE).read_text(encoding="utf-8").splitlines()]
+        keys = [(hashlib.sha256(np.ascontiguousarray(images[i])).hexdigest(), _content_line(rows[i])) for i in range(self.count)]
+        order = sorted(range(self.count), key=keys.__getitem__)
+        if order == list(range(self.count)):
+            return
+        sorted_path = self.tmp / (IMAGES_FILE + ".sorted")
+        fd = os.open(sorted_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            offset = _NPY_HEADER_BYTES
+            os.pwrite(fd, _npy_header(self.dtype, (self.capacity, self.resolution, self.resolution)), 0)
+            for i in order:
+                view = memoryview(np.ascontiguousarray(images[i])).cast("B")
+                while view:
+                    n = os.pwrite(fd, view, offset)
+                    view, offset = view[n:], offset + n
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        del images
+        assert self._fd is not None
+        os.close(self._fd)
+        os.replace(sorted_path, self._images_path)
+        self._fd = os.open(self._images_path, os.O_RDWR)
+        self._manifest_hash = hashlib.sha256()
+        with open(self.tmp / MANIFEST_FILE, "w", encoding="utf-8", newline="\n") as f:
+            for new_index, i in enumerate(order):
+                row = {**rows[i], "index": new_index}
+                f.write(json.dumps(row, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
+                self._manifest_hash.update(_content_line(row))
+        self._running_hash = None  # the pixels' order changed: hash them again from the file
+
     def _content_hash(self) -> str:
-        if self.count == self.capacity:
+        if self.count == self.capacity and self._running_hash is not None:
             h = self._running_hash.copy()
         else:
             h = self._hash_start(self.count)
@@ -383,8 +425,12 @@ class DatasetWriter:
         skipped: int = 0,
         extra_files: Mapping[str, str | bytes] | None = None,
         extra_info: Mapping[str, Any] | None = None,
+        order_by_content: bool = False,
     ) -> DatasetVersion:
         """Trim, hash, describe and publish as the next version; returns it.
+
+        ``order_by_content`` sorts the images by content first (module docstring), so that the order and
+        the hash do not depend on the order the caller found them in (a store's UIDs).
 
         ``extra_files`` (file name -> text or bytes), such as a build report or a contact sheet, are
         written into the version too (they are not part of the content hash). ``extra_info`` adds keys
@@ -396,6 +442,8 @@ class DatasetWriter:
             if "/" in fname or fname.startswith(".") or fname in (IMAGES_FILE, MANIFEST_FILE, INFO_FILE):
                 raise ValueError(f"cannot write an extra file named {fname!r}")
         self._manifest.close()
+        if order_by_content and self.count > 1:
+            self._order_by_content()
         content_hash = self._content_hash()
         assert self._fd is not None
         self._pwrite(_npy_header(self.dtype, (self.count, self.resolution, self.resolution)), 0)
@@ -416,6 +464,7 @@ class DatasetWriter:
             "dtype": self.dtype.name,
             "count": self.count,
             "content_hash": content_hash,
+            "content_hash_method": CONTENT_HASH_METHOD,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "parameters": dict(parameters or {}),
             "filters": dict(filters or {}),
@@ -460,6 +509,12 @@ class DatasetWriter:
             os.close(self._fd)
             self._fd = None
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _content_line(row: Mapping[str, Any]) -> bytes:
+    """A manifest row without its provenance fields, as canonical JSON bytes (one line)."""
+    content = {k: v for k, v in row.items() if k not in PROVENANCE_FIELDS}
+    return (json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
 
 def write_dataset(

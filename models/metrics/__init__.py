@@ -12,7 +12,10 @@ One module per job:
 ``ssim``                 SSIM, MS-SSIM, PSNR of image pairs
 ``fidelity``             SSIM/PSNR of generated images against their nearest real image
 ``diversity``            pairwise MS-SSIM within a set (mode collapse indicator)
-``descriptors``          weight-free descriptors (standardized pixels, HOG) for memorization
+``descriptors``          weight-free descriptors (standardized pixels, HOG) for memorization and features
+``radiomics``            radiomic features (first order, GLCM, GLRLM; LoG, wavelet) and the FRD fixes
+``utility``              TSTR/TRTR body-part classifier, recognition rates per requested class
+``calibration``          control sets of known quality; which metrics are quality figures
 ``memorization``         :class:`MemorizationGuard`, used by the release path
 ``evaluate``             all of the above for a generator or an image set -> evaluation.json
 ``snapshot``             :class:`SnapshotEvaluator`, the training runner's metrics hook

@@ -5,6 +5,12 @@ Metrics (names used in ``evaluation.json``, tables and snapshot records):
 ``fid``, ``kid``        Frechet and kernel distances on FID Inception pool3 features
                         (:mod:`.frechet`, :mod:`.kid`); skipped, with the reason, without the weights file.
 ``precision``, ``recall``  improved precision and recall, k = 3, on the same features (:mod:`.precision_recall`).
+``hog_*``, ``radiomics_*``  the same three in the download-free spaces (HOG descriptors, radiomic
+                        features z-scored against the reference set, :mod:`.radiomics`): ``hog_fd``,
+                        ``radiomics_frd`` (log of the Frechet distance, FRD), ``*_kid``, ``*_precision``,
+                        ``*_recall``; on whenever the metric names above are asked for.
+``tstr_*``              train on synthetic, test on real next to train on real (:mod:`.utility`): body
+                        part (and view) classifiers, accuracy on the held-out reference set, and the ratio.
 ``ssim``, ``psnr``      each generated image against its nearest (MSE) reference image, mean over the
                         generated images (:mod:`.fidelity`).
 ``diversity``           mean MS-SSIM over random pairs of generated images, and of reference images
@@ -16,17 +22,21 @@ Metrics (names used in ``evaluation.json``, tables and snapshot records):
 When an in-domain TorchScript network is given, the Frechet distance, KID and precision/recall are
 also reported in its feature space under ``feature_spaces[<its name>]``.
 
+Which of these are quality figures (they rank the control sets of :mod:`.calibration` correctly) and
+which measure something else is decided in :mod:`.calibration`; the report follows it.
+
 Generated images are quantized exactly as they are delivered (``models.sampling.to_uint`` to the
 reference set's bit depth) before any metric sees them, so the numbers describe what a user receives.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,10 +51,15 @@ from models.metrics.kid import kernel_inception_distance
 from models.metrics.memorization import MemorizationGuard
 from models.metrics.precision_recall import precision_recall
 from models.metrics.progress import Progress, Reporter
+from models.metrics.utility import Generate, Labelled, tstr
 from models.sampling import latents, to_uint
 
 FORMAT = "synthpacs-evaluation/1"
-METRICS = ("fid", "kid", "precision_recall", "ssim_psnr", "diversity", "memorization")
+METRICS = ("fid", "kid", "precision_recall", "ssim_psnr", "diversity", "memorization", "tstr")
+# Labelling tasks of the TSTR metric: manifest fields, the first one is the headline.
+TSTR_TASKS = ("body_part", "view")
+# Feature spaces that need no downloaded weights, whose numbers get flat names in "metrics".
+FREE_SPACES = ("hog", "radiomics")
 # Which metrics need feature networks (the others run on pixels alone).
 FEATURE_METRICS = ("fid", "kid", "precision_recall")
 
@@ -56,6 +71,15 @@ DEFINITIONS = {
     "psnr": "mean over generated images of 10 log10(1 / MSE) in dB against the reference image nearest in MSE (images in [0, 1]; identical pairs capped at 100 dB)",
     "diversity": "mean MS-SSIM (Wang et al. 2003; scales that fit the image size) over random pairs of generated images; the same for reference images as 'diversity_real'; lower is more diverse",
     "memorization": "fraction of generated images whose nearest training image (32x32 standardized pixels, or HOG) is at or below the training set's 1st percentile of its own nearest-neighbour distances",
+    "hog_fd": "Frechet distance between Gaussians fitted to HOG descriptors (64x64 px, 8x8 cells, 2x2 blocks, 9 bins, L2-Hys; 1764 dimensions) of the reference and generated images",
+    "hog_kid": "KID (as kid) on the HOG descriptors",
+    "hog_precision": "improved precision, k = 3, on the HOG descriptors",
+    "hog_recall": "improved recall, k = 3, on the HOG descriptors",
+    "radiomics_frd": "Frechet Radiomic Distance (Konz, Osuala et al. 2024): log of the Frechet distance between radiomic features (first order, GLCM, GLRLM of the image, its LoG sigma 1/2/3 and Haar wavelet bands) z-scored with the reference set's mean and std after dropping features that barely vary across it, clipped to +-5",
+    "radiomics_kid": "KID (as kid) on the same standardized radiomic features",
+    "radiomics_precision": "improved precision, k = 3, on the standardized radiomic features",
+    "radiomics_recall": "improved recall, k = 3, on the standardized radiomic features",
+    "tstr": "train on synthetic, test on real (Esteban et al. 2017; classification accuracy score, Ravuri & Vinyals 2019): a small CNN classifying body part (and view) trained on generated images (labelled by their condition, or for an unconditional model by a classifier trained on the real training set) and tested on the held-out reference set; tstr_trtr_ratio divides its accuracy by that of the same classifier trained on the real training set (TRTR)",
 }
 
 
@@ -74,6 +98,8 @@ class EvaluationSettings:
     diversity_pairs: int = 1000
     memorization_percentile: float = 1.0
     device: str = "cpu"
+    tstr_epochs: int = 30
+    tstr_seed: int = 0
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -87,6 +113,8 @@ class EvaluationSettings:
             raise ValueError(f"psi must be a finite number >= 0, got {self.psi}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if self.tstr_epochs < 1:
+            raise ValueError(f"tstr_epochs must be at least 1, got {self.tstr_epochs}")
         if self.diversity_pairs < 1 or self.kid_subsets < 1 or self.kid_subset_size < 2 or self.pr_k < 1:
             raise ValueError("diversity_pairs, kid_subsets and pr_k must be at least 1, kid_subset_size at least 2")
 
@@ -98,7 +126,8 @@ class EvaluationSettings:
 def parse_metrics(text: str | Iterable[str]) -> tuple[str, ...]:
     """``"fid,kid,ssim_psnr"`` or ``"all"`` -> a validated tuple (aliases: ``pr``, ``ssim``, ``psnr``)."""
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
-    alias = {"pr": "precision_recall", "precision": "precision_recall", "recall": "precision_recall", "ssim": "ssim_psnr", "psnr": "ssim_psnr"}
+    alias = {"pr": "precision_recall", "precision": "precision_recall", "recall": "precision_recall", "ssim": "ssim_psnr", "psnr": "ssim_psnr",
+             "trtr": "tstr", "cas": "tstr", "utility": "tstr"}
     out: list[str] = []
     for item in items:
         if item == "all":
@@ -106,7 +135,7 @@ def parse_metrics(text: str | Iterable[str]) -> tuple[str, ...]:
             continue
         name = alias.get(item, item)
         if name not in METRICS:
-            raise ValueError(f"unknown metric {item!r}; known: all, {', '.join(METRICS)} (aliases pr, ssim, psnr)")
+            raise ValueError(f"unknown metric {item!r}; known: all, {', '.join(METRICS)} (aliases pr, ssim, psnr, utility)")
         out.append(name)
     if not out:
         raise ValueError("no metrics named")
@@ -205,17 +234,30 @@ class Inputs:
     cache: FeatureCache | MemoryFeatureCache | None = None
     guard: MemorizationGuard | None = None  # prebuilt guard (else built from ``training``)
     reference_diversity: dict[str, Any] | None = None  # kept after the first evaluation (snapshots reuse it)
+    # TSTR: labels per task (manifest field -> one label per image) of the training and reference sets;
+    # the reference must be held out from training for the test to mean anything.
+    training_labels: dict[str, list[str]] = field(default_factory=dict)
+    reference_labels: dict[str, list[str]] = field(default_factory=dict)
+    reference_held_out: bool = False
+    generate: Generate | None = None  # a conditional generator: generate(labels, seeds) -> (N, H, W) images
+    utility_baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # TRTR classifiers, per task, reused
 
 
-def evaluate_images(fake: np.ndarray, inputs: Inputs, settings: EvaluationSettings, seeds: Sequence[int] | None = None, progress: Reporter | None = None) -> dict[str, Any]:
-    """Every requested metric for generated images ``fake`` ((N, H, W) uint8/uint16) -> a JSON-ready dict."""
+def evaluate_images(fake: np.ndarray, inputs: Inputs, settings: EvaluationSettings, seeds: Sequence[int] | None = None, progress: Reporter | None = None,
+                    generated_labels: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Every requested metric for generated images ``fake`` ((N, H, W) uint8/uint16) -> a JSON-ready dict.
+
+    ``generated_labels`` (task -> one label per image) are the conditions a conditional model generated
+    ``fake`` for; TSTR then trains on them instead of labels from a classifier.
+    """
     fake = check_images(fake, "generated images")
     reference = check_images(inputs.reference, "reference images")
     seeds = list(seeds) if seeds is not None else list(range(fake.shape[0]))
     wanted = set(settings.metrics)
     metrics: dict[str, Any] = {}
     spaces: dict[str, dict[str, Any]] = {}
-    skipped = {m: msg for m, msg in inputs.skipped.items() if m in wanted}
+    # Keys that are not metrics name a feature space (e.g. "inception" without its weights file).
+    skipped = {m: msg for m, msg in inputs.skipped.items() if m in wanted or (m not in METRICS and wanted & set(FEATURE_METRICS))}
     timings: dict[str, float] = {}
     out: dict[str, Any] = {"format": FORMAT, "metrics": metrics, "feature_spaces": spaces, "skipped": skipped, "timings_s": timings}
 
@@ -229,8 +271,15 @@ def evaluate_images(fake: np.ndarray, inputs: Inputs, settings: EvaluationSettin
                 inputs.cache.put(inputs.reference_key, extractor, real_f)
         fake_f = extract_features(extractor, fake, settings.batch_size, progress, f"{extractor.name} features of the generated set")
         space: dict[str, Any] = {"dim": int(real_f.shape[1]), "n_reference": int(real_f.shape[0]), "n_generated": int(fake_f.shape[0])}
+        standardize = getattr(extractor, "standardize", None)
+        if standardize is not None:
+            real_f, fake_f, space["standardization"] = standardize(real_f, fake_f)
+            space["dim"] = int(real_f.shape[1])
         if "fid" in wanted:
             space["frechet_distance"] = frechet_distance_features(real_f, fake_f)
+            if getattr(extractor, "log_frechet", False):
+                # FRD takes the log: the distance spans orders of magnitude between good and bad sets.
+                space["log_frechet_distance"] = math.log(max(space["frechet_distance"], 1e-12))
             if min(real_f.shape[0], fake_f.shape[0]) <= real_f.shape[1]:
                 space["note"] = f"fewer images than feature dimensions ({real_f.shape[1]}): the covariance is singular and the Frechet distance is biased upward; compare only numbers computed with the same counts"
         if "kid" in wanted:
@@ -248,6 +297,10 @@ def evaluate_images(fake: np.ndarray, inputs: Inputs, settings: EvaluationSettin
             for src, dst in (("frechet_distance", "fid"), ("kid", "kid"), ("kid_std", "kid_std"), ("precision", "precision"), ("recall", "recall")):
                 if src in space:
                     metrics[dst] = space[src]
+        elif extractor.name in FREE_SPACES:
+            for src, dst in (("frechet_distance", "fd"), ("log_frechet_distance", "frd"), ("kid", "kid"), ("kid_std", "kid_std"), ("precision", "precision"), ("recall", "recall")):
+                if src in space:
+                    metrics[f"{extractor.name}_{dst}"] = space[src]
     if feature_metrics and not inputs.extractors:
         for m in feature_metrics:
             skipped.setdefault(m, "no feature network is available")
@@ -288,7 +341,54 @@ def evaluate_images(fake: np.ndarray, inputs: Inputs, settings: EvaluationSettin
             metrics["memorization"] = report.fraction
             metrics["near_copies"] = len(report.offending)
         timings["memorization"] = time.perf_counter() - t
+
+    if "tstr" in wanted:
+        t = time.perf_counter()
+        _utility(fake, reference, inputs, settings, seeds, generated_labels, metrics, out, skipped, progress)
+        timings["tstr"] = time.perf_counter() - t
     return out
+
+
+def _utility(fake, reference, inputs: Inputs, settings: EvaluationSettings, seeds, generated_labels, metrics, out, skipped, progress) -> None:
+    """TSTR/TRTR per labelling task into ``out["utility"]``; the first task's numbers also as flat metrics."""
+    if inputs.training is None:
+        skipped["tstr"] = "no training images were given"
+        return
+    if not inputs.reference_held_out:
+        skipped["tstr"] = "needs a held-out real reference set (--real): testing on the training images says nothing about new patients"
+        return
+    results: dict[str, Any] = {}
+    reasons: list[str] = []
+    for task in TSTR_TASKS:
+        train_labels = inputs.training_labels.get(task)
+        test_labels = inputs.reference_labels.get(task)
+        if not train_labels or not test_labels:
+            reasons.append(f"{task}: the datasets carry no {task} labels")
+            continue
+        kwargs: dict[str, Any] = {}
+        if inputs.generate is not None:
+            kwargs = {"generate": inputs.generate, "n": settings.n, "seeds": seeds}
+        elif generated_labels and generated_labels.get(task):
+            kwargs = {"generated": fake, "generated_labels": generated_labels[task]}
+        else:
+            kwargs = {"generated": fake}
+        try:
+            results[task] = tstr(Labelled(inputs.training, list(train_labels)), Labelled(reference, list(test_labels)),
+                                 seed=settings.tstr_seed, epochs=settings.tstr_epochs, task=task, progress=progress,
+                                 baseline=inputs.utility_baselines.setdefault(task, {}), **kwargs)
+        except ValueError as exc:
+            reasons.append(str(exc))
+    if not results:
+        skipped["tstr"] = "; ".join(reasons) or "no labelling task could run"
+        return
+    out["utility"] = results
+    if reasons:
+        out["utility"]["not_run"] = reasons
+    for i, (task, r) in enumerate((k, v) for k, v in results.items() if isinstance(v, dict)):
+        prefix = "" if i == 0 else f"{task}_"
+        metrics[f"{prefix}tstr_accuracy"] = r["tstr"]["accuracy"]
+        metrics[f"{prefix}trtr_accuracy"] = r["trtr"]["accuracy"]
+        metrics[f"{prefix}tstr_trtr_ratio"] = r["ratio"]
 
 
 def evaluate_generator(G: torch.nn.Module, inputs: Inputs, settings: EvaluationSettings, progress: Reporter | None = None) -> tuple[dict[str, Any], np.ndarray]:

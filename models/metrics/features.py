@@ -8,6 +8,9 @@ mixed). Two are provided:
   pytorch-fid feeds it: the gray channel repeated to three (PIL's ``convert('RGB')``), then the
   network's own bilinear resize to 299 and mapping to [-1, 1]. FID, KID and precision/recall in
   papers use this space.
+* :class:`HOGFeatures`: histograms of oriented gradients (:func:`models.metrics.descriptors.hog_descriptor`,
+  Dalal and Triggs 2005) at 64 x 64, 1764 dimensions. No weights, the same numbers on every machine;
+  on by default beside :class:`models.metrics.radiomics.RadiomicsFeatures`.
 * :class:`TorchScriptFeatures`: the extension point for an in-domain network, e.g. a RadImageNet
   model a hospital has. Any TorchScript file (``torch.jit.save`` of a scripted or traced module)
   given by path (``evaluation.feature_network``). Contract: it receives float32
@@ -28,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from models.fileio import sha256_file
+from models.metrics.descriptors import HOG_BINS, HOG_CELL, HOG_SIZE, hog_descriptor
 from models.metrics.images import batches, check_images, to_unit
 from models.metrics.inception import load_fid_inception
 from models.metrics.progress import Progress, Reporter
@@ -56,6 +60,18 @@ class InceptionFeatures:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.to(self.device).expand(-1, 3, -1, -1))
+
+
+class HOGFeatures:
+    """HOG descriptors as a feature space: edge shapes (cortices, joint lines), independent of exposure."""
+
+    name = "hog"
+    dim = ((HOG_SIZE // HOG_CELL) - 1) ** 2 * 4 * HOG_BINS
+    cache_key = f"hog-v1-{HOG_SIZE}px-{HOG_CELL}cell-{HOG_BINS}bins"
+    batch_size = 256
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return hog_descriptor(images)
 
 
 class TorchScriptFeatures:
@@ -106,6 +122,8 @@ def extract_features(extractor: FeatureExtractor, images, batch_size: int = 32, 
     """Features (N, D) float64 of (N, H, W) uint8/uint16/float images, batch by batch (memory maps welcome)."""
     images = check_images(images)
     n = images.shape[0]
+    # An extractor may ask for larger batches (one that farms a batch out to worker processes).
+    batch_size = max(batch_size, int(getattr(extractor, "batch_size", 0) or 0))
     p = Progress(label or f"{extractor.name} features", n, progress)
     out: list[np.ndarray] = []
     with torch.inference_mode():

@@ -1,5 +1,10 @@
 """The comparison report: the seed's table (one row per model), a PNG bar chart, sample grids side by side.
 
+The table's first columns are the quality figures that rank the calibration controls correctly
+(:mod:`models.metrics.calibration`: HOG Frechet distance and KID, TSTR/TRTR); FID/KID/precision/recall
+follow when the Inception weights were there; the radiomic texture distance and the similarity-to-
+nearest-reference SSIM/PSNR come after, for comparison with the seed's table.
+
 Everything is drawn with Pillow and NumPy (matplotlib is not a dependency). Inputs are an
 ``evaluation.json`` (from ``synthpacs evaluate``) and the model card, per model; values a model does
 not have (FID without the weights file, training time of a model trained elsewhere) show as "-".
@@ -24,10 +29,15 @@ class Column:
 
 
 COLUMNS: tuple[Column, ...] = (
+    # Quality figures first (they rank the calibration controls, models.metrics.calibration), then the rest.
+    Column("hog_fd", "HOG FD", "{:.2f}", "lower"),
+    Column("hog_kid", "HOG KID x1000", "{:.2f}", "lower"),
+    Column("tstr_trtr_ratio", "TSTR/TRTR", "{:.3f}", "higher"),
     Column("fid", "FID", "{:.2f}", "lower"),
     Column("kid", "KID x1000", "{:.2f}", "lower"),
     Column("precision", "Precision", "{:.3f}", "higher"),
     Column("recall", "Recall", "{:.3f}", "higher"),
+    Column("radiomics_frd", "FRD (texture)", "{:.2f}", "lower"),
     Column("ssim", "SSIM", "{:.3f}", "higher"),
     Column("psnr", "PSNR dB", "{:.2f}", "higher"),
     Column("diversity", "MS-SSIM div.", "{:.3f}", "lower"),
@@ -57,8 +67,10 @@ def summary_row(label: str, evaluation: Mapping[str, Any], card: Mapping[str, An
     row["fid"] = _first(m, "fid")
     kid = _first(m, "kid")
     row["kid"] = kid * 1000 if kid is not None else None
-    for key in ("precision", "recall", "ssim", "psnr", "diversity", "generation_images_per_s"):
+    for key in ("precision", "recall", "ssim", "psnr", "diversity", "generation_images_per_s", "hog_fd", "tstr_trtr_ratio", "radiomics_frd"):
         row[key] = _first(m, key)
+    hog_kid = _first(m, "hog_kid")
+    row["hog_kid"] = hog_kid * 1000 if hog_kid is not None else None
     mem = _first(m, "memorization")
     row["memorization"] = mem * 100 if mem is not None else None
     wall = _first(card, "training.wall_time_s", "wall_time_s", "training.wall_s", "train.wall_time_s")
@@ -158,3 +170,31 @@ def side_by_side(grids: Sequence[Image.Image], labels: Sequence[str], height: in
         out.paste(s.convert("RGB"), (x, label_h))
         x += s.width + gap
     return out
+
+
+def card_evaluation(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A model card's evaluation section from an evaluation.json: a list, so the order survives cards
+    written with sorted keys. First the quality figures (they rank the calibration controls,
+    :mod:`models.metrics.calibration`) with the reference set named, then what else was measured with
+    what each measures, then memorization."""
+    from models.metrics.calibration import NOT_QUALITY, QUALITY_METRICS
+
+    m = evaluation.get("metrics", {}) if isinstance(evaluation, Mapping) else {}
+    ref = evaluation.get("reference") or {}
+    gen = evaluation.get("generated") or {}
+    reference = f"{ref.get('ref', '?')} ({ref.get('count', '?')} images, {ref.get('role', '')})"
+    quality = {k: m[k] for k in QUALITY_METRICS if isinstance(m.get(k), (int, float))}
+    for k in ("tstr_accuracy", "trtr_accuracy", "fid", "kid", "precision", "recall"):
+        if isinstance(m.get(k), (int, float)):
+            quality[k] = m[k]
+    other = {k: {"value": m[k], "measures": why} for k, why in NOT_QUALITY.items() if isinstance(m.get(k), (int, float))}
+    section: list[dict[str, Any]] = [
+        {"section": "quality figures (rank the calibration controls correctly)", "reference": reference,
+         "generated": f"{gen.get('count', '?')} images, seeds {gen.get('seeds', '?')}", "metrics": quality},
+        {"section": "also measured (not quality rankings)", "reference": reference, "metrics": other},
+    ]
+    if "memorization" in m:
+        training = (evaluation.get("training_dataset") or {}).get("ref", "?")
+        section.append({"section": "memorization", "training_set": training,
+                        "near_copies": f"{m.get('near_copies', 0)} of {gen.get('count', '?')} (below the training set's 1st percentile nearest-neighbour distance, mirrors included)"})
+    return section

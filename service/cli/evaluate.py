@@ -37,10 +37,13 @@ import torch
 
 from models import registry
 from models.datasets import DatasetError, DatasetVersion, load_images, resolve_dataset
-from models.metrics.evaluate import DEFINITIONS, METRICS, EvaluationSettings, FeatureCache, Inputs, evaluate_generator, generate_images, parse_metrics
-from models.metrics.features import FeatureNetworkError, InceptionFeatures, TorchScriptFeatures
+from models.metrics.calibration import NOT_QUALITY, QUALITY_METRICS
+from models.metrics.evaluate import DEFINITIONS, METRICS, TSTR_TASKS, EvaluationSettings, FeatureCache, Inputs, evaluate_generator, generate_images, parse_metrics
+from models.metrics.features import FeatureNetworkError, HOGFeatures, InceptionFeatures, TorchScriptFeatures
+from models.metrics.radiomics import RadiomicsFeatures
+from models.metrics.utility import labels_from_rows
 from models.metrics.inception import InceptionWeightsError
-from models.metrics.report import draw_chart, format_table, image_grid, side_by_side, summary_row
+from models.metrics.report import card_evaluation, draw_chart, format_table, image_grid, side_by_side, summary_row
 from models.metrics.snapshot import SnapshotEvaluator
 from service import __version__
 from service.cli.common import CommandError, add_command, config_from_args, home_from
@@ -56,7 +59,7 @@ log = get_logger("evaluate")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
         subparsers, "evaluate",
-        help="FID, KID, precision/recall, SSIM, PSNR, diversity and memorization of a model; --compare A B for the report",
+        help="quality of a model (HOG and radiomic distances, TSTR/TRTR, FID/KID/PR with the weights), memorization; --compare A B",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -68,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--psi", type=float, default=1.0, help="truncation psi (default 1)")
     p.add_argument("--metrics", default="all", help=f"comma-separated: all, {', '.join(METRICS)} (aliases pr, ssim, psnr)")
     p.add_argument("--diversity-pairs", type=int, default=1000, help="random image pairs for the MS-SSIM diversity of each set (default 1000)")
+    p.add_argument("--tstr-epochs", type=int, default=30, help="epochs of each TSTR/TRTR classifier (default 30)")
     p.add_argument("--batch", type=int, help="batch size for generation and features (evaluation.batch_size)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (evaluation.device)")
     p.add_argument("--inception-weights", metavar="FILE", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (evaluation.inception_weights)")
@@ -98,22 +102,22 @@ def pick_device(setting: str) -> torch.device:
 
 
 def feature_extractors(cfg: Config, device: torch.device, wanted: tuple[str, ...]) -> tuple[list, dict[str, str]]:
-    """The feature networks the configuration provides, and why each missing one's metrics are skipped.
+    """The feature spaces for the distribution metrics, and why each missing one's metrics are skipped.
 
-    No Inception weights: FID/KID/precision-recall are skipped with the weights message (never another
-    network in their place). A configured feature network that cannot be loaded is an error: the user
-    asked for it.
+    HOG and radiomics need no weights and are always there. No Inception weights: FID/KID/precision-
+    recall in Inception space are skipped with the weights message (never another network in their
+    place); the key ``inception`` of the returned dict holds that message. A configured feature network
+    that cannot be loaded is an error: the user asked for it.
     """
     feature_metrics = [m for m in wanted if m in ("fid", "kid", "precision_recall")]
     if not feature_metrics:
         return [], {}
-    extractors: list = []
+    extractors: list = [HOGFeatures(), RadiomicsFeatures()]
     skipped: dict[str, str] = {}
     try:
         extractors.append(InceptionFeatures(cfg.evaluation.inception_weights, device=device))
     except InceptionWeightsError as exc:
-        for m in feature_metrics:
-            skipped[m] = f"skipped: {exc}"
+        skipped["inception"] = f"skipped: {exc}"
     if cfg.evaluation.feature_network:
         try:
             extractors.append(
@@ -139,8 +143,8 @@ def snapshot_hook(cfg: Config, progress: Any = None) -> SnapshotEvaluator | None
     if cfg.evaluation.snapshot_samples < 2:
         raise CommandError("evaluation.snapshot_samples must be at least 2")
     extractors, skipped = feature_extractors(cfg, pick_device(cfg.evaluation.device), metrics)
-    for metric, why in skipped.items():
-        log.warning("snapshot_metric_skipped", metric=metric, reason=why)
+    for space, why in skipped.items():
+        log.warning("snapshot_feature_space_skipped", space=space, reason=why)
     return SnapshotEvaluator(
         metrics=metrics, n_samples=cfg.evaluation.snapshot_samples, extractors=extractors, skipped=skipped,
         batch_size=cfg.evaluation.batch_size, memorization_percentile=cfg.evaluation.memorization_percentile, progress=progress,
@@ -228,6 +232,7 @@ def _settings(args: argparse.Namespace, cfg: Config, device: torch.device) -> Ev
     try:
         return EvaluationSettings(
             metrics=parse_metrics(args.metrics), n=args.n, seed_start=args.seed_start, psi=args.psi, diversity_pairs=args.diversity_pairs,
+            tstr_epochs=args.tstr_epochs,
             batch_size=cfg.evaluation.batch_size, memorization_percentile=cfg.evaluation.memorization_percentile, device=str(device),
         )
     except ValueError as exc:
@@ -239,27 +244,61 @@ def _value(v: Any, fmt: str = "{:.4g}") -> str:
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """The metrics of one evaluation, one per line, with how each was computed."""
+    """The metrics of one evaluation: quality figures first (with the reference set named), then what the
+    other numbers measure, memorization and speed."""
     m = results.get("metrics", {})
-    lines = [
-        ("FID", _value(m.get("fid")), "Inception pool3, Frechet distance"),
-        ("KID", f"{_value(m.get('kid'))} +/- {_value(m.get('kid_std'))}" if "kid" in m else "-", "unbiased MMD^2, cubic kernel"),
-        ("Precision", _value(m.get("precision"), "{:.3f}"), "k=3 manifolds, Inception features"),
-        ("Recall", _value(m.get("recall"), "{:.3f}"), "k=3 manifolds, Inception features"),
-        ("SSIM", _value(m.get("ssim"), "{:.4f}"), "vs nearest reference image, mean"),
-        ("PSNR (dB)", _value(m.get("psnr"), "{:.2f}"), "vs nearest reference image, mean"),
-        ("Diversity (MS-SSIM)", _value(m.get("diversity"), "{:.4f}"), f"random pairs; reference set: {_value(m.get('diversity_real'), '{:.4f}')}"),
-        ("Near-copies", f"{_value(m.get('near_copies'), '{:d}')} ({_value(100 * m['memorization'], '{:.2f}')} %)" if "memorization" in m else "-", "below the training set's 1st percentile NN distance"),
-        ("Generation (img/s)", _value(m.get("generation_images_per_s"), "{:.1f}"), results.get("generated", {}).get("device", "")),
-    ]
+    ref = (results.get("reference") or {}).get("ref", "the reference set")
+    rows: list[tuple[str, str, str]] = []
+
+    def section(title: str) -> None:
+        rows.append(("", "", ""))
+        rows.append((title, "", ""))
+
+    def pr(space: str) -> str:
+        return f"{_value(m.get(f'{space}_precision'), '{:.3f}')} / {_value(m.get(f'{space}_recall'), '{:.3f}')}"
+
+    section(f"Quality (rank the calibration controls correctly; vs {ref})")
+    for key, (label, better, space) in QUALITY_METRICS.items():
+        value = _value(m.get(key))
+        if key.endswith("_kid") and key in m:
+            value = f"{_value(m[key])} +/- {_value(m.get(key + '_std'))}"
+        how = f"{space}, {better} is better"
+        if key == "tstr_trtr_ratio" and key in m:
+            how += f" (TSTR {_value(m.get('tstr_accuracy'), '{:.3f}')} / TRTR {_value(m.get('trtr_accuracy'), '{:.3f}')} accuracy on {ref})"
+        rows.append((f"{label} [{space}]", value, how))
+    for task in TSTR_TASKS[1:]:
+        if f"{task}_tstr_trtr_ratio" in m:
+            rows.append((f"TSTR / TRTR [{task} classifier]", _value(m[f"{task}_tstr_trtr_ratio"]),
+                         f"TSTR {_value(m.get(f'{task}_tstr_accuracy'), '{:.3f}')} / TRTR {_value(m.get(f'{task}_trtr_accuracy'), '{:.3f}')}"))
+    if any(k in m for k in ("fid", "kid", "precision", "recall")):
+        rows.append(("FID [Inception]", _value(m.get("fid")), "Inception pool3, the literature's standard (not calibrated here)"))
+        rows.append(("KID [Inception]", f"{_value(m.get('kid'))} +/- {_value(m.get('kid_std'))}" if "kid" in m else "-", "unbiased MMD^2, cubic kernel"))
+        rows.append(("Precision / Recall [Inception]", f"{_value(m.get('precision'), '{:.3f}')} / {_value(m.get('recall'), '{:.3f}')}", "k=3 manifolds"))
+
+    section("Also measured (not quality rankings)")
+    rows.append(("FRD [radiomics]", _value(m.get("radiomics_frd")), NOT_QUALITY["radiomics_frd"]))
+    rows.append(("KID [radiomics]", _value(m.get("radiomics_kid")), "texture distance, as FRD"))
+    rows.append(("Precision / Recall [radiomics]", pr("radiomics"), "fidelity / coverage; fail the controls"))
+    rows.append(("Precision / Recall [HOG]", pr("hog"), "fidelity / coverage; fail the controls"))
+    rows.append(("SSIM", _value(m.get("ssim"), "{:.4f}"), "similarity to nearest reference, not a quality ranking"))
+    rows.append(("PSNR (dB)", _value(m.get("psnr"), "{:.2f}"), "similarity to nearest reference, not a quality ranking"))
+    rows.append(("Diversity (MS-SSIM)", _value(m.get("diversity"), "{:.4f}"), f"mode-collapse indicator only; reference set: {_value(m.get('diversity_real'), '{:.4f}')}"))
     for name, space in results.get("feature_spaces", {}).items():
-        if name != "inception":
-            lines.append((f"FD [{name}]", _value(space.get("frechet_distance")), "in-domain feature network"))
-            lines.append((f"KID [{name}]", _value(space.get("kid")), ""))
-            lines.append((f"P / R [{name}]", f"{_value(space.get('precision'), '{:.3f}')} / {_value(space.get('recall'), '{:.3f}')}", ""))
-    w0 = max(len(a) for a, _, _ in lines)
-    w1 = max(len(b) for _, b, _ in lines)
-    out = [f"{a.ljust(w0)}  {b.rjust(w1)}  {c}".rstrip() for a, b, c in lines]
+        if name not in ("inception", "hog", "radiomics"):
+            rows.append((f"FD [{name}]", _value(space.get("frechet_distance")), "in-domain feature network (not calibrated here)"))
+            rows.append((f"KID [{name}]", _value(space.get("kid")), ""))
+            rows.append((f"P / R [{name}]", f"{_value(space.get('precision'), '{:.3f}')} / {_value(space.get('recall'), '{:.3f}')}", ""))
+
+    section("Memorization and speed")
+    training = (results.get("training_dataset") or {}).get("ref", "the training set")
+    rows.append(("Near-copies", f"{_value(m.get('near_copies'), '{:d}')} ({_value(100 * m['memorization'], '{:.2f}')} %)" if "memorization" in m else "-",
+                 f"of {training}, below its 1st percentile NN distance (mirrors included)"))
+    rows.append(("Generation (img/s)", _value(m.get("generation_images_per_s"), "{:.1f}"), results.get("generated", {}).get("device", "")))
+    w0 = max(len(a) for a, b, _ in rows if b or not a)
+    w1 = max(len(b) for _, b, _ in rows)
+    out = []
+    for a, b, c in rows[1:]:
+        out.append(a if not b and not c else f"  {a.ljust(w0)}  {b.rjust(w1)}  {c}".rstrip())
     by_reason: dict[str, list[str]] = {}
     for metric, why in results.get("skipped", {}).items():
         by_reason.setdefault(why, []).append(metric)
@@ -302,23 +341,26 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     training = _resolve_dataset(home.datasets_dir, train_ref, "dataset")
     reference = _resolve_dataset(home.datasets_dir, args.real, "--real dataset") if args.real else training
     card_ds = mv.card.get("dataset") if isinstance(mv.card.get("dataset"), dict) else {}
-    if card_ds.get("content_hash") and card_ds["content_hash"] != training.content_hash:
-        _stderr(f"note: {training.ref} is not the dataset {mv.ref} was trained on ({_dataset_ref(mv.card)}); memorization is checked against {training.ref}")
+    if card_ds.get("content_hash") and training.content_hash not in (card_ds["content_hash"], card_ds.get("content_hash_v1")):
+        _stderr(f"note: {training.ref} is not the dataset {mv.ref} was trained on ({_dataset_ref(mv.card)}): {dataset_difference(card_ds, training)}; "
+                f"memorization is checked against {training.ref}")
     try:
         G, _card = registry.load_generator(mv.path, device=device)
     except registry.RegistryError as exc:
         raise CommandError(str(exc)) from None
     extractors, skipped = feature_extractors(cfg, device, settings.metrics)
-    for why in dict.fromkeys(skipped.values()):
-        _stderr(f"{', '.join(m for m, w in skipped.items() if w == why)} {why}")
+    if "inception" in skipped:
+        _stderr(f"FID, KID and precision/recall in Inception space {skipped['inception']} (HOG and radiomics need no weights)")
     try:
         real_images = load_images(reference)
         train_images = load_images(training)
     except DatasetError as exc:
         raise CommandError(str(exc)) from None
+    held_out = bool(args.real) and reference.content_hash != training.content_hash
     inputs = Inputs(
         reference=real_images, training=train_images, reference_key=reference.content_hash,
         extractors=extractors, skipped=skipped, cache=FeatureCache(home.root / "evaluations" / "feature-cache"),
+        training_labels=_labels(training), reference_labels=_labels(reference), reference_held_out=held_out,
     )
     # Logs share stdout with the output: with --json they stay at debug so the JSON stays parseable.
     emit = log.debug if args.json else log.info
@@ -328,6 +370,18 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
         results, images = evaluate_generator(G, inputs, settings, progress=_stderr)
     except (ValueError, FeatureNetworkError) as exc:
         raise CommandError(str(exc)) from None
+    finally:
+        for extractor in extractors:
+            getattr(extractor, "close", lambda: None)()
+    if not measured(results):
+        reasons = "; ".join(f"{m}: {why}" for m, why in results.get("skipped", {}).items()) or "no metric was asked for"
+        kept = ""
+        try:
+            _, earlier = read_evaluation(home.root, mv)
+            kept = f"; the earlier evaluation {earlier} is kept"
+        except CommandError:
+            pass
+        raise CommandError(f"nothing was measured for {mv.ref} ({reasons}){kept}")
     results.update(
         {
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -340,6 +394,8 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
     )
+    # What a model card's "evaluation" should say (quality figures first), ready for `models export --card`.
+    results["card_section"] = card_evaluation(results)
     path = write_evaluation(home.root, mv, results, images)
     emit("evaluation_written", model=mv.ref, path=str(path), wall_time_s=results["wall_time_s"])
     if args.json:
@@ -349,6 +405,41 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
         print(results_table(results))
         print(f"written: {path}")
     return 0
+
+
+def dataset_difference(card_ds: dict[str, Any], dv: DatasetVersion) -> str:
+    """What differs between the dataset a model card names and a dataset version, in words."""
+    diffs = []
+    for key, label in (("count", "images"), ("resolution", "px")):
+        if card_ds.get(key) is not None and card_ds[key] != getattr(dv, key):
+            diffs.append(f"{card_ds[key]} {label} in the card, {getattr(dv, key)} here")
+    hashes = f"content hash {str(card_ds.get('content_hash'))[:12]} in the card, {dv.content_hash[:12]} here"
+    if diffs:
+        return "; ".join(diffs + [hashes])
+    method = dv.info.get("content_hash_method")
+    older = ("" if method else
+             " (this version was built before content-ordered hashing: rebuild it with `synthpacs dataset build` to compare)")
+    return (f"the same number of images at the same resolution, but other pixels or labels ({hashes}){older}; "
+            "cards written before content-ordered dataset hashes recorded a hash that depended on the store's UIDs")
+
+
+def measured(results: dict[str, Any]) -> bool:
+    """Whether an evaluation holds at least one metric (generation speed alone is not an evaluation)."""
+    return any(k != "generation_images_per_s" for k in results.get("metrics", {}))
+
+
+def _labels(dv: DatasetVersion) -> dict[str, list[str]]:
+    """Manifest labels per TSTR task (body part, view), only for tasks where some image has one."""
+    try:
+        rows = list(dv.manifest())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for task in TSTR_TASKS:
+        labels = labels_from_rows(rows, task)
+        if len(labels) == dv.count and any(labels):
+            out[task] = labels
+    return out
 
 
 def _describe_dataset(dv: DatasetVersion) -> dict[str, Any]:
@@ -404,10 +495,10 @@ def _comparability_notes(versions: list[registry.ModelVersion], evaluations: lis
     notes = []
     refs = [(ev.get("reference") or {}).get("content_hash") for ev in evaluations]
     if refs[0] and refs[1] and refs[0] != refs[1]:
-        notes.append("the two evaluations used different reference datasets: FID, KID, precision and recall are not comparable")
+        notes.append("the two evaluations used different reference datasets: the distances (HOG, radiomics, FID), KID, precision, recall and TSTR are not comparable")
     counts = [(ev.get("generated") or {}).get("count") for ev in evaluations]
     if counts[0] != counts[1]:
-        notes.append(f"different numbers of generated images ({counts[0]} vs {counts[1]}): FID is biased by sample size; KID is not")
+        notes.append(f"different numbers of generated images ({counts[0]} vs {counts[1]}): the Frechet distances (FID, HOG, FRD) are biased by sample size; KID is not")
     for mv, ev in zip(versions, evaluations):
         by_reason: dict[str, list[str]] = {}
         for metric, why in (ev.get("skipped") or {}).items():

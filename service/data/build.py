@@ -1,8 +1,10 @@
 """``dataset build``: instances of the training store to a new, immutable dataset version.
 
-Candidates come from the store's index (:meth:`Index.instances`) in one read snapshot, ordered by SOP
-Instance UID so that the order, and with it the content hash, depends on what is stored and not on
-when it arrived. Synthetic instances and instances excluded from training (burned-in annotation, or
+Candidates come from the store's index (:meth:`Index.instances`) in one read snapshot, in SOP Instance
+UID order; the version's rows are then ordered by content (pixel sha256, then labels and preprocessing:
+``DatasetWriter.commit(order_by_content=True)``), and the content hash leaves out the UIDs and the
+stored files' sha256. De-identification remaps UIDs per store, so a UID order or a hash over UIDs would
+differ between two homes that imported the same images; the content order and hash do not. Synthetic instances and instances excluded from training (burned-in annotation, or
 another reason recorded on ingest) are never candidates. Each candidate's file is checked against the
 sha256 recorded when it was stored, decoded and normalized by :mod:`service.data.pixels` in a pool of
 processes (one per core by default); results come back in order and are streamed into the version's
@@ -358,6 +360,7 @@ def _write(cfg: Config, home: Home, name: str, opts: PixelOptions, filters: Filt
                 SHEET_FILE: sheet,
             },
             extra_info={"skipped_by_reason": dict(skipped.most_common()), "excluded": excluded},
+            order_by_content=True,
         )
     return version
 

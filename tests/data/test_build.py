@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 
-from models.datasets import ImageDataset, list_datasets, load_images
+from models.datasets import PROVENANCE_FIELDS, ImageDataset, list_datasets, load_images
 from service.data.build import BuildError, Filters, build_dataset, options_from_config
 from service.data.phantom import phantom_dataset
 from service.data.pixels import PixelOptions
+from service.dicom.store import Store
 from tests.data.conftest import put_phantoms, rg
+from tests.helpers import make_config
 
 
 def _bad_instances(store):
@@ -67,11 +70,12 @@ def test_build_writes_a_complete_version(store):
     report = json.loads((v.path / "build_report.json").read_text())
     assert report["candidates"] == 9 and report["images"] == 6 and report["skipped"]["no_pixel_data"] == 1
 
-    # The manifest traces each image to its (de-identified) instance, in SOP Instance UID order.
+    # The manifest traces each image to its (de-identified) instance, in content order (pixel sha256).
     rows = list(v.manifest())
     assert [r["index"] for r in rows] == list(range(6))
     uids = [r["sop_instance_uid"] for r in rows]
-    assert uids == sorted(uids)
+    digests = [hashlib.sha256(np.ascontiguousarray(img)).hexdigest() for img in load_images(v)]
+    assert digests == sorted(digests) and v.info["content_hash_method"].endswith("/2")
     rec = store.index.get(uids[0])
     assert rows[0]["sha256"] == rec.sha256 and rows[0]["study_uid"] == rec.study_uid
     assert all("window" in r["preprocessing"] and "geometry" in r["preprocessing"] for r in rows)
@@ -176,3 +180,22 @@ def test_spawned_and_forked_workers_give_the_same_dataset(store, monkeypatch):
         results[method] = _build(store, workers=2)
     assert results["spawn"].version.content_hash == results["fork"].version.content_hash
     assert results["spawn"].version.count == 5
+
+
+def test_the_same_images_give_the_same_hash_in_another_home(tmp_path):
+    """De-identification remaps UIDs per store; the dataset's order and hash depend on content only."""
+    versions = []
+    for home in ("a", "b"):
+        store = Store(make_config(tmp_path / home))
+        try:
+            put_phantoms(store)
+            versions.append(_build(store, workers=1).version)
+        finally:
+            store.index.close()
+    a, b = versions
+    uids = [[r["sop_instance_uid"] for r in v.manifest()] for v in versions]
+    assert set(uids[0]).isdisjoint(uids[1])  # each store has its own UIDs ...
+    assert a.content_hash == b.content_hash  # ... and the content is the same
+    np.testing.assert_array_equal(load_images(a), load_images(b))
+    strip = lambda v: [{k: x for k, x in r.items() if k not in PROVENANCE_FIELDS} for r in v.manifest()]  # noqa: E731
+    assert strip(a) == strip(b)

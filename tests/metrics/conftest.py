@@ -72,3 +72,15 @@ def golden_weights_file(path: Path) -> Path:
 
 
 __all__ = ["make_dataset", "export_dcgan", "golden_weights_file", "np"]
+
+
+def labelled_phantom(seed: int, label: str, size: int = 64) -> np.ndarray:
+    """A phantom 'LEG' (bone upright) or 'HAND' (the same phantom transposed: bone across the image)."""
+    img = phantom_image(size, size, bits_stored=8, seed=seed, noise=0.03)[0]
+    return img if label == "LEG" else np.ascontiguousarray(img.T)
+
+
+def labelled_phantoms(seeds, size: int = 64) -> tuple[np.ndarray, list[str]]:
+    """Two body parts, alternating: even seeds LEG, odd seeds HAND."""
+    labels = ["LEG" if s % 2 == 0 else "HAND" for s in seeds]
+    return np.stack([labelled_phantom(s, lab, size) for s, lab in zip(seeds, labels)]), labels

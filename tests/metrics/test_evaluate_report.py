@@ -43,7 +43,8 @@ def test_missing_inputs_are_reported_not_guessed():
 
 
 def test_parse_metrics_and_settings():
-    assert parse_metrics("all") == ("fid", "kid", "precision_recall", "ssim_psnr", "diversity", "memorization")
+    assert parse_metrics("all") == ("fid", "kid", "precision_recall", "ssim_psnr", "diversity", "memorization", "tstr")
+    assert parse_metrics("utility,cas") == ("tstr",)
     assert parse_metrics("pr, ssim,psnr,fid") == ("precision_recall", "ssim_psnr", "fid")
     for bad in ("", "fid,xyz"):
         with pytest.raises(ValueError):
@@ -97,7 +98,9 @@ def test_summary_row_and_table():
     table = format_table([row, other]).splitlines()
     assert len(table) == 4 and table[0].startswith("| Model") and len(table[0]) == len(table[2]) == len(table[3])
     assert "12.30" in table[2] and "28.40" in table[2] and " - " in table[3]
-    assert len(COLUMNS) == 12
+    assert len(COLUMNS) == 16 and [c.key for c in COLUMNS[:3]] == ["hog_fd", "hog_kid", "tstr_trtr_ratio"]  # quality first
+    free = summary_row("m", {"metrics": {"hog_fd": 3.5, "hog_kid": 0.002, "tstr_trtr_ratio": 0.8, "radiomics_frd": 4.1}})
+    assert free["hog_kid"] == pytest.approx(2.0) and free["tstr_trtr_ratio"] == 0.8 and free["radiomics_frd"] == 4.1
 
 
 def test_chart_and_grids_are_drawn():

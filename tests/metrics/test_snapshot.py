@@ -58,7 +58,8 @@ def test_snapshot_hook_from_configuration(tmp_path):
     assert snapshot_hook(make_config(tmp_path)) is None  # off unless metrics are named
     hook = snapshot_hook(make_config(tmp_path, **{"evaluation.snapshot_metrics": ["fid", "ssim"], "evaluation.snapshot_samples": 50}))
     assert hook.metrics == ("fid", "ssim_psnr") and hook.settings.n == 50
-    assert "pt_inception-2015-12-05-6726825d.pth" in hook.skipped["fid"]
+    assert "pt_inception-2015-12-05-6726825d.pth" in hook.skipped["inception"]
+    assert [e.name for e in hook.extractors] == ["hog", "radiomics"]  # download-free spaces at every snapshot
     from service.cli.common import CommandError
 
     with pytest.raises(CommandError, match="evaluation.snapshot_metrics"):
