@@ -20,6 +20,11 @@ discriminator's convolutions is optional, and so is batch normalization in the d
 Koyama 2018 have none): real and generated images go through D in separate batches, and normalizing each
 batch by its own statistics hides what all images of a batch share, which is what a collapsed generator's
 images share (observed here: a conditional DCGAN with batch norm in D drew one image per condition).
+``minibatch_std`` appends the minibatch standard deviation layer of Karras et al. 2018 ("Progressive
+Growing of GANs", ICLR, §3) before D's last convolution: the standard deviation of every feature over
+groups of ``MBSTD_GROUP`` images, averaged to one number per group and broadcast as an extra feature
+map, so D sees directly when generated images look alike (without it, the conditional runs here
+collapsed to one image per condition with or without batch norm in D).
 
 Both networks record their constructor arguments in ``init_kwargs`` so a model card can rebuild them.
 
@@ -45,6 +50,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 from models.conditions import ConditionSpace
 
 SUPPORTED_RESOLUTIONS = (64, 128, 256)
+MBSTD_GROUP = 4
 
 
 class UnsupportedResolution(ValueError):
@@ -174,13 +180,16 @@ class Discriminator(nn.Module):
 
     def __init__(
         self, resolution: int = 64, channels: int = 1, base_channels: int = 64, max_channels: int = 512, spectral_norm: bool = False,
-        conditions: dict[str, list[str]] | None = None, batch_norm: bool = True,
+        conditions: dict[str, list[str]] | None = None, batch_norm: bool = True, minibatch_std: bool = False,
     ):
         super().__init__()
         check_resolution(resolution)
         self.init_kwargs = dict(resolution=resolution, channels=channels, base_channels=base_channels, max_channels=max_channels, spectral_norm=spectral_norm)
         if not batch_norm:
             self.init_kwargs["batch_norm"] = False
+        if minibatch_std:
+            self.init_kwargs["minibatch_std"] = True
+        self.minibatch_std = bool(minibatch_std)
         self.resolution, self.channels = resolution, channels
         widths = list(reversed(_widths(resolution, base_channels, max_channels)))
         sn = _spectral_norm if spectral_norm else (lambda m: m)
@@ -188,7 +197,7 @@ class Discriminator(nn.Module):
         for cin, cout in zip(widths, widths[1:]):
             norm = [nn.BatchNorm2d(cout)] if batch_norm else []
             layers += [sn(nn.Conv2d(cin, cout, 4, 2, 1, bias=not batch_norm)), *norm, nn.LeakyReLU(0.2, inplace=True)]
-        layers += [sn(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False))]
+        layers += [sn(nn.Conv2d(widths[-1] + int(self.minibatch_std), 1, 4, 1, 0, bias=False))]
         self.main = nn.Sequential(*layers)
         self.space = ConditionSpace.from_json(conditions) if conditions else None
         self.c_dim = self.space.c_dim if self.space else 0
@@ -198,15 +207,31 @@ class Discriminator(nn.Module):
             self.project = nn.ModuleDict({name: sn(nn.Linear(len(values), widths[-1], bias=False)) for name, values in self.space.fields})
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        if self.space is None:
+        if self.space is None and not self.minibatch_std:
             return self.main(x).flatten()
-        c = _check_c(c, x.shape[0], self.c_dim)
         features = self.main[:-1](x)
-        logit = self.main[-1](features).flatten()
+        logit = self.main[-1](_with_minibatch_std(features) if self.minibatch_std else features).flatten()
+        if self.space is None:
+            return logit
+        c = _check_c(c, x.shape[0], self.c_dim)
         phi = features.sum(dim=(2, 3))
         for name, block in _blocks(self.space, c):
             logit = logit + (self.project[name](block.to(phi.dtype)) * phi).sum(dim=1)
         return logit
+
+
+def _with_minibatch_std(x: torch.Tensor) -> torch.Tensor:
+    """Karras et al. 2018 §3: one extra feature map holding, for each group of images, the mean over
+    features and positions of the features' standard deviation within the group."""
+    n, ch, h, w = x.shape
+    g = min(MBSTD_GROUP, n)
+    if n % g:
+        g = 1 if n % 2 else 2
+    y = x.float().reshape(g, n // g, ch, h, w)
+    y = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()  # (n/g, ch, h, w)
+    y = y.mean(dim=(1, 2, 3)).to(x.dtype)  # one number per group
+    y = y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)  # image i belongs to group i % (n/g)
+    return torch.cat([x, y], dim=1)
 
 
 def init_weights(module: nn.Module) -> None:

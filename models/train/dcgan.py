@@ -50,6 +50,7 @@ class DCGANRecipe(Recipe):
         max_channels: int = 512,
         spectral_norm: bool = False,
         d_batch_norm: bool = True,
+        minibatch_std: bool = False,
         lr: float = 2e-4,
         beta1: float = 0.5,
         beta2: float = 0.999,
@@ -78,6 +79,8 @@ class DCGANRecipe(Recipe):
             extra["diffaugment"] = ",".join(self.policy)
         if not d_batch_norm:
             extra["d_batch_norm"] = False
+        if minibatch_std:
+            extra["minibatch_std"] = True
         super().__init__(
             resolution, channels, z_dim=z_dim, g_channels=g_channels, d_channels=d_channels, max_channels=max_channels,
             spectral_norm=spectral_norm, lr=lr, beta1=beta1, beta2=beta2, ema_beta=ema_beta, **extra,
@@ -91,7 +94,7 @@ class DCGANRecipe(Recipe):
         if self.conditions:
             cond = {"conditions": self.conditions}
         G = Generator(z_dim=h["z_dim"], resolution=self.resolution, channels=self.channels, base_channels=h["g_channels"], max_channels=h["max_channels"], **cond, **({"embed_dim": h["embed_dim"]} if cond else {}))
-        D = Discriminator(resolution=self.resolution, channels=self.channels, base_channels=h["d_channels"], max_channels=h["max_channels"], spectral_norm=h["spectral_norm"], batch_norm=h.get("d_batch_norm", True), **cond)
+        D = Discriminator(resolution=self.resolution, channels=self.channels, base_channels=h["d_channels"], max_channels=h["max_channels"], spectral_norm=h["spectral_norm"], batch_norm=h.get("d_batch_norm", True), minibatch_std=h.get("minibatch_std", False), **cond)
         init_weights(G)
         init_weights(D)
         G_ema = copy.deepcopy(G).eval().requires_grad_(False) if self.uses_ema else None

@@ -195,3 +195,18 @@ def test_discriminator_without_batch_norm_has_biases_and_no_batch_statistics():
     D.eval()
     with torch.no_grad():
         assert torch.allclose(D(x, c=c)[:1], D(x[:1], c=c[:1]), atol=1e-5)  # no image depends on its batch
+
+
+def test_minibatch_std_lets_d_see_that_images_look_alike():
+    torch.manual_seed(0)
+    D = Discriminator(base_channels=4, spectral_norm=True, batch_norm=False, minibatch_std=True).eval()
+    assert D.init_kwargs["minibatch_std"] is True and D.main[-1].in_channels == 33
+    same = torch.rand(1, 1, 64, 64).expand(8, -1, -1, -1)
+    varied = torch.rand(8, 1, 64, 64)
+    with torch.no_grad():
+        features = D.main[:-1](same)
+        from models.dcgan import _with_minibatch_std
+
+        assert torch.allclose(_with_minibatch_std(features)[:, -1], torch.full((8, 4, 4), 1e-4), atol=1e-6)
+        assert _with_minibatch_std(D.main[:-1](varied))[:, -1].min() > 1e-3
+        assert D(same).shape == (8,) and D(varied[:3]).shape == (3,)  # a batch that is no multiple of the group
