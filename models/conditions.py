@@ -2,8 +2,10 @@
 
 A generator trained on labelled images (body part, view, a finding such as a fracture) is conditioned
 on one value per *field*. The fields and their values, in a fixed order, are a :class:`ConditionSpace`;
-it is stored in the generator's constructor arguments (``init_kwargs["conditions"]``, a JSON object
-``{field: [value, ...]}``), so a model card alone says which conditions a model accepts.
+it is stored in the generator's constructor arguments (``init_kwargs["conditions"]``, a JSON list
+``[[field, [value, ...]], ...]``), so a model card alone says which conditions a model accepts. It is a
+list, not an object, because the field order fixes the layout of ``c`` and of the generator's input,
+and model cards and run files are written with sorted keys.
 
 The encoding is the one NVlabs' StyleGAN code calls ``c``: a float vector of length ``c_dim`` that
 concatenates one one-hot block per field, in field order. Every architecture takes ``G(z, psi, c=c)``
@@ -69,7 +71,11 @@ class ConditionSpace:
                 raise
             raise ConditionError(f"conditions must be an object of field -> list of values, not {obj!r}") from None
 
-    def to_json(self) -> dict[str, list[str]]:
+    def to_json(self) -> list[list[Any]]:
+        """``[[field, [values]], ...]``: order-preserving through JSON written with sorted keys."""
+        return [[name, list(values)] for name, values in self.fields]
+
+    def as_dict(self) -> dict[str, list[str]]:
         return {name: list(values) for name, values in self.fields}
 
     @property

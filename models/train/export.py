@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models import registry
+from models.conditions import ConditionSpace
 from models.train import checkpoint as ckpt
 from models.train.recipe import make_recipe
 from models.train.rundir import RunDir, RunError
@@ -93,7 +94,7 @@ def model_card(run: RunDir, path: Path, G: nn.Module, state: Mapping[str, Any], 
     if info.get("conditions"):
         # What a conditional model was trained on, per condition: what a user should expect it to know.
         card["conditions"] = {
-            "values": dict((G.init_kwargs or {}).get("conditions") or {}),
+            "values": ConditionSpace.from_json((G.init_kwargs or {}).get("conditions")).as_dict(),
             **dict(info["conditions"]),
             "how": "generate with one value per field (synthpacs generate --body-part ... --view ... --finding ...); images of the dataset without a value for every field were left out of training",
         }

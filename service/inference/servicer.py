@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import torch
 
+from models.conditions import space_of_card
 from models.registry import ModelNotFound, RegistryError, validate_name
 from service.config import Config
 from service.inference import metrics
@@ -352,8 +353,10 @@ def model_info(status: ModelStatus) -> pb.ModelInfo:
         info.resolution, info.channels, info.z_dim = loaded.resolution, loaded.channels, loaded.z_dim
         info.device, info.dtype = str(loaded.device), str(loaded.dtype).replace("torch.", "")
         info.batch_sizes.extend(loaded.batch_sizes)
-    conditions = (card.get("init_kwargs") or {}).get("conditions")
-    if isinstance(conditions, dict):
-        for name, values in conditions.items():
-            info.conditions.add(name=str(name), values=[str(v) for v in values])
+    try:
+        space = space_of_card(card)
+    except ValueError:
+        space = None  # a card whose conditions cannot be read fails to load and says so in `error`
+    for name, values in space.fields if space is not None else ():
+        info.conditions.add(name=name, values=list(values))
     return info

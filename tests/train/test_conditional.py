@@ -52,7 +52,7 @@ def test_condition_space_encodes_one_hot_blocks_and_names_known_values():
 def test_vocabulary_leaves_out_rows_without_a_value():
     rows = [{"body_part": "HAND", "view": "AP"}, {"body_part": "", "view": "AP"}, {"body_part": "LEG", "view": "LATERAL"}]
     space, counts, left_out = vocabulary(rows, ["body_part", "view"])
-    assert space.to_json() == CONDS and left_out == 1
+    assert space.as_dict() == CONDS and left_out == 1
     assert counts == {"body_part": {"HAND": 1, "LEG": 1}, "view": {"AP": 1, "LATERAL": 1}}
     with pytest.raises(ConditionError, match="no image of the dataset has a value for finding"):
         vocabulary(rows, ["body_part", "finding"])
@@ -154,7 +154,7 @@ def test_a_conditional_run_trains_writes_grids_per_condition_resumes_exactly_and
     opts = dict(dataset="lab", conditions=["body_part", "view"], hparams={"g_channels": 8, "d_channels": 4, "embed_dim": 4, "diffaugment": "color,translation,cutout"})
     full = train(options(run_id="c-full", epochs=4, **opts), ds, runs)
     info = json.loads((full.run_dir / "run.json").read_text())
-    assert info["recipe"]["hparams"]["conditions"] == CONDS
+    assert ConditionSpace.from_json(info["recipe"]["hparams"]["conditions"]).as_dict() == CONDS
     assert info["conditions"]["images_per_value"] == {"body_part": {"HAND": 12, "LEG": 6}, "view": {"AP": 12, "LATERAL": 6}}
     assert info["conditions"]["images_left_out"] == 6
     grids = sorted(p.name for p in (full.run_dir / "samples" / "epoch-00004").glob("*.png"))
@@ -168,10 +168,10 @@ def test_a_conditional_run_trains_writes_grids_per_condition_resumes_exactly_and
             assert torch.equal(v, b["nets"][net][k]), f"{net}.{k}"
     reg = registry.Registry([home / "models"])
     mv = export_run(full.run_dir, reg, "cond")
-    assert mv.card["init_kwargs"]["conditions"] == CONDS
+    assert ConditionSpace.from_json(mv.card["init_kwargs"]["conditions"]).as_dict() == CONDS
     assert mv.card["conditions"]["images_per_value"]["body_part"] == {"HAND": 12, "LEG": 6}
     G, _ = reg.load("cond")
-    assert space_of(G).to_json() == CONDS
+    assert space_of(G).as_dict() == CONDS
 
 
 def test_conditional_training_refuses_what_it_cannot_use(home):
@@ -210,3 +210,26 @@ def test_minibatch_std_lets_d_see_that_images_look_alike():
         assert torch.allclose(_with_minibatch_std(features)[:, -1], torch.full((8, 4, 4), 1e-4), atol=1e-6)
         assert _with_minibatch_std(D.main[:-1](varied))[:, -1].min() > 1e-3
         assert D(same).shape == (8,) and D(varied[:3]).shape == (3,)  # a batch that is no multiple of the group
+
+
+def test_field_order_survives_cards_and_run_files_written_with_sorted_keys(home):
+    """The field order fixes c's layout and G's input: a model conditioned on view before body part must
+    load from its card (JSON with sorted keys) and make the same images as the network that was trained."""
+    labelled_dataset(home)
+    ds, runs = home / "datasets", home / "runs"
+    r = train(options(run_id="order", epochs=1, dataset="lab", conditions=["view", "finding", "body_part"],
+                      hparams={"g_channels": 8, "d_channels": 4, "embed_dim": 4}), ds, runs)
+    info = json.loads((r.run_dir / "run.json").read_text())
+    assert [f for f, _ in info["options"]["hparams"]["conditions"]] == ["view", "finding", "body_part"]
+    reg = registry.Registry([home / "models"])
+    export_run(r.run_dir, reg, "order")
+    G, _ = reg.load("order")
+    from models.train.export import generator_from_checkpoint
+
+    trained, _ = generator_from_checkpoint(ckpt.latest_checkpoint(r.run_dir / "checkpoints").path)
+    space = space_of(G)
+    assert space.names == ("view", "finding", "body_part")
+    c = space.encode_batch([{"body_part": "LEG", "view": "LATERAL", "finding": "FRACTURE"}] * 2)
+    z = torch.randn(2, 100)
+    with torch.no_grad():
+        assert torch.equal(G(z, c=c), trained(z, c=c))
