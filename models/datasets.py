@@ -23,6 +23,11 @@ the flip is part of the index, not random, so a sampler's order alone fixes ever
 exact. It is an ordinary map-style dataset, so ``DistributedSampler`` and ``DataLoader`` workers work
 with it; the memory map is opened lazily in each process, never pickled.
 
+With ``conditions`` (a :class:`models.conditions.ConditionSpace`) an item is ``(image, c)``, ``c`` the
+one-hot condition vector of the image's manifest labels (``body_part``, ``view``, ``finding`` ...), and
+only images whose every field has a value of the space take part (the others are counted in
+``left_out``): an image of unknown or mixed body part cannot teach a body-part condition.
+
 This module uses numpy and torch only (no pydicom, no service code), so a researcher can use it alone.
 """
 
@@ -43,6 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from models.conditions import ConditionSpace
 from models.fileio import fsync_path
 
 FORMAT = "synthpacs-dataset/1"
@@ -217,7 +223,10 @@ class ImageDataset(Dataset):
     repeat the gray channel (e.g. 3 for networks that expect RGB).
     """
 
-    def __init__(self, dataset: DatasetVersion | str | Path, xflip: bool = False, channels: int = 1, root: Path | None = None):
+    def __init__(
+        self, dataset: DatasetVersion | str | Path, xflip: bool = False, channels: int = 1, root: Path | None = None,
+        conditions: ConditionSpace | None = None,
+    ):
         if isinstance(dataset, DatasetVersion):
             dv = dataset
         elif root is not None and not Path(dataset).is_dir():
@@ -234,6 +243,27 @@ class ImageDataset(Dataset):
         self._scale = 2.0 / float(np.iinfo(np.dtype(dv.dtype)).max)
         self._images: np.ndarray | None = None
         load_images(dv)  # fail now, in the caller's process, if the files do not match
+        self.conditions = conditions
+        self.rows: np.ndarray | None = None  # dataset image index of each item (conditional only)
+        self.labels: np.ndarray | None = None  # (count, c_dim) one-hot vectors of those images
+        self.left_out = 0
+        if conditions is not None:
+            self._read_labels(conditions)
+
+    def _read_labels(self, space: ConditionSpace) -> None:
+        rows, labels = [], []
+        for i, row in enumerate(self.version.manifest()):
+            cond = {name: str(row.get(name) or "").strip() for name in space.names}
+            if not all(cond.values()) or any(v.upper() not in {x.upper() for x in space.values(k)} for k, v in cond.items()):
+                self.left_out += 1
+                continue
+            rows.append(i)
+            labels.append(space.encode(cond))
+        if len(rows) + self.left_out != self.version.count:
+            raise DatasetError(f"{self.version.manifest_path} has {len(rows) + self.left_out} rows for {self.version.count} images")
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = np.stack(labels) if labels else np.zeros((0, space.c_dim), np.float32)
+        self.count = len(rows)
 
     def __len__(self) -> int:
         return self.count * (2 if self.xflip else 1)
@@ -244,7 +274,7 @@ class ImageDataset(Dataset):
             self._images = load_images(self.version, mmap=True)
         return self._images
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         n = len(self)
         i = int(index)
         if i < 0:
@@ -252,13 +282,17 @@ class ImageDataset(Dataset):
         if not 0 <= i < n:
             raise IndexError(f"index {index} is out of range for {n} items")
         flip = i >= self.count
-        img = self.images[i - self.count if flip else i]
+        item = i - self.count if flip else i
+        img = self.images[int(self.rows[item]) if self.rows is not None else item]
         if flip:
             img = img[:, ::-1]
         x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
         x.mul_(self._scale).sub_(1.0)
         x = x.unsqueeze(0)
-        return x.expand(self.channels, -1, -1).contiguous() if self.channels > 1 else x
+        x = x.expand(self.channels, -1, -1).contiguous() if self.channels > 1 else x
+        if self.labels is not None:
+            return x, torch.from_numpy(self.labels[item])
+        return x
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -7,8 +7,10 @@ synthetic patient, stores every instance durably in the same store and index as 
 the destination. Images that the memorization guard finds too close to a training image are refused and
 never written (``synthetic.refuse_near_copies``).
 
-:func:`generate` and :func:`regenerate` hold the one definition of how a (model, version, seed, psi)
-becomes pixels, so a stored instance can always be regenerated bit for bit from its own tags.
+:func:`generate` and :func:`regenerate` hold the one definition of how a (model, version, seed, psi,
+condition) becomes pixels, so a stored instance can always be regenerated bit for bit from its own tags.
+A conditional model's condition (body part, view, finding) is written to Image Comments with the rest of
+the provenance, and to Body Part Examined and View Position.
 """
 
 from __future__ import annotations
@@ -75,9 +77,10 @@ def dataset_ref_of(card: dict[str, Any]) -> str:
     return ""
 
 
-def provenance_for(model: Any, seed: int, psi: float) -> Provenance:
+def provenance_for(model: Any, seed: int, psi: float, condition: dict[str, str] | None = None) -> Provenance:
     card = getattr(model, "card", {}) or {}
     return Provenance(
+        condition=Provenance.condition_pairs(condition),
         model=model.name,
         version=int(model.version),
         seed=int(seed),
@@ -114,12 +117,15 @@ class SyntheticStudyWriter:
         destination: str | None = None,
         burn_in_label: bool | None = None,
         series_description: str | None = None,
+        condition: dict[str, str] | None = None,
     ) -> StudyOutcome:
         """Store ``images`` (N, H, W uint8/uint16) as one synthetic study and queue it for ``destination``.
 
         ``model`` is a :class:`models.registry.ModelVersion`. ``destination`` None or "" means
         ``outbox.default_destination`` (when that is empty too, the study stays in our archive).
-        ``burn_in_label`` None means ``synthetic.burn_in_label``. Raises :class:`StudyRequestError`
+        ``burn_in_label`` None means ``synthetic.burn_in_label``. ``condition``: what a conditional
+        model was asked for (``{"body_part": "HAND", "view": "AP"}``), already checked against it; its
+        body part and view become Body Part Examined and View Position. Raises :class:`StudyRequestError`
         before writing anything when the request is invalid; per-instance problems are reported in
         the outcome instead.
         """
@@ -131,9 +137,10 @@ class SyntheticStudyWriter:
             series = SyntheticSeries.new(
                 model.name, int(model.version), uid_root=self.cfg.synthetic.uid_root, series_description=series_description,
                 modality=self.cfg.synthetic.modality, institution_name=self.cfg.synthetic.institution_name,
-                body_part_examined=str(card.get("body_part", "")), psi=float(psi),
+                body_part_examined=str((condition or {}).get("body_part") or card.get("body_part", "")), psi=float(psi),
+                view_position=str((condition or {}).get("view", "")), condition=condition,
             )
-            provenances = [provenance_for(model, s, psi) for s in seeds]
+            provenances = [provenance_for(model, s, psi, condition) for s in seeds]
         except SyntheticWriteError as exc:
             raise StudyRequestError(str(exc)) from None
         outcome = StudyOutcome(series.study_instance_uid, series.series_instance_uid, dest)
@@ -265,23 +272,32 @@ def _near_copy_detail(report: Any, i: int, ref: str) -> str:
 
 
 def generate(net: Any, seeds: Sequence[int], psi: float = 1.0, bits: int = 8, batch_size: int = 32,
-             device: Any = "cpu", progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+             device: Any = "cpu", progress: Callable[[int, int], None] | None = None,
+             condition: dict[str, str] | None = None) -> np.ndarray:
     """Run generator ``net`` for ``seeds``: (N, H, W) uint8/uint16, one latent per seed (models.sampling).
 
     The image of a seed does not depend on the batch it is in (the generator contract), so any
-    batch size gives the same pixels.
+    batch size gives the same pixels. ``condition``: a conditional generator's condition, the same for
+    every seed (:class:`models.conditions.ConditionError` names the known values when it does not fit);
+    an unconditional generator takes none.
     """
     import torch
 
+    from models.conditions import ConditionError, space_of
     from models.sampling import latents, to_uint
 
+    space = space_of(net)
+    if space is None and condition:
+        raise ConditionError(f"this model is unconditional: it takes no {', '.join(sorted(condition))}")
+    vector = torch.from_numpy(space.encode(condition or {})) if space is not None else None
     out = []
     seeds = list(seeds)
     with torch.no_grad():
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start:start + batch_size]
             z = latents(chunk, net.z_dim, device=device)
-            x = net(z, psi=psi)
+            cond = {"c": vector.to(device).expand(len(chunk), -1)} if vector is not None else {}
+            x = net(z, psi=psi, **cond)
             out.append(to_uint(x, bits=bits)[:, 0])
             if progress is not None:
                 progress(min(start + batch_size, len(seeds)), len(seeds))
@@ -291,7 +307,7 @@ def generate(net: Any, seeds: Sequence[int], psi: float = 1.0, bits: int = 8, ba
 def regenerate(ds: Any, registry: Any, device: str = "cpu") -> np.ndarray:
     """The pixels a stored synthetic instance was made from, regenerated from its own tags.
 
-    Reads model, version, seed and psi from Image Comments, loads that model version from ``registry``
+    Reads model, version, seed, psi and the condition from Image Comments, loads that model version from ``registry``
     (checking the weights' sha256 when the instance recorded it), generates, and burns in the label
     when the instance has one. On the CPU the result equals the stored Pixel Data bit for bit.
     """
@@ -305,7 +321,7 @@ def regenerate(ds: Any, registry: Any, device: str = "cpu") -> np.ndarray:
     if recorded and actual and recorded != actual:
         raise RegistryError(f"{prov.model_ref} in this registry has other weights than the ones that made the instance")
     bits = int(ds.BitsAllocated)
-    pixels = generate(net, [prov.seed], prov.psi, bits=bits, device=device)[0]
+    pixels = generate(net, [prov.seed], prov.psi, bits=bits, device=device, condition=prov.condition_dict or None)[0]
     if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
         pixels = burn_in_synthetic_label(pixels)
     return pixels

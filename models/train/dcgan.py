@@ -10,6 +10,12 @@ G once with the same fakes.
 An optional exponential moving average of G's weights (``ema_beta``, e.g. 0.999; Yazici et al. 2019,
 "The Unusual Effectiveness of Averaging in GAN Training") gives the generator that is sampled and
 exported; batch-norm running statistics are copied, not averaged. Off by default, as in the paper.
+
+``conditions`` (``{field: [values]}``, filled in by the runner from the dataset's manifest) makes both
+networks conditional (:mod:`models.dcgan`): the minibatch's own labels condition D on the reals and G
+(and D) on the fakes, so fakes follow the training set's label frequencies. ``diffaugment`` (e.g.
+``"color,translation,cutout"``) applies DiffAugment (:mod:`models.train.diffaugment`) to every image D
+sees, real or fake, in both updates.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.dcgan import Discriminator, Generator, UnsupportedResolution, check_resolution, init_weights
+from models.conditions import ConditionError, ConditionSpace
+from models.train.diffaugment import diff_augment, parse_policy
 from models.train.recipe import Networks, Recipe, RecipeError, StepContext
 
 
@@ -41,10 +49,15 @@ class DCGANRecipe(Recipe):
         d_channels: int = 64,
         max_channels: int = 512,
         spectral_norm: bool = False,
+        d_batch_norm: bool = True,
+        minibatch_std: bool = False,
         lr: float = 2e-4,
         beta1: float = 0.5,
         beta2: float = 0.999,
         ema_beta: float | None = None,
+        conditions: dict[str, list[str]] | None = None,
+        embed_dim: int = 32,
+        diffaugment: str | None = None,
     ):
         try:
             check_resolution(int(resolution))
@@ -54,16 +67,34 @@ class DCGANRecipe(Recipe):
             raise RecipeError(f"ema_beta must be between 0 and 1 (e.g. 0.999), not {ema_beta}")
         if lr <= 0:
             raise RecipeError(f"lr must be positive, not {lr}")
+        try:
+            self.policy = parse_policy(diffaugment)
+            space = ConditionSpace.from_json(conditions) if conditions else None
+        except (ValueError, ConditionError) as exc:
+            raise RecipeError(str(exc)) from None
+        extra: dict[str, Any] = {}
+        if space is not None:
+            extra.update(conditions=space.to_json(), embed_dim=int(embed_dim))
+        if self.policy:
+            extra["diffaugment"] = ",".join(self.policy)
+        if not d_batch_norm:
+            extra["d_batch_norm"] = False
+        if minibatch_std:
+            extra["minibatch_std"] = True
         super().__init__(
             resolution, channels, z_dim=z_dim, g_channels=g_channels, d_channels=d_channels, max_channels=max_channels,
-            spectral_norm=spectral_norm, lr=lr, beta1=beta1, beta2=beta2, ema_beta=ema_beta,
+            spectral_norm=spectral_norm, lr=lr, beta1=beta1, beta2=beta2, ema_beta=ema_beta, **extra,
         )
+        self.conditions = space.to_json() if space is not None else None
         self.uses_ema = ema_beta is not None  # type: ignore[misc]  # per instance: EMA is a setting here
 
     def build(self) -> Networks:
         h = self.hparams
-        G = Generator(z_dim=h["z_dim"], resolution=self.resolution, channels=self.channels, base_channels=h["g_channels"], max_channels=h["max_channels"])
-        D = Discriminator(resolution=self.resolution, channels=self.channels, base_channels=h["d_channels"], max_channels=h["max_channels"], spectral_norm=h["spectral_norm"])
+        cond: dict[str, Any] = {}
+        if self.conditions:
+            cond = {"conditions": self.conditions}
+        G = Generator(z_dim=h["z_dim"], resolution=self.resolution, channels=self.channels, base_channels=h["g_channels"], max_channels=h["max_channels"], **cond, **({"embed_dim": h["embed_dim"]} if cond else {}))
+        D = Discriminator(resolution=self.resolution, channels=self.channels, base_channels=h["d_channels"], max_channels=h["max_channels"], spectral_norm=h["spectral_norm"], batch_norm=h.get("d_batch_norm", True), minibatch_std=h.get("minibatch_std", False), **cond)
         init_weights(G)
         init_weights(D)
         G_ema = copy.deepcopy(G).eval().requires_grad_(False) if self.uses_ema else None
@@ -81,13 +112,18 @@ class DCGANRecipe(Recipe):
         G, D = ctx.nets.G, ctx.nets.D
         n = reals.shape[0]
         z = ctx.randn(n, self.hparams["z_dim"])
+        c = ctx.c if self.conditions else None
+        if self.conditions and c is None:
+            raise RecipeError("a conditional DCGAN needs the minibatch's condition vectors (ctx.c)")
+        cond = {"c": c} if c is not None else {}
+        aug = (lambda x: diff_augment(x, self.policy)) if self.policy else (lambda x: x)
 
         # D: maximize log D(x) + log(1 - D(G(z))).
         D.requires_grad_(True)
         with ctx.autocast():
-            fakes = G(z)
-            logits_real = D(reals)
-            logits_fake = D(fakes.detach())
+            fakes = G(z, **cond)
+            logits_real = D(aug(reals), **cond)
+            logits_fake = D(aug(fakes.detach()), **cond)
             loss_real = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
             loss_fake = F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
             loss_D = loss_real + loss_fake
@@ -97,7 +133,7 @@ class DCGANRecipe(Recipe):
         # G: maximize log D(G(z)) (non-saturating), against the updated D. D's weights get no gradient.
         D.requires_grad_(False)
         with ctx.autocast():
-            logits_gen = D(fakes)
+            logits_gen = D(aug(fakes), **cond)
             loss_G = F.binary_cross_entropy_with_logits(logits_gen, torch.ones_like(logits_gen))
         ctx.backward(loss_G, "G")
         ctx.step("G")
@@ -124,7 +160,9 @@ class DCGANRecipe(Recipe):
         return {
             "training_hyperparameters": dict(self.hparams),
             "truncation": "psi scales the latent toward the prior mean: G sees psi * z (psi = 1 is the plain sample)",
-            "references": ["Radford, Metz, Chintala. Unsupervised Representation Learning with Deep Convolutional GANs. ICLR 2016, arXiv:1511.06434"],
+            "references": ["Radford, Metz, Chintala. Unsupervised Representation Learning with Deep Convolutional GANs. ICLR 2016, arXiv:1511.06434"]
+            + (["Miyato, Koyama. cGANs with Projection Discriminator. ICLR 2018, arXiv:1802.05637"] if self.conditions else [])
+            + (["Zhao, Liu, Lin, Zhu, Han. Differentiable Augmentation for Data-Efficient GAN Training. NeurIPS 2020, arXiv:2006.10738"] if self.policy else []),
         }
 
 

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from models import registry
+from models.conditions import ConditionSpace
 from models.train import checkpoint as ckpt
 from models.train.recipe import make_recipe
 from models.train.rundir import RunDir, RunError
 
 # Card fields the export writes itself; extra fields from the user may not replace them.
-RESERVED = frozenset({"format", "architecture", "init_kwargs", "resolution", "channels", "z_dim", "dataset", "training", "files", "name", "version", "weights_dtype", "created_at"})
+RESERVED = frozenset({"conditions", "format", "architecture", "init_kwargs", "resolution", "channels", "z_dim", "dataset", "training", "files", "name", "version", "weights_dtype", "created_at"})
 
 
 def checkpoint_path(run: RunDir, checkpoint: str | Path | None = None) -> Path:
@@ -90,6 +91,13 @@ def model_card(run: RunDir, path: Path, G: nn.Module, state: Mapping[str, Any], 
         },
         "metrics": dict(state.get("snapshot_metrics") or {}),
     }
+    if info.get("conditions"):
+        # What a conditional model was trained on, per condition: what a user should expect it to know.
+        card["conditions"] = {
+            "values": ConditionSpace.from_json((G.init_kwargs or {}).get("conditions")).as_dict(),
+            **dict(info["conditions"]),
+            "how": "generate with one value per field (synthpacs generate --body-part ... --view ... --finding ...); images of the dataset without a value for every field were left out of training",
+        }
     card.update(recipe.card())
     for k, v in (extra or {}).items():
         if k in RESERVED:

@@ -51,12 +51,16 @@ def _save_png(array: np.ndarray, path: Path) -> Path:
 
 
 @torch.no_grad()
-def sample_images(G: torch.nn.Module, seeds: Sequence[int], device: torch.device | str = "cpu", batch: int = 32, psi: float = 1.0) -> np.ndarray:
-    """uint8 (N, H, W) images of the first channel for ``seeds``, generated batch by batch."""
+def sample_images(G: torch.nn.Module, seeds: Sequence[int], device: torch.device | str = "cpu", batch: int = 32, psi: float = 1.0, c: torch.Tensor | None = None) -> np.ndarray:
+    """uint8 (N, H, W) images of the first channel for ``seeds``, generated batch by batch.
+
+    ``c``: the (N, c_dim) condition vectors of a conditional generator, row i for ``seeds[i]``.
+    """
     out = []
     for i in range(0, len(seeds), batch):
         z = latents(list(seeds[i : i + batch]), G.z_dim, device=device)
-        out.append(to_uint(G(z, psi=psi), 8)[:, 0])
+        cond = {"c": c[i : i + batch]} if c is not None else {}
+        out.append(to_uint(G(z, psi=psi, **cond), 8)[:, 0])
     return np.concatenate(out) if out else np.zeros((0, G.resolution, G.resolution), np.uint8)
 
 

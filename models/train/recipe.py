@@ -68,6 +68,9 @@ class StepContext:
     batch_gpu: int  # this process's share of it
     rank: int = 0
     world_size: int = 1
+    # This process's (batch_gpu, c_dim) one-hot condition vectors of ``reals`` when the run is
+    # conditional (models.conditions), else None.
+    c: torch.Tensor | None = None
     _backward: Callable[[torch.Tensor, str], None] = field(default=None, repr=False)  # type: ignore[assignment]
     _step: Callable[[str], bool] = field(default=None, repr=False)  # type: ignore[assignment]
     _randn: Callable[..., torch.Tensor] = field(default=None, repr=False)  # type: ignore[assignment]

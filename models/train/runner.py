@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models import registry
+from models.conditions import ConditionError, ConditionSpace, label as condition_label, vocabulary
 from models.datasets import DatasetError, DatasetVersion, ImageDataset, resolve_dataset
 from models.hardware import cpu_name
 from models.train import checkpoint as ckpt
@@ -72,6 +73,7 @@ class TrainOptions:
     deterministic: bool = False  # deterministic CUDA kernels (slower); the CPU is deterministic anyway
     hparams: dict[str, Any] = field(default_factory=dict)  # the recipe's hyper-parameters
     run_id: str | None = None
+    conditions: list[str] | None = None  # manifest fields to condition on (body_part, view, finding)
 
     @property
     def unit(self) -> str:
@@ -286,9 +288,12 @@ class Trainer:
             self.recipe = self._make_recipe(o.resolution)
         try:
             self.dataset_version = resolve_dataset(self.datasets_root, o.dataset)
-            self.dataset = ImageDataset(self.dataset_version, xflip=o.xflip, channels=1)
+            space = self._condition_space()
+            self.dataset = ImageDataset(self.dataset_version, xflip=o.xflip, channels=1, conditions=space)
         except (DatasetError, ValueError) as exc:
             raise TrainError(str(exc)) from None
+        if space is not None and o.resolution is not None:
+            self.recipe = self._make_recipe(o.resolution)  # again, now with the conditions
         res = self.dataset_version.resolution
         if o.resolution is None:
             o.resolution = res
@@ -318,6 +323,36 @@ class Trainer:
         self.grid_size = o.grid_size or (64 if res <= 64 else 36 if res <= 128 else 16)
         self.log_every = o.log_every or (self.steps_per_epoch if o.unit == "epoch" else max(1, round(4000 / o.batch)))
         self.checkpoint_every = o.checkpoint_every or (max(1.0, float(math.ceil(o.length / 20))) if o.unit == "epoch" else max(o.length / 20, o.batch / 1000))
+
+    def _condition_space(self) -> ConditionSpace | None:
+        """The conditions of a conditional run, from the dataset's manifest on a new run.
+
+        The values found are written into the recipe's hyper-parameters (``conditions``), so a resumed
+        run and its exported card use the same values in the same order whatever the dataset holds later.
+        """
+        o = self.opts
+        self.condition_counts: dict[str, Any] = {}
+        if not o.conditions:
+            if o.hparams.get("conditions"):
+                raise TrainError("conditions are chosen with --condition FIELD, not --set conditions=...")
+            return None
+        fields = list(dict.fromkeys(o.conditions))
+        try:
+            found, counts, left_out = vocabulary(self.dataset_version.manifest(), fields)
+            space = ConditionSpace.from_json(o.hparams["conditions"]) if o.hparams.get("conditions") else found
+        except ConditionError as exc:
+            raise TrainError(f"dataset {self.dataset_version.ref}: {exc}") from None
+        if list(space.names) != fields:
+            raise TrainError(f"the run's conditions are {', '.join(space.names)}, not {', '.join(fields)}")
+        o.hparams["conditions"] = space.to_json()
+        combos: dict[str, int] = {}
+        for row in self.dataset_version.manifest():
+            vals = [str(row.get(f) or "").strip() for f in fields]
+            if all(vals):
+                key = " ".join(vals)
+                combos[key] = combos.get(key, 0) + 1
+        self.condition_counts = {"fields": fields, "images_per_value": counts, "images_per_combination": dict(sorted(combos.items())), "images_left_out": left_out}
+        return space
 
     def _make_recipe(self, resolution: int) -> Recipe:
         try:
@@ -551,6 +586,7 @@ class Trainer:
                     "hardware": hardware(self.device, self.dist.world_size),
                     "steps_per_epoch": self.steps_per_epoch,
                     "argv": self.argv,
+                    **({"conditions": self.condition_counts} if self.condition_counts else {}),
                 }
             )
             D.gather_objects(run_id)
@@ -631,15 +667,18 @@ class Trainer:
                 self.sampler.set_epoch(self.epoch)
                 self.sampler.set_start(self.batch_in_epoch * self.batch_gpu)
                 step_start = time.monotonic()
-                for reals in self.loader:
+                for batch in self.loader:
+                    reals, c = batch if isinstance(batch, (tuple, list)) else (batch, None)
                     reals = reals.to(self.device, non_blocking=True)
+                    if c is not None:
+                        c = c.to(self.device, non_blocking=True)
                     if self.channels_last:
                         reals = reals.contiguous(memory_format=torch.channels_last)
                     for opt in self.optimizers.values():
                         opt.zero_grad(set_to_none=True)
                     ctx = StepContext(
                         nets=self.nets, optimizers=self.optimizers, device=self.device, iteration=self.iteration, cur_nimg=self.cur_nimg,
-                        batch_size=o.batch or 0, batch_gpu=self.batch_gpu, rank=self.dist.rank, world_size=self.dist.world_size,
+                        batch_size=o.batch or 0, batch_gpu=self.batch_gpu, rank=self.dist.rank, world_size=self.dist.world_size, c=c,
                         _backward=self._backward, _step=self._opt_step, _randn=self._randn, _autocast=self._autocast,
                     )
                     stats = self.recipe.train_step(ctx, reals)
@@ -747,10 +786,14 @@ class Trainer:
             G = self.inference_copy()
             stem, caption = _snapshot_label(self.opts.unit, value)
             seeds = list(range(self.grid_size))
-            images = sample_images(G, seeds, self.device)
-            grid_path = save_grid(images, run.samples / f"{stem}.png")
-            grids = sorted(p for p in run.samples.glob(f"{self.opts.unit}-*.png"))
-            cols = grid_shape(len(seeds))[1]
+            space = self.dataset.conditions
+            if space is None:
+                images = sample_images(G, seeds, self.device)
+                grid_path = save_grid(images, run.samples / f"{stem}.png")
+                cols = grid_shape(len(seeds))[1]
+            else:
+                grid_path, cols = self._condition_grids(G, space, run, stem)
+            grids = sorted(p for p in run.samples.glob(f"{self.opts.unit}-*.png") if p.stem.count("-") == 1)
             save_progression([(_snapshot_label(self.opts.unit, float(p.stem.split("-", 1)[1]))[1], p) for p in grids], run.samples / "progression.png", cols, self.recipe.resolution)
             row: dict[str, Any] = {"event": "snapshot", "iteration": self.iteration, "epoch": self.epoch, "kimg": self.cur_nimg / 1000, "grid": str(grid_path.relative_to(run.path))}
             if self.metrics_fn is not None:
@@ -764,6 +807,20 @@ class Trainer:
             self.on_event("snapshot", run=str(run.path), grid=str(grid_path), label=caption, metrics=row.get("metrics"))
         finally:
             _set_rng_state(saved_rng, self.device)
+
+    def _condition_grids(self, G: nn.Module, space: ConditionSpace, run: RunDir, stem: str) -> tuple[Path, int]:
+        """One grid per condition (seeds 0..n-1, the same in every grid) in ``samples/<stem>/``, and an
+        overview ``<stem>.png`` with one row of 8 per condition, conditions in :meth:`combinations` order."""
+        per = min(self.grid_size, 16)
+        cols = 8
+        overview = []
+        for cond in space.combinations():
+            c = space.encode_batch([cond] * per, self.device)
+            images = sample_images(G, list(range(per)), self.device, c=c)
+            save_grid(images, run.samples / stem / f"{condition_label(cond)}.png")
+            overview.append(images[:cols])
+        grid_path = save_grid(np.concatenate(overview), run.samples / f"{stem}.png", cols=cols)
+        return grid_path, cols
 
     def _checkpoint(self, run: RunDir, main: bool, snapshot: bool, protected: set[int]) -> Path | None:
         state = self._state()  # a collective under DDP: every process takes part

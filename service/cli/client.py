@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 
 from service.cli.common import CommandError
+from service.cli.conditions import add_condition_options, given
 from service.inference.client import ENCODINGS, SUFFIXES, SynthesizerClient
 from synthpacs.v1 import synthesizer_pb2 as pb
 
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--encoding", choices=sorted(ENCODINGS), default="png8", help="file format and bit depth (default png8)")
     gen.add_argument("--out", required=True, type=Path, help="folder for the images (created if missing)")
     gen.add_argument("--request-id", dest="request_id", default="", help="id echoed in responses and server logs")
+    add_condition_options(gen)
     gen.set_defaults(func=_generate)
 
     models = sub.add_parser("models", help="list the server's models and their state")
@@ -98,7 +100,7 @@ def _generate(args: argparse.Namespace) -> int:
         try:
             for image in client.generate(
                 args.model, count=args.count, seeds=seeds, first_seed=args.first_seed, psi=args.psi,
-                encoding=args.encoding, request_id=args.request_id,
+                encoding=args.encoding, request_id=args.request_id, **given(args),
             ):
                 name = _file_name(image)
                 path = args.out / name
@@ -120,7 +122,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _file_name(image: pb.GeneratedImage) -> str:
-    stem = f"{image.model.replace(':', '_')}_seed{image.seed:010d}"
+    condition = "".join(f"_{v}" for v in (image.body_part, image.view, image.finding) if v)
+    stem = f"{image.model.replace(':', '_')}{condition}_seed{image.seed:010d}"
     if image.encoding in (pb.ENCODING_RAW_UINT8, pb.ENCODING_RAW_UINT16):
         bits = 8 if image.encoding == pb.ENCODING_RAW_UINT8 else 16
         stem += f"_{image.width}x{image.height}x{image.channels}_u{bits}le"
@@ -133,6 +136,7 @@ def _manifest_row(image: pb.GeneratedImage, name: str) -> dict:
         "index": image.index, "width": image.width, "height": image.height, "channels": image.channels,
         "encoding": pb.Encoding.Name(image.encoding), "sha256": hashlib.sha256(image.data).hexdigest(),
         "request_id": image.request_id, "sop_instance_uid": image.sop_instance_uid or None,
+        **{k: v for k, v in (("body_part", image.body_part), ("view", image.view), ("finding", image.finding)) if v},
     }
 
 
@@ -147,6 +151,7 @@ def _models(args: argparse.Namespace) -> int:
             "model": m.ref, "latest": m.latest, "state": pb.ModelState.Name(m.state).removeprefix("MODEL_STATE_").lower(),
             "architecture": m.architecture, "resolution": m.resolution, "channels": m.channels,
             "device": m.device or None, "dtype": m.dtype or None, "error": m.error or None,
+            "conditions": {c.name: list(c.values) for c in m.conditions} or None,
         }
         for m in models
     ]
@@ -158,5 +163,6 @@ def _models(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         where = f" on {r['device']}/{r['dtype']}" if r["device"] else ""
-        print(f"{r['model']:<32} {r['state']:<10} {r['architecture']} {r['resolution']}px{where}" + (f"  error: {r['error']}" if r["error"] else ""))
+        conds = "  " + "; ".join(f"{k}: {', '.join(v)}" for k, v in r["conditions"].items()) if r["conditions"] else ""
+        print(f"{r['model']:<32} {r['state']:<10} {r['architecture']} {r['resolution']}px{where}{conds}" + (f"  error: {r['error']}" if r["error"] else ""))
     return 0

@@ -78,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--modality", default="CR", choices=("CR", "DX"), help="CR Image (default) or DX Image For Presentation")
     imp.add_argument("--body-part", default="", help="Body Part Examined for files without a label (e.g. HAND)")
     imp.add_argument("--view", default="", help="View Position for files without a label (e.g. AP, or frontal/lateral)")
-    imp.add_argument("--labels", metavar="CSV", help="per-file labels: columns filename, body_part[, views] (default DIR/manifest.csv if it has them)")
+    imp.add_argument("--labels", metavar="CSV", help="per-file labels: columns filename, body_part[, views, fractured or finding] (default DIR/manifest.csv if it has them)")
+    imp.add_argument("--exclude", metavar="FILE", help="file names not to import, one per line (a held-out split, e.g. models/splits/fracatlas-heldout.txt)")
     imp.add_argument("--limit", type=int, help="import only the first N files (sorted by path)")
     imp.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     imp.set_defaults(func=_import_images)
@@ -218,15 +219,19 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import_images(args: argparse.Namespace) -> int:
-    from service.data.images_import import ImportImagesError, import_images
+    from service.data.images_import import ImportImagesError, import_images, read_name_list
     from service.dicom.store import Store
 
     cfg = config_from_args(args)
+    try:
+        exclude = read_name_list(Path(args.exclude)) if args.exclude else None
+    except ImportImagesError as exc:
+        raise CommandError(str(exc)) from None
     store = Store(cfg)
     try:
         result = import_images(
             store, Path(args.directory), modality=args.modality, body_part=args.body_part, view=args.view,
-            labels_file=Path(args.labels) if args.labels else None, limit=args.limit, progress=not args.quiet,
+            labels_file=Path(args.labels) if args.labels else None, limit=args.limit, progress=not args.quiet, exclude=exclude,
         )
     except ImportImagesError as exc:
         raise CommandError(str(exc)) from None
@@ -234,7 +239,8 @@ def _import_images(args: argparse.Namespace) -> int:
         store.index.close()
     s = result.summary()
     print(f"imported {s['files']} files as {args.modality}: {s['stored']} stored, {s['identical']} already stored, "
-          f"{s['kept']} kept (a different instance had the UID), {len(result.skipped)} skipped")
+          f"{s['kept']} kept (a different instance had the UID), {len(result.skipped)} skipped"
+          + (f", {s['excluded']} excluded by --exclude" if s["excluded"] else "") + (f"; findings recorded for {s['findings']}" if s["findings"] else ""))
     for rel, reason, message in result.skipped:
         print(f"  skipped {rel}: {reason}: {message}")
     return 0 if s["stored"] + s["identical"] + s["kept"] > 0 else 1

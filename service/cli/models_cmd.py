@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from service.cli.common import CommandError, add_command, config_from_args, home_from
+from service.cli.conditions import add_condition_options, checked
 from service.logs import get_logger
 
 MAX_SEED = 2**32 - 1
@@ -57,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bit depth (default 8)")
     gen.add_argument("--batch", type=int, default=32, help="images per forward pass (does not change the pixels)")
     gen.add_argument("--device", help="auto, cpu, cuda or cuda:N (default inference.device)")
+    gen.add_argument("--sheet", type=Path, metavar="PNG", help="also write a contact sheet of all the images (8-bit) to this PNG")
+    add_condition_options(gen)
     gen.set_defaults(func=_generate)
 
 
@@ -151,9 +154,15 @@ def _check_generate_args(args: argparse.Namespace) -> None:
         raise CommandError(f"--out {args.out} exists and is not a folder")
 
 
-def file_name(name: str, version: int, seed: int, psi: float) -> str:
-    """The image file for one seed; psi appears in the name when it is not 1."""
-    stem = f"{name}_v{version}_seed{seed:010d}"
+def file_name(name: str, version: int, seed: int, psi: float, condition: dict[str, str] | None = None) -> str:
+    """The image file for one seed; psi appears in the name when it is not 1, a conditional model's
+    condition always (the same seed gives another image under another condition)."""
+    stem = f"{name}_v{version}"
+    if condition:
+        from models.conditions import label
+
+        stem += f"_{label(condition)}"
+    stem += f"_seed{seed:010d}"
     if psi != 1.0:
         stem += f"_psi{psi:g}"
     return stem + ".png"
@@ -178,8 +187,15 @@ def _generate(args: argparse.Namespace) -> int:
         G, mv = _registry(cfg).load(args.model, device=device)
     except RegistryError as exc:
         raise CommandError(str(exc)) from None
+    condition = checked(G, args, mv.ref)
+    c = None
+    if condition:
+        from models.conditions import space_of
+
+        c = torch.from_numpy(space_of(G).encode(condition)).to(device)
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seed, args.seed + args.count))
+    sheet: list[np.ndarray] = []
     written = 0
     progress = Progress(len(seeds), "images", interval=10.0)
     started = time.monotonic()
@@ -187,9 +203,10 @@ def _generate(args: argparse.Namespace) -> int:
         for i in range(0, len(seeds), args.batch):
             chunk = seeds[i : i + args.batch]
             with torch.no_grad():
-                pixels = to_uint(G(latents(chunk, G.z_dim, device=device), psi=args.psi), args.bits)
+                cond = {"c": c.expand(len(chunk), -1)} if c is not None else {}
+                pixels = to_uint(G(latents(chunk, G.z_dim, device=device), psi=args.psi, **cond), args.bits)
             for seed, img in zip(chunk, pixels):
-                name = file_name(mv.name, mv.version, seed, args.psi)
+                name = file_name(mv.name, mv.version, seed, args.psi, condition)
                 path = args.out / name
                 tmp = path.with_name(f".{name}.part")
                 # One channel is a grayscale PNG; a uint16 plane becomes Pillow "I;16", a 16-bit PNG.
@@ -198,11 +215,18 @@ def _generate(args: argparse.Namespace) -> int:
                 os.replace(tmp, path)
                 row = {"file": name, "model": mv.ref, "seed": seed, "truncation_psi": args.psi, "bits": args.bits,
                        "width": int(img.shape[-1]), "height": int(img.shape[-2]), "channels": int(img.shape[0]),
-                       "pixels_sha256": hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()}
+                       "pixels_sha256": hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest(), **condition}
                 manifest.write(json.dumps(row) + "\n")
                 written += 1
+                if args.sheet is not None and img.shape[0] == 1:
+                    sheet.append(img[0] if img.dtype == np.uint8 else (img[0] >> 8).astype(np.uint8))
             rate = written / max(time.monotonic() - started, 1e-9)
             progress.update(written, rate, (len(seeds) - written) / rate)
     progress.close()
-    print(f"wrote {written} image(s) from {mv.ref} to {args.out}", file=sys.stderr)
+    if sheet:
+        from models.train.grids import save_grid
+
+        save_grid(np.stack(sheet), args.sheet)
+    print(f"wrote {written} image(s) from {mv.ref}" + (f" ({', '.join(condition.values())})" if condition else "") + f" to {args.out}"
+          + (f"; contact sheet {args.sheet}" if sheet else ""), file=sys.stderr)
     return 0

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from service.cli.common import CommandError, add_command, config_from_args, home_from
+from service.cli.conditions import add_condition_options, checked
 
 EXIT_OK, EXIT_INCOMPLETE = 0, 1
 
@@ -45,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     syn.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per generator call (default 32)")
     syn.add_argument("--wait", type=float, default=120.0, help="seconds to wait for delivery to the destination (0: only queue)")
     syn.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    add_condition_options(syn)
     syn.set_defaults(func=_synthesize)
 
     box = add_command(subparsers, "outbox", help="what is queued for DICOM destinations: ls, retry")
@@ -100,10 +102,11 @@ def _synthesize(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     if int(getattr(net, "channels", 1)) != 1:
         raise CommandError(f"{mv.ref} makes {net.channels}-channel images; synthetic radiographs are grayscale")
+    condition = checked(net, args, mv.ref)
 
     progress = Progress(len(seeds), f"generating with {mv.ref}")
     images = generate(net, seeds, args.psi, bits=args.bits, batch_size=args.batch_size, device=device,
-                      progress=lambda done, total: progress.update(done - progress.done))
+                      progress=lambda done, total: progress.update(done - progress.done), condition=condition or None)
     progress.close()
 
     store = Store(cfg, home)
@@ -112,7 +115,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         writer = SyntheticStudyWriter(cfg, store)
         try:
             outcome = writer.write_study(images, seeds, args.psi, mv, destination=args.send, burn_in_label=args.burn_in_label,
-                                         series_description=args.series_description)
+                                         series_description=args.series_description, condition=condition or None)
         except StudyRequestError as exc:
             raise CommandError(str(exc)) from None
         queued = [i.sop_instance_uid for i in outcome.instances if i.status == "queued"]
@@ -137,6 +140,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         "series_instance_uid": outcome.series_instance_uid,
         "model": mv.ref,
         "psi": args.psi,
+        **({"condition": condition} if condition else {}),
         "destination": outcome.destination,
         "instances": [
             {**dataclasses.asdict(i), "delivery": delivery.get(i.sop_instance_uid, "")} for i in outcome.instances

@@ -56,6 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--dataset", metavar="NAME[@vN]", help="dataset version (latest when no version is given)")
     what.add_argument("--resolution", type=int, help="image size; must match the dataset's (default: the dataset's)")
     what.add_argument("--set", dest="hparams", metavar="KEY=VALUE", type=_hparam, action="append", default=[], help="architecture hyper-parameter, JSON value (e.g. --set ema_beta=0.999 --set lr=0.0001); repeatable")
+    what.add_argument(
+        "--condition", dest="conditions", metavar="FIELD", action="append", choices=("body_part", "view", "finding"),
+        help="condition the generator on this manifest label (body_part, view, finding); repeatable. Images without the label are left out",
+    )
+    what.add_argument(
+        "--diffaugment", metavar="POLICY", nargs="?", const="color,translation,cutout",
+        help="DiffAugment of every image D sees (Zhao et al. 2020): a comma list of color, translation, cutout (default all three)",
+    )
     length = p.add_argument_group("how long").add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="training length in passes over the dataset")
     length.add_argument("--kimg", type=float, help="training length in thousands of real images shown")
@@ -109,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     common = dict(metrics_fn=metrics_fn, progress_stream=open(os.devnull, "w") if args.quiet else None, on_event=on_event, argv=sys.argv)
     try:
         if args.resume:
-            if args.arch or args.dataset or args.resolution or args.batch or args.hparams or args.run_id or args.xflip:
+            if args.arch or args.dataset or args.resolution or args.batch or args.hparams or args.run_id or args.xflip or args.conditions or args.diffaugment:
                 raise CommandError("--resume continues a run as it was set up; only --epochs/--kimg, --device, --amp, --workers and output options may be given")
             result = resume(
                 args.resume, home.datasets_dir, home.runs_dir, epochs=args.epochs, kimg=args.kimg, from_checkpoint=args.from_checkpoint,
@@ -143,8 +151,9 @@ def _run(args: argparse.Namespace) -> int:
                 grid_size=args.grid_size,
                 log_every=args.log_every,
                 deterministic=bool(args.deterministic),
-                hparams=dict(args.hparams),
+                hparams={**dict(args.hparams), **({"diffaugment": args.diffaugment} if args.diffaugment else {})},
                 run_id=args.run_id,
+                conditions=args.conditions,
             )
             result = train(opts, home.datasets_dir, home.runs_dir, **common)
     except (TrainError, RecipeError, RunError, ckpt.CheckpointError, DatasetError) as exc:

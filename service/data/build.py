@@ -30,6 +30,7 @@ import numpy as np
 
 from models.datasets import DatasetVersion, DatasetWriter, validate_name
 from service.config import Config
+from service.data.findings import read_findings
 from service.data.pixels import REASONS, PixelOptions
 from service.data.progress import Progress
 from service.data.sheet import SHEET_TILES, contact_sheet_png, sheet_indices, sheet_tile
@@ -184,9 +185,13 @@ def _results(tasks: Iterator[_Task], store_root: Path, opts: PixelOptions, worke
 # -- the build ------------------------------------------------------------------------------------------
 
 
-def _manifest_row(rec: InstanceRecord, info: dict[str, Any]) -> dict[str, Any]:
-    """What a researcher needs to trace an image back and to know how it was made; no patient data."""
-    return {
+def _manifest_row(rec: InstanceRecord, info: dict[str, Any], finding: str = "") -> dict[str, Any]:
+    """What a researcher needs to trace an image back and to know how it was made; no patient data.
+
+    ``finding`` (recorded beside the store, :mod:`service.data.findings`) is added only when there is
+    one, so the manifests of stores without findings stay as they were.
+    """
+    row = {
         "sop_instance_uid": rec.sop_instance_uid,
         "series_uid": rec.series_uid,
         "study_uid": rec.study_uid,
@@ -200,6 +205,9 @@ def _manifest_row(rec: InstanceRecord, info: dict[str, Any]) -> dict[str, Any]:
         "source": rec.source,
         "preprocessing": info,
     }
+    if finding:
+        row["finding"] = finding
+    return row
 
 
 def _label(value: str) -> str:
@@ -317,6 +325,8 @@ def _write(cfg: Config, home: Home, name: str, opts: PixelOptions, filters: Filt
     # the indices the sheet takes when no candidate is skipped; the end of the build only assembles them.
     wanted = set(sheet_indices(total, SHEET_TILES))
     tiles: dict[int, Any] = {}
+    findings = read_findings(home.store_dir)
+    counts["finding"] = collections.Counter()
     with DatasetWriter(home.datasets_dir, name, opts.resolution, total, opts.dtype) as writer:
         for rec, image, info in _results(_tasks(records), home.store_dir, opts, workers):
             if image is None:
@@ -324,7 +334,10 @@ def _write(cfg: Config, home: Home, name: str, opts: PixelOptions, filters: Filt
                 report_lines.append(json.dumps({"sop_instance_uid": rec.sop_instance_uid, "path": rec.path, **info}, sort_keys=True))
                 log.info("dataset_image_skipped", dataset=name, sop=uid_hash(rec.sop_instance_uid), reason=info["reason"])
             else:
-                index = writer.append(image, _manifest_row(rec, info))
+                finding = findings.get(rec.sop_instance_uid, "")
+                index = writer.append(image, _manifest_row(rec, info, finding))
+                if finding:
+                    counts["finding"][finding] += 1
                 if index in wanted:
                     tiles[index] = sheet_tile(image)
                 counts["body_part"][_label(rec.body_part_examined)] += 1
@@ -352,7 +365,7 @@ def _write(cfg: Config, home: Home, name: str, opts: PixelOptions, filters: Filt
         version = writer.commit(
             parameters=parameters,
             filters=filters.as_dict(),
-            counts={k: dict(v.most_common()) for k, v in counts.items()},
+            counts={k: dict(v.most_common()) for k, v in counts.items() if v or k != "finding"},
             skipped=sum(skipped.values()),
             extra_files={
                 REPORT_FILE: json.dumps(report, indent=2) + "\n",

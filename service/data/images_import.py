@@ -13,8 +13,16 @@ write, index), so everything downstream sees ordinary instances. Each file becom
 * patient: one clearly fake test patient (:data:`TEST_PATIENT_NAME`, :data:`TEST_PATIENT_ID`); one
   study per imported folder, one series per body part and view.
 * labels: body part and view from ``--body-part``/``--view``, or per file from a CSV (``--labels``, or a
-  ``manifest.csv`` in the folder) with columns ``filename``, ``body_part`` and optionally ``views``
-  (FracAtlas' labels: ``hand``, ``leg+hip``, ``frontal``...; the first of several is used).
+  ``manifest.csv`` in the folder) with columns ``filename``, ``body_part`` and optionally ``views`` and
+  ``fractured`` (or ``finding``). FracAtlas' labels (``hand``, ``leg``, ``frontal``...) map to Body Part
+  Examined and View Position; a mixed label (``hand+shoulder``, ``frontal+lateral``) names an image
+  that shows several parts or views (FracAtlas' 50 "hand+shoulder" images are mostly chest and shoulder
+  views), so it leaves the attribute empty rather than naming one part: such images stay out of datasets
+  filtered by body part or view and out of conditional training on that field. The ``fractured`` column
+  (yes/no) becomes the finding FRACTURE/NONE, recorded beside the store (:mod:`service.data.findings`)
+  because no header attribute survives de-identification to carry it.
+* a held-out split: ``--exclude FILE`` names files (one per line, ``#`` comments) that are not imported,
+  so a model trained on the store never sees them (the demo model's held-out FracAtlas images).
 * UIDs: derived from the file's content and the labels (PS3.5 §B.2, 2.25 UUID-derived), so a second
   import of the same folder is recognized by the store as identical and adds nothing.
 """
@@ -34,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from service.data.findings import finding_word, record_findings
 from service.data.phantom import CR_IMAGE_STORAGE, DX_IMAGE_STORAGE_PRESENTATION
 from service.data.progress import Progress
 from service.dicom.store import IMPLEMENTATION_CLASS_UID, Store, StoreError
@@ -76,6 +85,8 @@ class ImportResult:
     stored: int = 0
     identical: int = 0
     kept: int = 0
+    excluded: int = 0  # named in --exclude
+    findings: int = 0  # instances with a finding recorded
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (file, reason, message)
     study_uid: str = ""
 
@@ -83,7 +94,7 @@ class ImportResult:
         reasons: dict[str, int] = {}
         for _, reason, _ in self.skipped:
             reasons[reason] = reasons.get(reason, 0) + 1
-        return {"files": self.files, "stored": self.stored, "identical": self.identical, "kept": self.kept, "skipped": reasons}
+        return {"files": self.files, "stored": self.stored, "identical": self.identical, "kept": self.kept, "excluded": self.excluded, "findings": self.findings, "skipped": reasons}
 
 
 class SkipFile(Exception):
@@ -107,18 +118,19 @@ def code_string(value: str, default: str = "") -> str:
     return text or default
 
 
-def first_label(value: str) -> str:
-    """FracAtlas joins several regions or views with '+': the first names the image."""
-    return value.split("+")[0].strip()
+def single_label(value: str) -> str:
+    """FracAtlas joins several regions or views with '+': such an image has no single one ("")."""
+    return "" if "+" in value else value.strip()
 
 
 def view_position(label: str) -> str:
-    label = first_label(label)
+    label = single_label(label)
     return VIEW_TERMS.get(label.lower(), code_string(label))
 
 
 def read_labels(path: Path) -> dict[str, dict[str, str]]:
-    """filename -> {"body_part", "view"} from a CSV with ``filename`` and ``body_part`` (and ``views``)."""
+    """filename -> {"body_part", "view", "finding"} from a CSV with ``filename`` and ``body_part`` (and
+    ``views``, ``fractured`` or ``finding``)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -127,9 +139,13 @@ def read_labels(path: Path) -> dict[str, dict[str, str]]:
                 raise ImportImagesError(f"{path} needs the columns filename and body_part; it has {', '.join(sorted(fields)) or 'none'}")
             labels = {}
             for row in reader:
+                part, views = row.get("body_part") or "", row.get("views") or row.get("view") or ""
                 labels[row["filename"].strip()] = {
-                    "body_part": code_string(first_label(row.get("body_part") or "")),
-                    "view": view_position(row.get("views") or row.get("view") or ""),
+                    "body_part": code_string(single_label(part)),
+                    "view": view_position(views),
+                    # A mixed label is a label: it must not fall back to --body-part/--view.
+                    "mixed": ",".join(k for k, v in (("body_part", part), ("view", views)) if "+" in v),
+                    "finding": finding_word(row.get("finding") or row.get("fractured") or ""),
                 }
             return labels
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -274,6 +290,15 @@ def _anatomic_region(body_part: str) -> list[Dataset]:
     return [item]
 
 
+def read_name_list(path: Path) -> set[str]:
+    """File names, one per line; blank lines and ``#`` comments ignored (a held-out split's list)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportImagesError(f"the list of files to exclude, {path}, cannot be read ({exc})") from None
+    return {line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()}
+
+
 def _files(directory: Path, limit: int | None) -> list[Path]:
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     return files[:limit] if limit else files
@@ -288,8 +313,10 @@ def import_images(
     labels_file: Path | None = None,
     limit: int | None = None,
     progress: bool = True,
+    exclude: set[str] | None = None,
 ) -> ImportResult:
-    """Wrap every JPG/PNG under ``directory`` and put it into ``store`` with source "import"."""
+    """Wrap every JPG/PNG under ``directory`` (but those named in ``exclude``) and put it into ``store``
+    with source "import"; record their findings beside the store."""
     directory = Path(directory)
     modality = modality.upper()
     if modality not in MODALITIES:
@@ -298,9 +325,17 @@ def import_images(
         raise ImportImagesError(f"{directory} is not a folder")
     if limit is not None and limit < 1:
         raise ImportImagesError("--limit must be at least 1")
-    files = _files(directory, limit)
+    files = _files(directory, None)
     if not files:
         raise ImportImagesError(f"{directory} holds no {', '.join(IMAGE_SUFFIXES)} files")
+    excluded = 0
+    if exclude:
+        kept_files = [p for p in files if p.name not in exclude and str(p.relative_to(directory)) not in exclude]
+        excluded = len(files) - len(kept_files)
+        files = kept_files
+        if not files:
+            raise ImportImagesError(f"every image in {directory} is named in the exclusion list")
+    files = files[:limit] if limit else files
     labels: dict[str, dict[str, str]] = {}
     if labels_file is not None:
         labels = read_labels(Path(labels_file))
@@ -312,14 +347,16 @@ def import_images(
     default_part, default_view = code_string(body_part), view_position(view) if view else ""
     root = directory.resolve()
     study_uid = content_uid("study", str(root), TEST_PATIENT_ID)
-    result = ImportResult(files=len(files), study_uid=study_uid)
+    result = ImportResult(files=len(files), study_uid=study_uid, excluded=excluded)
+    findings: dict[str, str] = {}
     series_numbers: dict[tuple[str, str], int] = {}
     bar = Progress(len(files), f"import-images {directory.name}", enabled=progress)
     for number, path in enumerate(files, start=1):
         rel = str(path.relative_to(directory))
         label = labels.get(path.name) or labels.get(rel) or {}
-        part = label.get("body_part") or default_part
-        vp = label.get("view") or default_view
+        mixed = label.get("mixed", "")
+        part = "" if "body_part" in mixed else label.get("body_part") or default_part
+        vp = "" if "view" in mixed else label.get("view") or default_view
         try:
             pixels, lossy = load_gray(path)
             digest = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
@@ -328,7 +365,10 @@ def import_images(
             series_uid = content_uid("series", study_uid, modality, part, vp)
             sop_uid = content_uid("instance", study_uid, modality, part, vp, digest)
             ds = wrap_pixels(pixels, modality, study_uid, series_uid, sop_uid, number, series_numbers[key], part, vp, lossy)
-            outcome = store.put(ds, source="import").outcome
+            put = store.put(ds, source="import")
+            outcome = put.outcome
+            if label.get("finding") and outcome != "kept":
+                findings[put.record.sop_instance_uid] = label["finding"]
         except SkipFile as exc:
             result.skipped.append((rel, exc.reason, str(exc)))
         except StoreError as exc:
@@ -342,5 +382,7 @@ def import_images(
                 result.kept += 1
         bar.update(1, extra=f"{len(result.skipped)} skipped" if result.skipped else None)
     bar.close()
+    record_findings(store.root, findings)
+    result.findings = len(findings)
     log.info("images_imported", study=uid_hash(study_uid), modality=modality, **result.summary())
     return result

@@ -13,8 +13,9 @@ instance synthetic"). Every instance this module builds carries all of these:
 * a Contributing Equipment Sequence item with Purpose of Reference (DCM, 109100, "Synthesizing
   Equipment") naming the model, its version and the software version, as IHE AI Results (AIR) asks
   results of an algorithm to identify the algorithm (PS3.3 C.12.1.1.8 / IHE RAD TF-3 AIR);
-* Image Comments ``SYNTHETIC IMAGE, not a patient. model=... version=... seed=... psi=...``: everything
-  needed to regenerate the pixels exactly (:class:`Provenance` parses it back);
+* Image Comments ``SYNTHETIC IMAGE, not a patient. model=... version=... seed=... psi=...`` (and the
+  condition of a conditional model, ``body_part=HAND view=AP finding=NONE``): everything needed to
+  regenerate the pixels exactly (:class:`Provenance` parses it back);
 * fresh UIDs under the configured root (PS3.5 §9; UUID-derived under 2.25 by default, PS3.5 §B.2);
 * optionally a burned-in ``SYNTHETIC`` label, then Burned In Annotation (0028,0301) = ``YES``.
 
@@ -27,6 +28,11 @@ Laterality (0020,0060) is Type 2C in the General Series Module: required, possib
 body parts. A generator does not know which side it drew, so it is written empty unless the caller
 knows; dciodvfy then reports no error (../shared/NOTES.md). Patient Orientation is likewise empty
 (Type 2C, General Image Module C.7.6.1).
+
+An image generated for a condition carries it where a radiograph would: Body Part Examined (0018,0015,
+General Series Module C.7.3.1) and View Position (0018,5101). View Position belongs to the CR Series
+and DX Positioning Modules (C.8.1.1, C.8.11.5), not to the SC Image IOD, so it is a Standard Extended
+attribute (PS3.4 B.1.3) here: viewers and worklists that sort by view find it where they look.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ _LO_MAX = 64
 _SH_MAX = 16
 _PN_COMPONENT_MAX = 64
 _CS_RE = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+# Condition fields written to Image Comments, in this order (models.conditions.KNOWN_FIELDS).
+CONDITION_KEYS = ("body_part", "view", "finding")
+_CONDITION_VALUE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class ConversionType(str, Enum):
@@ -88,8 +97,15 @@ class Provenance:
     weights_sha256: str = ""
     dataset: str = ""
     software: str = f"synthpacs {__version__}"
+    # The condition of a conditional model as (field, value) pairs in CONDITION_KEYS order; () if none.
+    condition: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        for key, value in self.condition:
+            if key not in CONDITION_KEYS:
+                raise SyntheticWriteError(f"condition field {key!r} is not one of {', '.join(CONDITION_KEYS)}")
+            if not _CONDITION_VALUE_RE.match(str(value)):
+                raise SyntheticWriteError(f"condition {key}={value!r} must be 1-64 letters, digits, '.', '_' or '-'")
         if not self.model or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", self.model):
             raise SyntheticWriteError(f"model name {self.model!r} must be 1-64 letters, digits, '.', '_' or '-'")
         if not isinstance(self.version, int) or self.version < 1:
@@ -106,6 +122,16 @@ class Provenance:
     def model_ref(self) -> str:
         return f"{self.model}:v{self.version}"
 
+    @property
+    def condition_dict(self) -> dict[str, str]:
+        return dict(self.condition)
+
+    @staticmethod
+    def condition_pairs(condition: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+        """A condition mapping as the ordered pairs :class:`Provenance` keeps."""
+        condition = condition or {}
+        return tuple((k, str(condition[k])) for k in CONDITION_KEYS if condition.get(k))
+
     def image_comments(self) -> str:
         """The Image Comments (0020,4000) text: a fixed header, then ``key=value`` pairs.
 
@@ -115,6 +141,7 @@ class Provenance:
             ("model", self.model), ("version", str(self.version)), ("seed", str(self.seed)),
             ("psi", repr(float(self.psi))),
         ]
+        pairs += list(self.condition)
         if self.architecture:
             pairs.append(("architecture", self.architecture))
         if self.weights_sha256:
@@ -146,6 +173,7 @@ class Provenance:
                 psi=float(values["psi"]), architecture=values.get("architecture", ""),
                 weights_sha256=values.get("weights_sha256", ""), dataset=values.get("dataset", ""),
                 software=values.get("software", "").replace("/", " "),
+                condition=tuple((k, values[k]) for k in CONDITION_KEYS if k in values),
             )
         except ValueError as exc:
             raise SyntheticWriteError(f"Image Comments hold unreadable provenance: {exc}") from None
@@ -172,8 +200,11 @@ class SyntheticSeries:
     body_part_examined: str = ""
     laterality: str = ""
     uid_root: str = ""
+    view_position: str = ""
 
     def __post_init__(self) -> None:
+        if self.view_position and not _CS_RE.match(self.view_position):
+            raise SyntheticWriteError(f"View Position {self.view_position!r} must be 1-16 upper-case letters, digits or '_' (CS, PS3.5 §6.2)")
         for name in ("study_instance_uid", "series_instance_uid"):
             try:
                 validate_uid(getattr(self, name), name)
@@ -205,6 +236,8 @@ class SyntheticSeries:
         laterality: str = "",
         psi: float | None = None,
         created: _dt.datetime | None = None,
+        view_position: str = "",
+        condition: dict[str, str] | None = None,
     ) -> "SyntheticSeries":
         """A new study with one series and a new synthetic patient; UIDs are fresh under ``uid_root``.
 
@@ -217,7 +250,8 @@ class SyntheticSeries:
         token = uuid.uuid4().hex[:12].upper()
         ref = f"{model} v{version}"
         if series_description is None or not series_description.strip():
-            series_description = f"{SYNTHETIC_PREFIX} {ref}" + (f" psi={psi:g}" if psi is not None else "")
+            what = " ".join(str(v) for v in (condition or {}).values())
+            series_description = f"{SYNTHETIC_PREFIX} {ref}" + (f" {what}" if what else "") + (f" psi={psi:g}" if psi is not None else "")
         elif not series_description.strip().upper().startswith(SYNTHETIC_PREFIX):
             series_description = f"{SYNTHETIC_PREFIX} {series_description.strip()}"
         # Person Name components are 64 characters at most; model names are at most 64 already.
@@ -236,6 +270,7 @@ class SyntheticSeries:
             body_part_examined=body_part_examined,
             laterality=laterality,
             uid_root=uid_root,
+            view_position=view_position.upper(),
         )
 
 
@@ -357,6 +392,8 @@ def synthetic_image(
     ds.Laterality = series.laterality or None
     if series.body_part_examined:
         ds.BodyPartExamined = series.body_part_examined[:_SH_MAX].upper()
+    if series.view_position:
+        ds.ViewPosition = series.view_position
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S.%f")
     center, width = full_range_window(bits)
@@ -370,7 +407,8 @@ def synthetic_image(
 
 def _contribution(p: Provenance) -> str:
     arch = f" ({p.architecture})" if p.architecture else ""
-    return f"Synthetic image generated by {p.model_ref}{arch}, seed {p.seed}, psi {p.psi:g}"
+    cond = "".join(f", {k} {v}" for k, v in p.condition)
+    return f"Synthetic image generated by {p.model_ref}{arch}, seed {p.seed}, psi {p.psi:g}{cond}"
 
 
 def _check_pixels(pixels: np.ndarray) -> np.ndarray:

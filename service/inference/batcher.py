@@ -43,6 +43,7 @@ class _Item:
     future: Future
     enqueued: float
     bits: int | None = None
+    c: torch.Tensor | None = None  # the condition vector of a conditional model
 
 
 @dataclass
@@ -95,14 +96,20 @@ class DynamicBatcher:
             if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(BatcherStopped("the inference server is shutting down"))
 
-    def submit(self, model: LoadedModel, seeds: Sequence[int], psi: float, bits: int | None = None) -> list[Future]:
+    def submit(self, model: LoadedModel, seeds: Sequence[int], psi: float, bits: int | None = None, c: torch.Tensor | None = None) -> list[Future]:
         """Queue one image per seed; all of them enter the queue at once. Returns their futures, which
         resolve to (C, H, W) arrays: ``uint8``/``uint16`` pixels when ``bits`` is 8 or 16 (quantized with
-        :func:`models.sampling.to_uint`, once per batch), else float32 CPU tensors in [-1, 1]."""
+        :func:`models.sampling.to_uint`, once per batch), else float32 CPU tensors in [-1, 1].
+
+        ``c``: the (c_dim,) condition vector of a conditional model, for every one of these seeds. Items
+        of different conditions share forward passes: the condition is an input per image.
+        """
         if bits not in (None, 8, 16):
             raise ValueError("bits must be 8, 16 or None")
+        if (model.space is not None) != (c is not None):
+            raise ValueError(f"{model.ref} is {'conditional: give its condition' if model.space is not None else 'unconditional: it takes no condition'}")
         now = time.monotonic()
-        items = [_Item(int(seed), Future(), now, bits) for seed in seeds]
+        items = [_Item(int(seed), Future(), now, bits, c) for seed in seeds]
         with self._cv:
             if self._stopping or self._thread is None:
                 raise BatcherStopped("the inference server is shutting down")
@@ -158,7 +165,8 @@ class DynamicBatcher:
             for item in live:
                 metrics.QUEUE_TIME.observe(started - item.enqueued)
             try:
-                images = model.generate([item.seed for item in live], psi)
+                c = torch.stack([item.c for item in live]) if model.space is not None else None
+                images = model.generate([item.seed for item in live], psi, c)
             except Exception as exc:  # the clients get the error; the worker keeps serving
                 log.exception("forward_failed", model=model.ref, batch=len(live))
                 if isinstance(exc, torch.cuda.OutOfMemoryError):

@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from models.conditions import ConditionSpace, space_of
 from models.registry import CARD_FILE, GENERATOR_FILE, CorruptModel, ModelNotFound, ModelVersion, Registry, RegistryError, load_generator, parse_ref
 from models.sampling import latents
 from service.inference import metrics
@@ -56,32 +57,51 @@ class LoadedModel:
     weight_bytes: int
     load_seconds: float
     calibration: Calibration | None = None
+    space: ConditionSpace | None = None  # a conditional model's conditions (models.conditions)
 
     @property
     def ref(self) -> str:
         return self.version.ref
 
+    def _default_c(self, n: int) -> torch.Tensor | None:
+        """Probes and calibration of a conditional model use its first condition: the condition only
+        enters the first layer's input, so every condition takes the same kernels."""
+        if self.space is None:
+            return None
+        return torch.from_numpy(self.space.encode(next(self.space.combinations()))).expand(n, -1).contiguous()
+
     @property
     def max_batch(self) -> int:
         return self.batch_sizes[-1]
 
-    def run(self, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
-        """One forward pass of exactly these latents; float32 images on the CPU."""
+    def run(self, z: torch.Tensor, psi: float = 1.0, c: torch.Tensor | None = None) -> torch.Tensor:
+        """One forward pass of exactly these latents (and condition vectors); float32 images on the CPU."""
+        if self.space is not None and c is None:
+            c = self._default_c(len(z))
+        cond = {"c": c.to(self.device, self.dtype)} if c is not None else {}
         with torch.inference_mode():
-            out = self.net(z.to(self.device, self.dtype), psi=psi)
+            out = self.net(z.to(self.device, self.dtype), psi=psi, **cond)
         return out.float().cpu()
 
-    def generate(self, seeds: list[int], psi: float) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] for these seeds, computed only at calibrated forward sizes."""
+    def generate(self, seeds: list[int], psi: float, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] for these seeds, computed only at calibrated forward sizes.
+
+        ``c``: (N, c_dim) condition vectors of a conditional model, row i for ``seeds[i]``.
+        """
         z = latents(seeds, self.z_dim)
+        if self.space is not None and c is None:
+            raise ValueError(f"{self.ref} is conditional: every image needs a condition ({self.space.describe()})")
         outs = []
         for start in range(0, len(seeds), self.max_batch):
             chunk = z[start : start + self.max_batch]
+            c_chunk = c[start : start + self.max_batch] if c is not None else None
             size = pad_to(self.batch_sizes, len(chunk))
             if size > len(chunk):
                 metrics.PADDED_ROWS.inc(size - len(chunk))
                 chunk = torch.cat([chunk, torch.zeros(size - len(chunk), self.z_dim)])
-            outs.append(self.run(chunk, psi)[: min(self.max_batch, len(seeds) - start)])
+                if c_chunk is not None:
+                    c_chunk = torch.cat([c_chunk, c_chunk[:1].expand(size - len(c_chunk), -1)])
+            outs.append(self.run(chunk, psi, c_chunk)[: min(self.max_batch, len(seeds) - start)])
         return torch.cat(outs)
 
 
@@ -139,7 +159,11 @@ def load_model(version: ModelVersion, device: torch.device, max_batch: int, half
         channels = int(card.get("channels") or getattr(net, "channels", 1))
     except (AttributeError, TypeError, ValueError):
         raise CorruptModel(f"{card_path} must give z_dim, resolution and channels as integers") from None
-    model = LoadedModel(version, net, device, torch.float32, z_dim, resolution, channels, (1,), 0, 0.0)
+    try:
+        space = space_of(net)
+    except ValueError as exc:
+        raise CorruptModel(f"{card_path}: its conditions cannot be read: {exc}") from None
+    model = LoadedModel(version, net, device, torch.float32, z_dim, resolution, channels, (1,), 0, 0.0, space=space)
     try:
         probe = model.run(latents([0], z_dim))
     except Exception as exc:  # a generator that cannot run is as unusable as a damaged file
@@ -149,7 +173,7 @@ def load_model(version: ModelVersion, device: torch.device, max_batch: int, half
         raise CorruptModel(f"{card_path} describes images {expected[1:]} (channels, height, width) but the generator makes {tuple(probe.shape)[1:]}")
     if device.type == "cuda" and half_precision:
         half_net = _half_copy(net)
-        half_model = LoadedModel(version, half_net, device, torch.float16, z_dim, resolution, channels, (1,), 0, 0.0)
+        half_model = LoadedModel(version, half_net, device, torch.float16, z_dim, resolution, channels, (1,), 0, 0.0, space=space)
         ok, reason = half_is_faithful(model.run, half_model.run, z_dim)
         log.info("half_precision_check", model=version.ref, used=ok, reason=reason)
         if ok:

@@ -102,10 +102,16 @@ class SynthesizerClient:
         psi: float | None = None,
         encoding: str | int = "png8",
         request_id: str = "",
+        body_part: str | None = None,
+        view: str | None = None,
+        finding: str | None = None,
     ) -> Iterator[pb.GeneratedImage]:
         """Stream one GeneratedImage per image, in request order. Breaking out of the loop cancels the
-        rest of the request on the server."""
+        rest of the request on the server. ``body_part``/``view``/``finding``: a conditional model's condition."""
         req = pb.GenerateRequest(model=model, count=count, seeds=list(seeds), encoding=_encoding(encoding), request_id=request_id)
+        for name, value in (("body_part", body_part), ("view", view), ("finding", finding)):
+            if value is not None:
+                setattr(req, name, value)
         if first_seed is not None:
             req.first_seed = first_seed
         if psi is not None:

@@ -83,7 +83,7 @@ class DicomEncoder:
     per image, every synthetic marker of DESIGN.md set by :func:`service.dicom.synthetic.synthetic_image`
     and the same provenance GenerateStudy records (:func:`service.studies.provenance_for`)."""
 
-    def __init__(self, synthetic_cfg: Any, version: ModelVersion, psi: float):
+    def __init__(self, synthetic_cfg: Any, version: ModelVersion, psi: float, condition: dict[str, str] | None = None):
         from service.dicom.synthetic import SyntheticSeries, synthetic_image
         from service.studies import provenance_for
 
@@ -92,14 +92,17 @@ class DicomEncoder:
         self._cfg = synthetic_cfg
         self._version = version
         self._psi = psi
+        self._condition = dict(condition or {})
         self.series = SyntheticSeries.new(
             version.name, version.version, uid_root=synthetic_cfg.uid_root, modality=synthetic_cfg.modality,
-            institution_name=synthetic_cfg.institution_name, body_part_examined=str(version.card.get("body_part", "")), psi=psi,
+            institution_name=synthetic_cfg.institution_name,
+            body_part_examined=str(self._condition.get("body_part") or version.card.get("body_part", "")), psi=psi,
+            view_position=self._condition.get("view", ""), condition=self._condition,
         )
 
     def encode(self, pixels: np.ndarray, seed: int, instance_number: int) -> tuple[bytes, str]:
         """(1, H, W) pixels -> (Part 10 file bytes, SOP Instance UID)."""
-        provenance = self._provenance_for(self._version, int(seed), float(self._psi))
+        provenance = self._provenance_for(self._version, int(seed), float(self._psi), self._condition)
         ds = self._synthetic_image(pixels[0], provenance, self.series, instance_number, burn_in_label=bool(self._cfg.burn_in_label))
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)

@@ -16,13 +16,14 @@ import grpc
 import numpy as np
 import torch
 
+from models.conditions import space_of_card
 from models.registry import ModelNotFound, RegistryError
 from service.config import Config
 from service.inference import metrics
 from service.inference.batcher import BatcherStopped, DynamicBatcher
 from service.inference.cache import AVAILABLE, FAILED, LOADING, READY, LoadedModel, ModelCache, ModelStatus, ModelUnavailable
 from service.inference.encode import DicomEncoder, EncodeError, Format, check_format, encode_png, encode_raw
-from service.inference.validate import InvalidRequest, check_model_name, check_model_ref, check_psi, check_request_id, plan_seeds, shown
+from service.inference.validate import InvalidRequest, check_condition, check_model_name, check_model_ref, check_psi, check_request_id, plan_seeds, shown
 from service.logs import get_logger
 from synthpacs.v1 import synthesizer_pb2 as pb
 from synthpacs.v1 import synthesizer_pb2_grpc as pb_grpc
@@ -160,12 +161,14 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     raise InvalidRequest(f"encoding {request.encoding} is not one of {', '.join(pb.Encoding.keys())}")
                 model = self.cache.get(ref)
                 served_by = model.ref
+                condition, c = _condition(model, request)
                 check_format(fmt, model.channels)
-                dicom = self._dicom_encoder(model, psi) if fmt.kind == "dicom" else None
-                for index, seed, pixels in self._images(model, seeds, psi, context, fmt.bits):
+                dicom = self._dicom_encoder(model, psi, condition) if fmt.kind == "dicom" else None
+                for index, seed, pixels in self._images(model, seeds, psi, context, fmt.bits, c):
                     msg = pb.GeneratedImage(
                         seed=seed, index=index, width=model.resolution, height=model.resolution, channels=model.channels,
                         encoding=request.encoding or pb.ENCODING_PNG_8, model=model.ref, truncation_psi=psi, request_id=request_id,
+                        **condition,
                     )
                     if fmt.kind == "png":
                         msg.data = encode_png(pixels)
@@ -183,9 +186,9 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             self._finish("Generate", started, code, context)
             log.info("generate_finished", request_id=request_id, model=served_by, images=sent, code=code.name, seconds=round(time.monotonic() - started, 4), peer=context.peer())
 
-    def _dicom_encoder(self, model: LoadedModel, psi: float) -> DicomEncoder:
+    def _dicom_encoder(self, model: LoadedModel, psi: float, condition: dict[str, str]) -> DicomEncoder:
         try:
-            return DicomEncoder(self.cfg.synthetic, model.version, psi)
+            return DicomEncoder(self.cfg.synthetic, model.version, psi, condition)
         except ImportError:
             raise RpcFailure(
                 grpc.StatusCode.UNIMPLEMENTED,
@@ -194,7 +197,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         except ValueError as exc:  # e.g. synthetic.uid_root that cannot make UIDs
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"cannot write synthetic DICOM with this server's settings: {exc}") from None
 
-    def _images(self, model: LoadedModel, seeds: list[int], psi: float, context: grpc.ServicerContext, bits: int):
+    def _images(self, model: LoadedModel, seeds: list[int], psi: float, context: grpc.ServicerContext, bits: int, c: torch.Tensor | None = None):
         """(index, seed, pixels (C, H, W) of ``bits``) in request order. At most one model batch of this
         request waits in the batcher at a time (refilled at half), so one big request cannot starve many
         small ones; a cancelled or expired call cancels what it still has queued."""
@@ -209,7 +212,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 return
             n = min(window - len(pending), len(seeds) - next_index)
             if n > 0:
-                futures = self.batcher.submit(model, seeds[next_index : next_index + n], psi, bits)
+                futures = self.batcher.submit(model, seeds[next_index : next_index + n], psi, bits, c)
                 pending.extend(zip(range(next_index, next_index + n), futures))
                 next_index += n
                 if ended.is_set():  # the call ended while these were being queued
@@ -259,12 +262,13 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 if len(request.series_description) > 64:
                     raise InvalidRequest("series_description is longer than 64 characters (LO, PS3.5 §6.2)")
                 model = self.cache.get(ref)
+                condition, c = _condition(model, request)
                 if model.channels != 1:
                     raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"synthetic radiographs are grayscale; {model.ref} makes {model.channels}-channel images")
                 writer = self._writer()
-                log.info("study_started", request_id=request_id, model=model.ref, count=len(seeds), psi=psi, bits=bits, destination=destination or None, peer=context.peer())
+                log.info("study_started", request_id=request_id, model=model.ref, count=len(seeds), psi=psi, bits=bits, destination=destination or None, peer=context.peer(), **condition)
                 images = []
-                for _index, _seed, pixels in self._images(model, seeds, psi, context, bits):
+                for _index, _seed, pixels in self._images(model, seeds, psi, context, bits, c):
                     images.append(pixels[0])
                 if len(images) != len(seeds):
                     raise RpcFailure(grpc.StatusCode.CANCELLED, "the call was cancelled")
@@ -272,7 +276,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     outcome = writer.write_study(
                         np.stack(images), seeds, psi, model.version, destination=destination or None,
                         burn_in_label=request.burn_in_label if request.HasField("burn_in_label") else None,
-                        series_description=request.series_description or None,
+                        series_description=request.series_description or None, condition=condition,
                     )
                 except ValueError as exc:
                     raise InvalidRequest(str(exc)) from None
@@ -309,6 +313,19 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             return self._study_writer
 
 
+CONDITION_FIELDS = ("body_part", "view", "finding")
+
+
+def _condition(model: LoadedModel, request: Any) -> tuple[dict[str, str], torch.Tensor | None]:
+    """The request's condition checked against the model (INVALID_ARGUMENT naming the known values),
+    and its condition vector (None for an unconditional model)."""
+    given = {f: getattr(request, f) if request.HasField(f) else None for f in CONDITION_FIELDS}
+    condition = check_condition(model.space, given, model.ref)
+    if model.space is None:
+        return {}, None
+    return condition, torch.from_numpy(model.space.encode(condition))
+
+
 def _request_id(given: str) -> tuple[str, InvalidRequest | None]:
     """The id to log and echo: the client's when it is acceptable, else a new one (and why not)."""
     if not given:
@@ -336,4 +353,10 @@ def model_info(status: ModelStatus) -> pb.ModelInfo:
         info.resolution, info.channels, info.z_dim = loaded.resolution, loaded.channels, loaded.z_dim
         info.device, info.dtype = str(loaded.device), str(loaded.dtype).replace("torch.", "")
         info.batch_sizes.extend(loaded.batch_sizes)
+    try:
+        space = space_of_card(card)
+    except ValueError:
+        space = None  # a card whose conditions cannot be read fails to load and says so in `error`
+    for name, values in space.fields if space is not None else ():
+        info.conditions.add(name=name, values=list(values))
     return info

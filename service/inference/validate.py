@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 import secrets
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from models.registry import RegistryError, parse_ref, validate_name
 from models.sampling import MAX_SEED
+
+if TYPE_CHECKING:
+    from models.conditions import ConditionSpace
 
 # Beyond about 2 the truncation trick extrapolates away from the mean into images no model was trained
 # to make (Brock et al. 2019, BigGAN, section 3.1; Karras et al. 2019, StyleGAN, appendix B).
@@ -107,3 +110,25 @@ def check_request_id(request_id: str) -> str:
     if len(request_id) > 128 or not request_id.isprintable():
         raise InvalidRequest(f"request_id {shown(request_id)} is not at most 128 printable characters")
     return request_id
+
+
+def check_condition(space: "ConditionSpace | None", given: Mapping[str, str | None], model_ref: str = "the model") -> dict[str, str]:
+    """The condition a request gives (field -> value; None or "" for fields not given), checked against
+    a model's :class:`~models.conditions.ConditionSpace`: {} for an unconditional model given none, the
+    values spelled as the model knows them for a conditional one. An unknown field or value, a missing
+    field, or a condition for an unconditional model is an :class:`InvalidRequest` naming what it knows."""
+    from models.conditions import ConditionError
+
+    asked = {k: str(v).strip() for k, v in given.items() if v is not None and str(v).strip()}
+    if space is None:
+        if asked:
+            raise InvalidRequest(f"{model_ref} is unconditional: it takes no {', '.join(sorted(asked))}; leave it out, or use a conditional model")
+        return {}
+    for name, value in asked.items():
+        # No known value is this long; refusing here keeps the message to a short prefix of client input.
+        if len(value) > ECHO_LIMIT:
+            raise InvalidRequest(f"{model_ref}: {name} {shown(value)} is not one this model was trained on; its conditions: {space.describe()}")
+    try:
+        return space.normalize(asked)
+    except ConditionError as exc:
+        raise InvalidRequest(f"{model_ref}: {exc}") from None

@@ -17,7 +17,9 @@ from service.data.images_import import (
     TEST_PATIENT_NAME,
     ImportImagesError,
     import_images,
+    read_name_list,
 )
+from service.data.findings import read_findings
 from service.data.phantom import phantom_image
 from service.data.pixels import prepare
 from tests.helpers import make_config, require_tool
@@ -45,7 +47,7 @@ def test_import_wraps_gray_pixels_unchanged(tmp_path, store):
     png16 = (np.arange(64 * 48, dtype=np.uint32).reshape(64, 48) * 20).astype(np.uint16)
     Image.fromarray(png16).save(folder / "deep.png")
     result = import_images(store, folder, modality="CR", body_part="hand", view="frontal", progress=False)
-    assert result.summary() == {"files": 4, "stored": 4, "identical": 0, "kept": 0, "skipped": {}}
+    assert result.summary() == {"files": 4, "stored": 4, "identical": 0, "kept": 0, "excluded": 0, "findings": 0, "skipped": {}}
     recs = list(store.index.instances())
     assert {r.modality for r in recs} == {"CR"} and {r.body_part_examined for r in recs} == {"HAND"}
     assert {r.view_position for r in recs} == {"AP"} and {r.source for r in recs} == {"import"}
@@ -79,10 +81,42 @@ def test_import_labels_from_a_csv(tmp_path, store):
         w = csv.writer(f)
         w.writerow(["filename", "body_part", "views"])
         w.writerow(["img0.jpg", "hand+shoulder", "oblique"])
-        w.writerow(["img1.jpg", "leg", "lateral"])
+        w.writerow(["img1.jpg", "leg", "frontal+lateral"])
     import_images(store, folder, body_part="HIP", progress=False)
     got = {(r.body_part_examined, r.view_position) for r in store.index.instances()}
-    assert got == {("HAND", "OBLIQUE"), ("LEG", "LATERAL"), ("HIP", "")}
+    # A mixed label names no single body part or view: the attribute stays empty.
+    assert got == {("", "OBLIQUE"), ("LEG", ""), ("HIP", "")}
+
+
+def test_import_records_findings_and_leaves_out_the_held_out_files(tmp_path, store):
+    folder = _write_images(tmp_path / "in", n=4)
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "body_part", "views", "fractured"])
+        w.writerow(["img0.jpg", "hand", "frontal", "yes"])
+        w.writerow(["img1.jpg", "leg", "lateral", "no"])
+        w.writerow(["img2.jpg", "hip", "frontal", "yes"])
+    held_out = tmp_path / "heldout.txt"
+    held_out.write_text("# held out\nimg2.jpg\n\nimg3.jpg  # no label\n")
+    result = import_images(store, folder, exclude=read_name_list(held_out), progress=False)
+    assert (result.stored, result.excluded, result.findings) == (2, 2, 2)
+    findings = read_findings(store.root)
+    by_part = {r.body_part_examined: findings.get(r.sop_instance_uid) for r in store.index.instances()}
+    assert by_part == {"HAND": "FRACTURE", "LEG": "NONE"}
+    # Importing again records nothing new; an exclusion list that leaves nothing is refused.
+    again = import_images(store, folder, exclude={"img2.jpg", "img3.jpg"}, progress=False)
+    assert again.identical == 2 and len(read_findings(store.root)) == 2
+    with pytest.raises(ImportImagesError, match="every image"):
+        import_images(store, folder, exclude={f"img{i}.jpg" for i in range(4)}, progress=False)
+    with pytest.raises(ImportImagesError, match="cannot be read"):
+        read_name_list(tmp_path / "missing.txt")
+    # dataset build carries each image's finding into the manifest, where conditional training reads it.
+    from service.data.build import build_dataset
+    from service.data.pixels import PixelOptions
+
+    version = build_dataset(store.cfg, "f", options=PixelOptions(resolution=64), workers=1, progress=False, index=store.index).version
+    assert sorted((row["body_part"], row["finding"]) for row in version.manifest()) == [("HAND", "FRACTURE"), ("LEG", "NONE")]
+    assert version.info["counts"]["finding"] == {"FRACTURE": 1, "NONE": 1}
 
 
 def test_import_refuses_what_it_cannot_use(tmp_path, store):

@@ -169,3 +169,27 @@ class RunningService:
 
     def stop(self) -> None:
         self.runtime.stop()
+
+
+CONDITIONS = {"body_part": ["HAND", "LEG"], "view": ["AP", "LATERAL"]}
+
+
+def export_tiny_conditional_dcgan(home: Path, name: str = "tiny-cdcgan"):
+    """A conditional DCGAN (body part and view) trained for two minibatches on labelled phantoms with the
+    real runner, exported with its card (conditions and image counts) into the home's registry."""
+    import numpy as np
+
+    from models.datasets import write_dataset
+    from models.registry import Registry
+    from models.train.export import export_run
+    from models.train.runner import TrainOptions, train
+    from service.data.phantom import phantom_image
+
+    h = Home.at(home)
+    images = np.stack([phantom_image(64, 64, bits_stored=8, seed=i)[0] for i in range(16)])
+    rows = [{"body_part": CONDITIONS["body_part"][i % 2], "view": CONDITIONS["view"][(i // 2) % 2]} for i in range(16)]
+    write_dataset(h.datasets_dir, "phantoms-labelled", images, rows)
+    opts = TrainOptions(arch="dcgan", dataset="phantoms-labelled", batch=8, epochs=1, grid_size=2, seed=3, run_id=f"{name}-run",
+                        conditions=["body_part", "view"], hparams={"g_channels": 8, "d_channels": 4, "embed_dim": 4, "z_dim": 16})
+    result = train(opts, h.datasets_dir, h.runs_dir)
+    return export_run(result.run_dir, Registry.with_bundled(h.models_dir), name)

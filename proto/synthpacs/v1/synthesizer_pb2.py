@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esynthpacs/v1/synthesizer.proto\x12\x0csynthpacs.v1\"7\n\x11ListModelsRequest\x12\x14\n\x0c\x61ll_versions\x18\x01 \x01(\x08\x12\x0c\n\x04name\x18\x02 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.synthpacs.v1.ModelInfo\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x91\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0b\n\x03ref\x18\x03 \x01(\t\x12\x0e\n\x06latest\x18\x04 \x01(\x08\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\x12\n\nresolution\x18\x06 \x01(\r\x12\x10\n\x08\x63hannels\x18\x07 \x01(\r\x12\r\n\x05z_dim\x18\x08 \x01(\r\x12\'\n\x05state\x18\t \x01(\x0e\x32\x18.synthpacs.v1.ModelState\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x13\n\x0b\x62\x61tch_sizes\x18\r \x03(\r\x12\x11\n\tcard_json\x18\x0e \x01(\t\"\xd4\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\r\n\x05seeds\x18\x03 \x03(\r\x12\x17\n\nfirst_seed\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0etruncation_psi\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12(\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x16.synthpacs.v1.Encoding\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\r\n\x0b_first_seedB\x11\n\x0f_truncation_psi\"\xeb\x01\n\x0eGeneratedImage\x12\x0c\n\x04seed\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12(\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x16.synthpacs.v1.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\r\n\x05model\x18\x08 \x01(\t\x12\x16\n\x0etruncation_psi\x18\t \x01(\x01\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x0b \x01(\t\"\xaa\x02\n\x14GenerateStudyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\r\n\x05seeds\x18\x03 \x03(\r\x12\x17\n\nfirst_seed\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0etruncation_psi\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tbit_depth\x18\x06 \x01(\r\x12\x1c\n\x14\x64\x65stination_ae_title\x18\x07 \x01(\t\x12\x1a\n\rburn_in_label\x18\x08 \x01(\x08H\x02\x88\x01\x01\x12\x1a\n\x12series_description\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\tB\r\n\x0b_first_seedB\x11\n\x0f_truncation_psiB\x10\n\x0e_burn_in_label\"\xee\x01\n\x0eInstanceStatus\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\r\x12\x31\n\x05state\x18\x03 \x01(\x0e\x32\".synthpacs.v1.InstanceStatus.State\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"q\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_STORED\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x1b\n\x17STATE_REFUSED_NEAR_COPY\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\"\xd1\x01\n\x15GenerateStudyResponse\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12/\n\tinstances\x18\x04 \x03(\x0b\x32\x1c.synthpacs.v1.InstanceStatus\x12\r\n\x05model\x18\x05 \x01(\t\x12\x16\n\x0etruncation_psi\x18\x06 \x01(\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\t*\xb1\x01\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45NCODING_PNG_8\x10\x01\x12\x13\n\x0f\x45NCODING_PNG_16\x10\x02\x12\x16\n\x12\x45NCODING_RAW_UINT8\x10\x03\x12\x17\n\x13\x45NCODING_RAW_UINT16\x10\x04\x12\x17\n\x13\x45NCODING_DICOM_SC_8\x10\x05\x12\x18\n\x14\x45NCODING_DICOM_SC_16\x10\x06*\x8c\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x16\n\x12MODEL_STATE_FAILED\x10\x04\x32\xc7\x02\n\x0bSynthesizer\x12O\n\nListModels\x12\x1f.synthpacs.v1.ListModelsRequest\x1a .synthpacs.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1d.synthpacs.v1.GetModelRequest\x1a\x17.synthpacs.v1.ModelInfo\x12I\n\x08Generate\x12\x1d.synthpacs.v1.GenerateRequest\x1a\x1c.synthpacs.v1.GeneratedImage0\x01\x12X\n\rGenerateStudy\x12\".synthpacs.v1.GenerateStudyRequest\x1a#.synthpacs.v1.GenerateStudyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esynthpacs/v1/synthesizer.proto\x12\x0csynthpacs.v1\"7\n\x11ListModelsRequest\x12\x14\n\x0c\x61ll_versions\x18\x01 \x01(\x08\x12\x0c\n\x04name\x18\x02 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.synthpacs.v1.ModelInfo\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xc3\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0b\n\x03ref\x18\x03 \x01(\t\x12\x0e\n\x06latest\x18\x04 \x01(\x08\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\x12\n\nresolution\x18\x06 \x01(\r\x12\x10\n\x08\x63hannels\x18\x07 \x01(\r\x12\r\n\x05z_dim\x18\x08 \x01(\r\x12\'\n\x05state\x18\t \x01(\x0e\x32\x18.synthpacs.v1.ModelState\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x13\n\x0b\x62\x61tch_sizes\x18\r \x03(\r\x12\x11\n\tcard_json\x18\x0e \x01(\t\x12\x30\n\nconditions\x18\x0f \x03(\x0b\x32\x1c.synthpacs.v1.ConditionField\".\n\x0e\x43onditionField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\xb8\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\r\n\x05seeds\x18\x03 \x03(\r\x12\x17\n\nfirst_seed\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0etruncation_psi\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12(\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x16.synthpacs.v1.Encoding\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x16\n\tbody_part\x18\x08 \x01(\tH\x02\x88\x01\x01\x12\x11\n\x04view\x18\t \x01(\tH\x03\x88\x01\x01\x12\x14\n\x07\x66inding\x18\n \x01(\tH\x04\x88\x01\x01\x42\r\n\x0b_first_seedB\x11\n\x0f_truncation_psiB\x0c\n\n_body_partB\x07\n\x05_viewB\n\n\x08_finding\"\x9d\x02\n\x0eGeneratedImage\x12\x0c\n\x04seed\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12(\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x16.synthpacs.v1.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\r\n\x05model\x18\x08 \x01(\t\x12\x16\n\x0etruncation_psi\x18\t \x01(\x01\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x0b \x01(\t\x12\x11\n\tbody_part\x18\x0c \x01(\t\x12\x0c\n\x04view\x18\r \x01(\t\x12\x0f\n\x07\x66inding\x18\x0e \x01(\t\"\x8e\x03\n\x14GenerateStudyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\r\n\x05seeds\x18\x03 \x03(\r\x12\x17\n\nfirst_seed\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0etruncation_psi\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tbit_depth\x18\x06 \x01(\r\x12\x1c\n\x14\x64\x65stination_ae_title\x18\x07 \x01(\t\x12\x1a\n\rburn_in_label\x18\x08 \x01(\x08H\x02\x88\x01\x01\x12\x1a\n\x12series_description\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x16\n\tbody_part\x18\x0b \x01(\tH\x03\x88\x01\x01\x12\x11\n\x04view\x18\x0c \x01(\tH\x04\x88\x01\x01\x12\x14\n\x07\x66inding\x18\r \x01(\tH\x05\x88\x01\x01\x42\r\n\x0b_first_seedB\x11\n\x0f_truncation_psiB\x10\n\x0e_burn_in_labelB\x0c\n\n_body_partB\x07\n\x05_viewB\n\n\x08_finding\"\xee\x01\n\x0eInstanceStatus\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\r\x12\x31\n\x05state\x18\x03 \x01(\x0e\x32\".synthpacs.v1.InstanceStatus.State\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"q\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_STORED\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x1b\n\x17STATE_REFUSED_NEAR_COPY\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\"\xd1\x01\n\x15GenerateStudyResponse\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12/\n\tinstances\x18\x04 \x03(\x0b\x32\x1c.synthpacs.v1.InstanceStatus\x12\r\n\x05model\x18\x05 \x01(\t\x12\x16\n\x0etruncation_psi\x18\x06 \x01(\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\t*\xb1\x01\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45NCODING_PNG_8\x10\x01\x12\x13\n\x0f\x45NCODING_PNG_16\x10\x02\x12\x16\n\x12\x45NCODING_RAW_UINT8\x10\x03\x12\x17\n\x13\x45NCODING_RAW_UINT16\x10\x04\x12\x17\n\x13\x45NCODING_DICOM_SC_8\x10\x05\x12\x18\n\x14\x45NCODING_DICOM_SC_16\x10\x06*\x8c\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x16\n\x12MODEL_STATE_FAILED\x10\x04\x32\xc7\x02\n\x0bSynthesizer\x12O\n\nListModels\x12\x1f.synthpacs.v1.ListModelsRequest\x1a .synthpacs.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1d.synthpacs.v1.GetModelRequest\x1a\x17.synthpacs.v1.ModelInfo\x12I\n\x08Generate\x12\x1d.synthpacs.v1.GenerateRequest\x1a\x1c.synthpacs.v1.GeneratedImage0\x01\x12X\n\rGenerateStudy\x12\".synthpacs.v1.GenerateStudyRequest\x1a#.synthpacs.v1.GenerateStudyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'synthpacs.v1.synthesizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODING']._serialized_start=1686
-  _globals['_ENCODING']._serialized_end=1863
-  _globals['_MODELSTATE']._serialized_start=1866
-  _globals['_MODELSTATE']._serialized_end=2006
+  _globals['_ENCODING']._serialized_start=2034
+  _globals['_ENCODING']._serialized_end=2211
+  _globals['_MODELSTATE']._serialized_start=2214
+  _globals['_MODELSTATE']._serialized_end=2354
   _globals['_LISTMODELSREQUEST']._serialized_start=48
   _globals['_LISTMODELSREQUEST']._serialized_end=103
   _globals['_LISTMODELSRESPONSE']._serialized_start=105
@@ -42,19 +42,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_start=168
   _globals['_GETMODELREQUEST']._serialized_end=200
   _globals['_MODELINFO']._serialized_start=203
-  _globals['_MODELINFO']._serialized_end=476
-  _globals['_GENERATEREQUEST']._serialized_start=479
-  _globals['_GENERATEREQUEST']._serialized_end=691
-  _globals['_GENERATEDIMAGE']._serialized_start=694
-  _globals['_GENERATEDIMAGE']._serialized_end=929
-  _globals['_GENERATESTUDYREQUEST']._serialized_start=932
-  _globals['_GENERATESTUDYREQUEST']._serialized_end=1230
-  _globals['_INSTANCESTATUS']._serialized_start=1233
-  _globals['_INSTANCESTATUS']._serialized_end=1471
-  _globals['_INSTANCESTATUS_STATE']._serialized_start=1358
-  _globals['_INSTANCESTATUS_STATE']._serialized_end=1471
-  _globals['_GENERATESTUDYRESPONSE']._serialized_start=1474
-  _globals['_GENERATESTUDYRESPONSE']._serialized_end=1683
-  _globals['_SYNTHESIZER']._serialized_start=2009
-  _globals['_SYNTHESIZER']._serialized_end=2336
+  _globals['_MODELINFO']._serialized_end=526
+  _globals['_CONDITIONFIELD']._serialized_start=528
+  _globals['_CONDITIONFIELD']._serialized_end=574
+  _globals['_GENERATEREQUEST']._serialized_start=577
+  _globals['_GENERATEREQUEST']._serialized_end=889
+  _globals['_GENERATEDIMAGE']._serialized_start=892
+  _globals['_GENERATEDIMAGE']._serialized_end=1177
+  _globals['_GENERATESTUDYREQUEST']._serialized_start=1180
+  _globals['_GENERATESTUDYREQUEST']._serialized_end=1578
+  _globals['_INSTANCESTATUS']._serialized_start=1581
+  _globals['_INSTANCESTATUS']._serialized_end=1819
+  _globals['_INSTANCESTATUS_STATE']._serialized_start=1706
+  _globals['_INSTANCESTATUS_STATE']._serialized_end=1819
+  _globals['_GENERATESTUDYRESPONSE']._serialized_start=1822
+  _globals['_GENERATESTUDYRESPONSE']._serialized_end=2031
+  _globals['_SYNTHESIZER']._serialized_start=2357
+  _globals['_SYNTHESIZER']._serialized_end=2684
 # @@protoc_insertion_point(module_scope)

@@ -58,7 +58,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "ref", "latest", "architecture", "resolution", "channels", "z_dim", "state", "error", "device", "dtype", "batch_sizes", "card_json")
+    __slots__ = ("name", "version", "ref", "latest", "architecture", "resolution", "channels", "z_dim", "state", "error", "device", "dtype", "batch_sizes", "card_json", "conditions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class ModelInfo(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     CARD_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     ref: str
@@ -87,10 +88,19 @@ class ModelInfo(_message.Message):
     dtype: str
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
     card_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., ref: _Optional[str] = ..., latest: _Optional[bool] = ..., architecture: _Optional[str] = ..., resolution: _Optional[int] = ..., channels: _Optional[int] = ..., z_dim: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., card_json: _Optional[str] = ...) -> None: ...
+    conditions: _containers.RepeatedCompositeFieldContainer[ConditionField]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., ref: _Optional[str] = ..., latest: _Optional[bool] = ..., architecture: _Optional[str] = ..., resolution: _Optional[int] = ..., channels: _Optional[int] = ..., z_dim: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., card_json: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[ConditionField, _Mapping]]] = ...) -> None: ...
+
+class ConditionField(_message.Message):
+    __slots__ = ("name", "values")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "count", "seeds", "first_seed", "truncation_psi", "encoding", "request_id")
+    __slots__ = ("model", "count", "seeds", "first_seed", "truncation_psi", "encoding", "request_id", "body_part", "view", "finding")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +108,9 @@ class GenerateRequest(_message.Message):
     TRUNCATION_PSI_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_PART_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    FINDING_FIELD_NUMBER: _ClassVar[int]
     model: str
     count: int
     seeds: _containers.RepeatedScalarFieldContainer[int]
@@ -105,10 +118,13 @@ class GenerateRequest(_message.Message):
     truncation_psi: float
     encoding: Encoding
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., count: _Optional[int] = ..., seeds: _Optional[_Iterable[int]] = ..., first_seed: _Optional[int] = ..., truncation_psi: _Optional[float] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    body_part: str
+    view: str
+    finding: str
+    def __init__(self, model: _Optional[str] = ..., count: _Optional[int] = ..., seeds: _Optional[_Iterable[int]] = ..., first_seed: _Optional[int] = ..., truncation_psi: _Optional[float] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., request_id: _Optional[str] = ..., body_part: _Optional[str] = ..., view: _Optional[str] = ..., finding: _Optional[str] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
-    __slots__ = ("seed", "index", "width", "height", "channels", "encoding", "data", "model", "truncation_psi", "request_id", "sop_instance_uid")
+    __slots__ = ("seed", "index", "width", "height", "channels", "encoding", "data", "model", "truncation_psi", "request_id", "sop_instance_uid", "body_part", "view", "finding")
     SEED_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +136,9 @@ class GeneratedImage(_message.Message):
     TRUNCATION_PSI_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    BODY_PART_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    FINDING_FIELD_NUMBER: _ClassVar[int]
     seed: int
     index: int
     width: int
@@ -131,10 +150,13 @@ class GeneratedImage(_message.Message):
     truncation_psi: float
     request_id: str
     sop_instance_uid: str
-    def __init__(self, seed: _Optional[int] = ..., index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., data: _Optional[bytes] = ..., model: _Optional[str] = ..., truncation_psi: _Optional[float] = ..., request_id: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ...) -> None: ...
+    body_part: str
+    view: str
+    finding: str
+    def __init__(self, seed: _Optional[int] = ..., index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., data: _Optional[bytes] = ..., model: _Optional[str] = ..., truncation_psi: _Optional[float] = ..., request_id: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., body_part: _Optional[str] = ..., view: _Optional[str] = ..., finding: _Optional[str] = ...) -> None: ...
 
 class GenerateStudyRequest(_message.Message):
-    __slots__ = ("model", "count", "seeds", "first_seed", "truncation_psi", "bit_depth", "destination_ae_title", "burn_in_label", "series_description", "request_id")
+    __slots__ = ("model", "count", "seeds", "first_seed", "truncation_psi", "bit_depth", "destination_ae_title", "burn_in_label", "series_description", "request_id", "body_part", "view", "finding")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +167,9 @@ class GenerateStudyRequest(_message.Message):
     BURN_IN_LABEL_FIELD_NUMBER: _ClassVar[int]
     SERIES_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_PART_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    FINDING_FIELD_NUMBER: _ClassVar[int]
     model: str
     count: int
     seeds: _containers.RepeatedScalarFieldContainer[int]
@@ -155,7 +180,10 @@ class GenerateStudyRequest(_message.Message):
     burn_in_label: bool
     series_description: str
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., count: _Optional[int] = ..., seeds: _Optional[_Iterable[int]] = ..., first_seed: _Optional[int] = ..., truncation_psi: _Optional[float] = ..., bit_depth: _Optional[int] = ..., destination_ae_title: _Optional[str] = ..., burn_in_label: _Optional[bool] = ..., series_description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    body_part: str
+    view: str
+    finding: str
+    def __init__(self, model: _Optional[str] = ..., count: _Optional[int] = ..., seeds: _Optional[_Iterable[int]] = ..., first_seed: _Optional[int] = ..., truncation_psi: _Optional[float] = ..., bit_depth: _Optional[int] = ..., destination_ae_title: _Optional[str] = ..., burn_in_label: _Optional[bool] = ..., series_description: _Optional[str] = ..., request_id: _Optional[str] = ..., body_part: _Optional[str] = ..., view: _Optional[str] = ..., finding: _Optional[str] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
     __slots__ = ("sop_instance_uid", "seed", "state", "detail")
