@@ -177,7 +177,9 @@ def create_app(cfg: Config, store: Any) -> Starlette:
 
     def bulk(request: Request) -> Response:
         accept = _accept(request)
-        if not any(r.type in ("*/*", "multipart/*", media.OCTET_STREAM) or (r.type == media.MULTIPART_RELATED and (r.param("type") or media.OCTET_STREAM) == media.OCTET_STREAM) for r in accept):
+        inner_ok = (media.OCTET_STREAM, "*/*", "application/*")
+        if not any(r.type in ("*/*", "multipart/*", media.OCTET_STREAM)
+                   or (r.type == media.MULTIPART_RELATED and (r.param("type") or media.OCTET_STREAM).lower() in inner_ok) for r in accept):
             raise NotAcceptable('bulk data is offered as multipart/related; type="application/octet-stream"')
         (rec,) = _records(request)
         value = retriever.bulk(rec, request.path_params["tag"])
