@@ -111,18 +111,26 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         code = [500]
+        recorded = [False]
+
+        def record() -> None:
+            if not recorded[0]:
+                recorded[0] = True
+                route = route_template(scope.get("path", ""), self.root)
+                metrics.REQUESTS.labels(route=route, code=str(code[0])).inc()
+                metrics.LATENCY.labels(route=route).observe(time.perf_counter() - started)
 
         async def send_and_note(message: dict) -> None:
             if message["type"] == "http.response.start":
                 code[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()  # before the last bytes leave, so a client that got its answer sees it counted
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            route = route_template(scope.get("path", ""), self.root)
-            metrics.REQUESTS.labels(route=route, code=str(code[0])).inc()
-            metrics.LATENCY.labels(route=route).observe(time.perf_counter() - started)
+            record()
 
 
 # -- the application --------------------------------------------------------------------------------------------
