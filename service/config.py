@@ -254,6 +254,29 @@ class QueryRetrieveConfig:
 
 
 @dataclass(frozen=True)
+class DicomwebConfig:
+    """The DICOMweb service (PS3.18: QIDO-RS, WADO-RS, STOW-RS) over the same store (service/dicomweb)."""
+
+    # `synthpacs serve` starts it; `synthpacs dicomweb` runs it alone either way.
+    enabled: bool = True
+    # Loopback by default; another address needs grpc.tokens (the same bearer tokens) or
+    # allow_unauthenticated_remote, and should have TLS.
+    bind: str = "127.0.0.1"
+    port: int = 8080
+    # Where the services live (Orthanc's DICOMweb plugin and OHIF's examples use /dicom-web).
+    root: str = "/dicom-web"
+    tls_cert: str = ""
+    tls_key: str = ""
+    allow_unauthenticated_remote: bool = False
+    # Origins a browser viewer may call from (CORS); "*" for any, empty for none.
+    cors_origins: tuple[str, ...] = ()
+    # Largest STOW-RS request body; larger ones are refused with 413 before or while they arrive.
+    max_body_bytes: int = 1 << 30
+    # QIDO-RS answers at most this many matches per request when the client sets no limit.
+    default_limit: int = 1000
+
+
+@dataclass(frozen=True)
 class EvaluationConfig:
     # pytorch-fid's pt_inception-2015-12-05-6726825d.pth, provided by the operator (no downloads here).
     inception_weights: str = ""
@@ -287,6 +310,7 @@ class Config:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     qr: QueryRetrieveConfig = field(default_factory=QueryRetrieveConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    dicomweb: DicomwebConfig = field(default_factory=DicomwebConfig)
 
     @property
     def home_path(self) -> Path:
@@ -520,7 +544,7 @@ def _validate(cfg: Config) -> None:
     ae = cfg.dicom.ae_title
     if not ae or len(ae) > 16 or ae != ae.strip() or "\\" in ae:
         raise ConfigError(f"dicom.ae_title {ae!r} is not a valid AE title (1-16 characters, no backslash, PS3.5 §6.2)")
-    for port_key in ("dicom.port", "grpc.port", "metrics.port"):
+    for port_key in ("dicom.port", "grpc.port", "metrics.port", "dicomweb.port"):
         section, key = port_key.split(".")
         port = getattr(getattr(cfg, section), key)
         if not 0 <= port <= 65535:
@@ -546,6 +570,12 @@ def _validate(cfg: Config) -> None:
         peer = cfg.peer(dest)
         if peer is None or peer.port is None:
             raise ConfigError(f"outbox.default_destination {dest!r} must be a dicom.peers entry with a port")
+    if bool(cfg.dicomweb.tls_cert) != bool(cfg.dicomweb.tls_key):
+        raise ConfigError("dicomweb.tls_cert and dicomweb.tls_key must be set together")
+    if cfg.dicomweb.max_body_bytes < 1:
+        raise ConfigError("dicomweb.max_body_bytes must be at least 1")
+    if not cfg.dicomweb.root.startswith("/"):
+        raise ConfigError(f"dicomweb.root {cfg.dicomweb.root!r} must start with '/'")
     if cfg.inference.max_batch < 1 or cfg.inference.max_count < 1 or cfg.inference.max_inflight < 1:
         raise ConfigError("inference.max_batch, max_count and max_inflight must be at least 1")
 

@@ -73,6 +73,12 @@ class Runtime:
         outbox = lambda: getattr(self, "outbox", None)  # noqa: E731
         return self.add("grpc", InferenceServer(self.cfg, study_writer=default_study_writer(self.cfg, lambda: self.store, outbox)))
 
+    def add_dicomweb(self) -> Component:
+        """The DICOMweb service (QIDO-RS, WADO-RS, STOW-RS) over this process's store."""
+        from service.dicomweb.server import DicomwebServer
+
+        return self.add("dicomweb", DicomwebServer(self.cfg, self.store))
+
     def start(self) -> None:
         if self.cfg.metrics.enabled:
             bind, port = metrics.serve_metrics(self.cfg.metrics.bind, self.cfg.metrics.port)

@@ -30,6 +30,6 @@ def require_tool(name: str, package: str) -> str:
 
 def make_config(home: Path, **overrides) -> Config:
     """A configuration for tests: everything under ``home``, loopback, ephemeral ports, no /metrics server."""
-    base = {"home": str(home), "dicom.port": 0, "grpc.port": 0, "metrics.enabled": False, "deid.secret": "test-secret"}
+    base = {"home": str(home), "dicom.port": 0, "grpc.port": 0, "dicomweb.port": 0, "metrics.enabled": False, "deid.secret": "test-secret"}
     base.update(overrides)
     return load_config(path=None, env={}, overrides=base)

@@ -30,9 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scp = add_command(subparsers, "scp", help="run the DICOM SCP alone (Verification, Storage, Query/Retrieve)")
     add_dicom_options(scp)
     scp.set_defaults(func=_run_scp)
-    serve = add_command(subparsers, "serve", help="run the whole service: DICOM SCP, gRPC inference, outbox, /metrics")
+    serve = add_command(subparsers, "serve", help="run the whole service: DICOM SCP, gRPC inference, outbox, DICOMweb, /metrics")
     add_dicom_options(serve)
     serve.add_argument("--grpc-port", dest="grpc_port", type=int, help="gRPC port (grpc.port)")
+    from service.cli.dicomweb import add_dicomweb_options
+
+    add_dicomweb_options(serve)
     serve.set_defaults(func=_run_serve)
 
 
@@ -46,10 +49,14 @@ def _run_scp(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args, **dicom_overrides(args), **{"grpc.port": getattr(args, "grpc_port", None)})
+    from service.cli.dicomweb import dicomweb_overrides
+
+    cfg = config_from_args(args, **dicom_overrides(args), **dicomweb_overrides(args), **{"grpc.port": getattr(args, "grpc_port", None)})
     runtime = Runtime(cfg)
     runtime.add_scp()
     runtime.add_outbox()
     runtime.add_grpc()
+    if cfg.dicomweb.enabled:
+        runtime.add_dicomweb()
     runtime.run_until_signalled()
     return 0

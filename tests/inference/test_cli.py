@@ -103,7 +103,7 @@ def test_server_process(home: Path, tmp_path: Path, command: list[str]) -> None:
     _dcgan_home(home)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHPACS_")}
-    env.update(SYNTHPACS_METRICS_ENABLED="false", SYNTHPACS_INFERENCE_RELOAD_INTERVAL_S="0")
+    env.update(SYNTHPACS_METRICS_ENABLED="false", SYNTHPACS_INFERENCE_RELOAD_INTERVAL_S="0", SYNTHPACS_DICOMWEB_PORT="0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", *command, "--home", str(home), "--grpc-port", str(port), "--preload", "small-dcgan"]
         if command[0] == "inference" else

@@ -1,0 +1,188 @@
+"""STOW-RS, the store transaction (PS3.18 10.5): multipart/related application/dicom into the store.
+
+Each part goes through exactly the path a C-STORE takes (:meth:`service.dicom.store.Store.put_bytes`:
+validation, de-identification, the duplicate policy, a durable write and the index), so an instance
+stored over DICOMweb is indistinguishable from a received one except for its source (``dicomweb``), and
+every instance listed as stored is on disk, fsynced, before the response is sent.
+
+The body is streamed to a file in the store's temporary folder as it arrives, never held in memory,
+and refused (413) as soon as it passes ``dicomweb.max_body_bytes`` (at once when Content-Length
+declares more). Only a complete, well-formed multipart body is stored from: a body cut short or
+malformed is refused (400) before any part is stored, so nothing partial ever lands in the store.
+
+The response (10.5.3, the JSON model) lists stored instances in Referenced SOP Sequence (0008,1199)
+with their Retrieve URL, and refused ones in Failed SOP Sequence (0008,1198) with a Failure Reason
+(0008,1197): the DICOM status the C-STORE would have answered (PS3.4 B.2.3), 0xC000 for a part that is
+not a DICOM file, 0xA900 for an instance of another study than the one in the request's path. With
+de-identification on, the UIDs listed are those stored (the ones to retrieve). 200: all stored;
+202: some stored, some refused; 409: none stored. A Warning header says why each refusal happened.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from service.config import Config
+from service.dicom.store import StoreError
+from service.dicomweb import media
+from service.dicomweb.errors import BadRequest, UnsupportedMediaType
+from service.logs import get_logger, uid_hash
+
+log = get_logger("dicomweb")
+
+SOURCE = "dicomweb"
+CANNOT_UNDERSTAND = 0xC000
+STUDY_MISMATCH = 0xA900
+
+
+@dataclass
+class StowResult:
+    status: int
+    response: Dataset
+    warnings: list[str] = field(default_factory=list)
+    stored: int = 0
+    failed: int = 0
+
+
+def check_content_type(header: str | None) -> str:
+    """The boundary of a multipart/related; type="application/dicom" request, or 415/400."""
+    try:
+        ctype = media.parse_media_type(header or "")
+    except media.BadMediaType:
+        raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom"') from None
+    if ctype.type != media.MULTIPART_RELATED:
+        raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom" (PS3.18 10.5.1)')
+    part_type = (ctype.param("type") or media.DICOM).lower()
+    if part_type != media.DICOM:
+        raise UnsupportedMediaType(
+            f"STOW-RS here takes application/dicom parts; {part_type} (metadata and bulk data) is not supported"
+        )
+    try:
+        return media.boundary_of(ctype)
+    except media.MalformedMultipart as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _uids_of(data: Any) -> tuple[str | None, str | None, str | None]:
+    """(SOP Class, SOP Instance, Study Instance) UIDs from a part's header, None where unreadable."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:
+        return None, None, None
+    return (str(ds.get("SOPClassUID", "")) or None, str(ds.get("SOPInstanceUID", "")) or None,
+            str(ds.get("StudyInstanceUID", "")) or None)
+
+
+def _item(sop_class: str | None, sop_instance: str | None) -> Dataset:
+    item = Dataset()
+    item.add(DataElement(0x00081150, "UI", sop_class))
+    item.add(DataElement(0x00081155, "UI", sop_instance))
+    return item
+
+
+class Stow:
+    """STOW-RS into one store."""
+
+    def __init__(self, cfg: Config, store: Any):
+        self.cfg = cfg
+        self.store = store
+
+    def new_spool(self) -> Path:
+        """A file in the store's temporary folder (same filesystem) for a request body."""
+        fd, name = _mkstemp(self.store.tmp)
+        os.close(fd)
+        return Path(name)
+
+    def store_body(self, path: Path, boundary: str, base_url: str, study: str | None = None) -> StowResult:
+        """Store every part of the multipart body in ``path`` (complete and well-formed, or nothing)."""
+        size = path.stat().st_size
+        if size == 0:
+            raise BadRequest("the request body is empty")
+        with open(path, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            try:
+                parts = media.split_parts(mm, boundary)
+            except media.MalformedMultipart as exc:
+                raise BadRequest(f"malformed multipart body: {exc}") from None
+            return self._store_parts(mm, parts, base_url, study)
+        finally:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a view into it is still referenced: it is unmapped when that is collected
+
+    def _store_parts(self, mm: mmap.mmap, parts: list[media.Part], base_url: str, study: str | None) -> StowResult:
+        stored, failed, warnings = Sequence(), Sequence(), []
+        studies: list[str] = []
+        for number, part in enumerate(parts, start=1):
+            data = memoryview(mm)[part.start:part.end]
+            try:
+                reason = self._refusal(part, data, study)
+                if reason is not None:
+                    status_code, message = reason
+                    sop_class, sop_instance, _ = _uids_of(data)
+                    item = _item(sop_class, sop_instance)
+                    item.FailureReason = status_code
+                    failed.append(item)
+                    warnings.append(f'299 synthpacs "part {number}: {message}"')
+                    continue
+                try:
+                    result = self.store.put_bytes(data, source=SOURCE, source_ae="DICOMWEB")
+                except StoreError as exc:
+                    sop_class, sop_instance, _ = _uids_of(data)
+                    item = _item(sop_class, sop_instance)
+                    item.FailureReason = exc.status
+                    failed.append(item)
+                    warnings.append(f'299 synthpacs "part {number}: {exc.reason}: {exc}"'.replace("\n", " "))
+                    continue
+            finally:
+                try:
+                    data.release()
+                except BufferError:
+                    pass  # the store still holds a slice; released when that is collected
+            rec = result.record
+            item = _item(rec.sop_class_uid, rec.sop_instance_uid)
+            item.RetrieveURL = f"{base_url}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_instance_uid}"
+            stored.append(item)
+            studies.append(rec.study_uid)
+            log.info("stow_instance", outcome=result.outcome, sop=uid_hash(rec.sop_instance_uid))
+        response = Dataset()
+        target = study if study else (studies[0] if studies and len(set(studies)) == 1 else None)
+        if target:
+            response.RetrieveURL = f"{base_url}/studies/{target}"
+        response.FailedSOPSequence = failed
+        response.ReferencedSOPSequence = stored
+        status_code = 200 if not failed else 202 if stored else 409
+        log.info("stow_request", parts=len(parts), stored=len(stored), failed=len(failed), status=status_code)
+        return StowResult(status_code, response, warnings, len(stored), len(failed))
+
+    @staticmethod
+    def _refusal(part: media.Part, data: memoryview, study: str | None) -> tuple[int, str] | None:
+        ctype = part.content_type.split(";")[0].strip().lower()
+        if ctype and ctype != media.DICOM:
+            return CANNOT_UNDERSTAND, f"the part is {ctype}, not application/dicom"
+        if len(data) < 132 or bytes(data[128:132]) != b"DICM":
+            return CANNOT_UNDERSTAND, "the part is not a DICOM file (PS3.10: 128-byte preamble and DICM)"
+        if study is not None:
+            _, _, part_study = _uids_of(data)
+            if part_study != study:
+                return STUDY_MISMATCH, "the instance belongs to another study than the one in the request path"
+        return None
+
+
+def _mkstemp(folder: Path) -> tuple[int, str]:
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix="stow-", suffix=".body", dir=folder)

@@ -1,0 +1,176 @@
+"""STOW-RS (PS3.18 10.5): the C-STORE store path over HTTP, per-instance failures, and bad bodies."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import pydicom
+import pytest
+import requests
+
+from service.data.phantom import phantom_dataset
+from service.dicom import status
+from service.dicomweb import media
+from tests.dicomweb.conftest import Service, part10
+from tests.helpers import make_config
+
+pytestmark = pytest.mark.integration
+
+BOUNDARY = "test-boundary-7f3a"
+CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def body_of(*parts: tuple[str, bytes], close: bool = True) -> bytes:
+    out = b""
+    for ctype, data in parts:
+        out += f"--{BOUNDARY}\r\nContent-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n"
+    return out + (f"--{BOUNDARY}--\r\n".encode() if close else b"")
+
+
+def post(svc, body: bytes, path: str = "/studies", content_type: str = CONTENT_TYPE, **kw) -> requests.Response:
+    return requests.post(svc.url + path, data=body, headers={"Content-Type": content_type, **kw.pop("headers", {})}, **kw)
+
+
+@pytest.fixture
+def plain(home):
+    """A service over an empty store with de-identification off (values come back as sent)."""
+    svc = Service(make_config(home, **{"deid.enabled": False, "dicomweb.max_body_bytes": 4 << 20}))
+    yield svc
+    svc.close()
+
+
+def _count(svc) -> int:
+    return svc.store.index.stats()["instances"]
+
+
+def _tmp_files(svc) -> list:
+    return [p for p in svc.store.tmp.iterdir() if p.is_file()]
+
+
+def test_round_trip_through_stow_and_wado_is_byte_identical(plain):
+    client = plain.client()
+    ds = phantom_dataset(64, 48, seed=11)
+    sent = part10(ds)
+    response = client.store_instances([pydicom.dcmread(io.BytesIO(sent))])
+    (item,) = response.ReferencedSOPSequence
+    assert item.ReferencedSOPInstanceUID == ds.SOPInstanceUID and "FailedSOPSequence" not in response or not response.FailedSOPSequence
+    r = requests.get(item.RetrieveURL, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    ctype = media.parse_media_type(r.headers["content-type"])
+    (part,) = media.split_parts(r.content, media.boundary_of(ctype))
+    got = r.content[part.start:part.end]
+    stored = plain.store.path_of(plain.store.index.get(ds.SOPInstanceUID)).read_bytes()
+    assert got == stored
+    # The dataset travelled unchanged; only the File Meta Information names the store as its writer (PS3.10 7.1).
+    sent_ds, got_ds = pydicom.dcmread(io.BytesIO(sent)), pydicom.dcmread(io.BytesIO(got))
+    assert got_ds == sent_ds and got_ds.PixelData == sent_ds.PixelData
+    assert _dataset_bytes(got) == _dataset_bytes(sent)
+    again = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert again.PixelData == ds.PixelData
+
+
+def _dataset_bytes(part10_bytes: bytes) -> bytes:
+    fp = io.BytesIO(part10_bytes)
+    pydicom.filereader.read_preamble(fp, False)
+    pydicom.filereader._read_file_meta_info(fp)
+    return part10_bytes[fp.tell():]
+
+
+def test_stow_is_the_c_store_path_de_identified(home):
+    svc = Service(make_config(home))  # de-identification on, as shipped
+    try:
+        ds = phantom_dataset(32, 32, seed=12, patient_name="DOE^JANE", patient_id="MRN-123")
+        r = post(svc, body_of(("application/dicom", part10(ds))))
+        assert r.status_code == 200
+        item = r.json()["00081199"]["Value"][0]
+        stored_uid = item["00081155"]["Value"][0]
+        assert stored_uid != ds.SOPInstanceUID  # remapped UIDs (PS3.15 E.3.9): the ones to retrieve
+        stored = svc.store.read(stored_uid)
+        assert "DOE" not in str(stored.PatientName) and stored.PatientID != "MRN-123"
+        assert svc.store.index.get(stored_uid).source == "dicomweb"
+    finally:
+        svc.close()
+
+
+def test_per_instance_failures_with_reasons(plain):
+    good = phantom_dataset(32, 32, seed=13)
+    r = post(plain, body_of(("application/dicom", part10(good)), ("application/dicom", b"not dicom at all" * 20), ("text/plain", b"hello")))
+    assert r.status_code == 202
+    answer = r.json()
+    assert len(answer["00081199"]["Value"]) == 1
+    failures = answer["00081198"]["Value"]
+    assert [f["00081197"]["Value"][0] for f in failures] == [0xC000, 0xC000]
+    assert "part 2" in r.headers["warning"] and "part 3" in r.headers["warning"]
+    assert _count(plain) == 1
+
+
+def test_none_stored_is_409_and_study_mismatch_is_refused(plain):
+    ds = phantom_dataset(32, 32, seed=14)
+    r = post(plain, body_of(("application/dicom", part10(ds))), path="/studies/1.2.3.4.5")
+    assert r.status_code == 409
+    (failure,) = r.json()["00081198"]["Value"]
+    assert failure["00081197"]["Value"] == [0xA900] and failure["00081155"]["Value"] == [ds.SOPInstanceUID]
+    assert _count(plain) == 0
+    ok = post(plain, body_of(("application/dicom", part10(ds))), path=f"/studies/{ds.StudyInstanceUID}")
+    assert ok.status_code == 200 and ok.json()["00081190"]["Value"][0].endswith(f"/studies/{ds.StudyInstanceUID}")
+
+
+def test_duplicate_policy_applies(home):
+    svc = Service(make_config(home, **{"deid.enabled": False, "store.duplicate_policy": "reject"}))
+    try:
+        first = phantom_dataset(32, 32, seed=15)
+        other = phantom_dataset(32, 32, seed=16, sop_uid=first.SOPInstanceUID, study_uid=first.StudyInstanceUID,
+                                series_uid=first.SeriesInstanceUID)
+        assert post(svc, body_of(("application/dicom", part10(first)))).status_code == 200
+        assert post(svc, body_of(("application/dicom", part10(first)))).status_code == 200  # the same bytes again
+        r = post(svc, body_of(("application/dicom", part10(other))))
+        assert r.status_code == 409
+        assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [status.DUPLICATE_SOP_INSTANCE]  # as C-STORE answers
+        assert svc.store.read(first.SOPInstanceUID).PixelData == first.PixelData
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize("body", [
+    body_of(("application/dicom", b"DICM"), close=False),  # cut short: no close delimiter
+    b"--other-boundary\r\nContent-Type: application/dicom\r\n\r\nxx\r\n--other-boundary--\r\n",
+    f"--{BOUNDARY}\r\nContent-Type application/dicom\r\n\r\nxx\r\n--{BOUNDARY}--\r\n".encode(),
+    b"",
+])
+def test_malformed_multipart_is_400_and_stores_nothing(plain, body):
+    good = body_of(("application/dicom", part10(phantom_dataset(32, 32, seed=17))))
+    r = post(plain, good[: -len(f"--{BOUNDARY}--\r\n")] + body if body.startswith(b"--" + BOUNDARY.encode()) else body)
+    assert r.status_code == 400, r.text
+    assert _count(plain) == 0 and _tmp_files(plain) == []
+    assert post(plain, good).status_code == 200  # the server is still up
+
+
+@pytest.mark.parametrize("content_type", ["application/dicom", 'multipart/related; type="application/dicom+json"; boundary=x', "text/plain"])
+def test_other_content_types_are_415(plain, content_type):
+    assert post(plain, b"x", content_type=content_type).status_code == 415
+
+
+def test_a_2_gb_declared_body_is_refused_at_once(plain):
+    """Content-Length beyond dicomweb.max_body_bytes: 413 before the body is read; nothing written."""
+    host, port = plain.server.address
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /dicom-web/studies HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {CONTENT_TYPE}\r\n"
+            f"Content-Length: {2 * 1024 ** 3}\r\n\r\n".encode() + b"x" * 1000
+        )
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert _count(plain) == 0 and _tmp_files(plain) == []
+    assert requests.get(plain.url + "/studies").status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_refused_and_removed(plain):
+    def chunks():
+        yield body_of(("application/dicom", part10(phantom_dataset(32, 32, seed=18))), close=False)
+        for _ in range(6):
+            yield b"\0" * (1 << 20)
+
+    r = requests.post(plain.url + "/studies", data=chunks(), headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 413
+    assert _count(plain) == 0 and _tmp_files(plain) == []
+    assert requests.get(plain.url + "/studies").status_code == 200
