@@ -24,10 +24,23 @@ Modality defaults to ``OT`` (Other). The SC Equipment Module lets Modality name 
 into the hanging protocols, worklists, dose and QA statistics, and dataset filters that select real
 radiographs by modality. ``synthetic.modality`` can change it for a PACS that insists.
 
-Laterality (0020,0060) is Type 2C in the General Series Module: required, possibly empty, for paired
-body parts. A generator does not know which side it drew, so it is written empty unless the caller
-knows; dciodvfy then reports no error (../shared/NOTES.md). Patient Orientation is likewise empty
-(Type 2C, General Image Module C.7.6.1).
+Laterality (0020,0060) is Type 2C in the General Series Module (PS3.3 C.7.3.1): required if the body
+part examined is a paired structure and no Image Laterality (or Frame/Measurement Laterality) is present;
+being Type 2, it is empty when the side is unknown. A generator does not know which side it drew, so:
+
+* a side the caller knows (R or L) is written;
+* a Body Part Examined that is not a paired structure (:data:`UNPAIRED_BODY_PARTS`, the body parts whose
+  laterality PS3.16 Annex L gives as unpaired: CHEST, SKULL, PELVIS, ...) leaves Laterality absent (the
+  condition does not hold; an empty value would claim the side is merely unknown);
+* a paired body part (HAND, KNEE, ...) or no body part at all (an unconditional generator: nothing says
+  the structure is unpaired) gets an empty Laterality: the side is actually unknown. dciodvfy (2022)
+  accepts that with one Warning, "is only permitted to be empty when actually unknown", which is our
+  case; left absent, it would be an Error (missing Type 2C), since dciodvfy, like the standard, cannot
+  rule out a paired structure. Image Laterality is no way out: its values (R, L, U unpaired, B both)
+  have none for "unknown".
+
+Patient Orientation is empty (Type 2C, General Image Module C.7.6.1): a generated image has no patient
+to be oriented to.
 
 An image generated for a condition carries it where a radiograph would: Body Part Examined (0018,0015,
 General Series Module C.7.3.1) and View Position (0018,5101). View Position belongs to the CR Series
@@ -55,6 +68,18 @@ from service import __version__
 from service.dicom.uids import InvalidUID, new_uid, validate_uid
 
 MANUFACTURER = "synthpacs"
+# Body Part Examined values (PS3.16 Annex L, CID 4031) of structures that are not paired: Laterality is
+# then absent rather than empty (PS3.3 C.7.3.1). Paired ones, and anything not listed, get an empty
+# Laterality when the side is unknown.
+UNPAIRED_BODY_PARTS = frozenset({
+    "ABDOMEN", "ABDOMENPELVIS", "AORTA", "BACK", "BLADDER", "BRAIN", "CEREBELLUM", "CERVIX", "CHEST", "CHESTABDOMEN",
+    "CHESTABDPELVIS", "CIRCLEOFWILLIS", "COCCYX", "COLON", "CORONARYARTERY", "CSPINE", "CTSPINE", "DUODENUM",
+    "ESOPHAGUS", "FACE", "GALLBLADDER", "HEAD", "HEADNECK", "HEART", "ILEUM", "JAW", "JEJUNUM", "LARYNX", "LIVER",
+    "LSPINE", "LSSPINE", "MAXILLA", "MEDIASTINUM", "MOUTH", "NECK", "NECKCHEST", "NECKCHESTABDOMEN", "NECKCHESTABDPELV",
+    "NOSE", "PANCREAS", "PELVIS", "PENIS", "PHARYNX", "PROSTATE", "RECTUM", "SACRUM", "SCALP", "SKULL", "SPINE",
+    "SPLEEN", "SSPINE", "STERNUM", "STOMACH", "THYMUS", "THYROID", "TLSPINE", "TONGUE", "TRACHEA", "TSPINE",
+    "URETER", "URETHRA", "UTERUS", "VAGINA", "VULVA", "WHOLEBODY",
+})
 SYNTHETIC_PREFIX = "SYNTHETIC"
 COMMENT_HEADER = "SYNTHETIC IMAGE, not a patient."
 MAX_SEED = 2**32 - 1
@@ -389,9 +414,9 @@ def synthetic_image(
     ds.RecognizableVisualFeatures = "NO"
     ds.LossyImageCompression = "00"
     ds.PatientOrientation = None
-    ds.Laterality = series.laterality or None
     if series.body_part_examined:
         ds.BodyPartExamined = series.body_part_examined[:_SH_MAX].upper()
+    _set_laterality(ds, series)
     if series.view_position:
         ds.ViewPosition = series.view_position
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
@@ -403,6 +428,17 @@ def synthetic_image(
     ds.VOILUTFunction = "LINEAR"
     ds.file_meta.ImplementationVersionName = "SYNTHPACS"
     return ds
+
+
+def _set_laterality(ds: Dataset, series: SyntheticSeries) -> None:
+    """Laterality (0020,0060) by the Type 2C condition of PS3.3 C.7.3.1 (see the module docstring)."""
+    if series.laterality:
+        ds.Laterality = series.laterality
+    elif series.body_part_examined[:_SH_MAX].upper() in UNPAIRED_BODY_PARTS:
+        if "Laterality" in ds:
+            del ds.Laterality
+    else:
+        ds.Laterality = None  # paired or not known to be unpaired: present, empty, the side unknown
 
 
 def _contribution(p: Provenance) -> str:
@@ -475,6 +511,6 @@ def burn_in_synthetic_label(pixels: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "ConversionType", "Provenance", "SyntheticSeries", "SyntheticWriteError", "burn_in_synthetic_label",
+    "UNPAIRED_BODY_PARTS", "ConversionType", "Provenance", "SyntheticSeries", "SyntheticWriteError", "burn_in_synthetic_label",
     "full_range_window", "synthetic_image",
 ]

@@ -343,3 +343,24 @@ def test_findscu_asks_for_study_keys_at_series_and_image_level(home, tmp_path):
                 assert (ds.NumberOfStudyRelatedInstances, ds.NumberOfStudyRelatedSeries, ds.NumberOfPatientRelatedStudies) == (2, 2, 1)
     finally:
         svc.stop()
+
+
+def test_synthetic_and_received_studies_answer_a_study_id(home):
+    """Study ID (needed by a DICOMDIR's STUDY record): SYN<token> for a synthetic study, shared by its instances;
+    a keyed dummy for a received, de-identified one (PS3.15 Table E.1-1 allows a dummy for Z)."""
+    cfg = config_with_peers(home, [])
+    store = Store(cfg)
+    try:
+        syn = write_synthetic_study(cfg, store, count=2)
+        received = phantom_dataset(16, 16, seed=6)
+        received.StudyID = "LOCAL-17"
+        store.put(received, source="cstore", source_ae="MODALITY")
+        studies = {ds.StudyInstanceUID: ds.StudyID for ds in _find(cfg, store, "STUDY", StudyInstanceUID="", StudyID="")}
+        assert len(studies) == 2
+        assert studies[syn.study_instance_uid].startswith("SYN") and len(studies[syn.study_instance_uid]) <= 16
+        (other,) = [sid for uid, sid in studies.items() if uid != syn.study_instance_uid]
+        assert other.startswith("ANON-") and other != "LOCAL-17"
+        images = _find(cfg, store, "IMAGE", StudyInstanceUID=syn.study_instance_uid, SOPInstanceUID="")
+        assert {store.read(ds.SOPInstanceUID).StudyID for ds in images} == {studies[syn.study_instance_uid]}
+    finally:
+        store.close()
