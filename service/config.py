@@ -222,7 +222,11 @@ class SyntheticConfig:
     # Empty: UUID-derived UIDs under 2.25 (PS3.5 §B.2).
     uid_root: str = ""
     modality: str = "OT"
-    burn_in_label: bool = False
+    # The SYNTHETIC label burned into the pixels of every study written as DICOM (stored, sent to a PACS),
+    # with Burned In Annotation YES. false: the operator deliberately sends unlabelled pixels; a request
+    # (gRPC GenerateStudy, synthesize) can then ask for the label, but never drop it while this is true.
+    # Raw images of gRPC Generate are never labelled.
+    burn_in_label: bool = True
     institution_name: str = "synthpacs"
     refuse_near_copies: bool = True
 

@@ -123,7 +123,9 @@ class SyntheticStudyWriter:
 
         ``model`` is a :class:`models.registry.ModelVersion`. ``destination`` None or "" means
         ``outbox.default_destination`` (when that is empty too, the study stays in our archive).
-        ``burn_in_label`` None means ``synthetic.burn_in_label``. ``condition``: what a conditional
+        ``burn_in_label`` None means ``synthetic.burn_in_label`` (on by default); True adds the label, False
+        is refused while the operator's setting requires it (only the operator drops the label, in the
+        configuration). ``condition``: what a conditional
         model was asked for (``{"body_part": "HAND", "view": "AP"}``), already checked against it; its
         body part and view become Body Part Examined and View Position. Raises :class:`StudyRequestError`
         before writing anything when the request is invalid; per-instance problems are reported in
@@ -131,6 +133,11 @@ class SyntheticStudyWriter:
         """
         images = self._check_images(images, seeds, psi)
         dest = self._destination(destination)
+        if burn_in_label is not None and not burn_in_label and self.cfg.synthetic.burn_in_label:
+            raise StudyRequestError(
+                "this server burns the SYNTHETIC label into every study it writes as DICOM (synthetic.burn_in_label = true); "
+                "a request cannot turn it off, only the operator can, in the configuration"
+            )
         label = self.cfg.synthetic.burn_in_label if burn_in_label is None else bool(burn_in_label)
         card = getattr(model, "card", {}) or {}
         try:

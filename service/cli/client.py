@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("--burn-in-label", dest="burn_in_label", action="store_true", default=None,
                        help="burn the SYNTHETIC label into the pixels (default: the server's synthetic.burn_in_label)")
     label.add_argument("--no-burn-in-label", dest="burn_in_label", action="store_false",
-                       help="leave the pixels unlabelled, deliberately (the server must allow it)")
+                       help="leave the pixels unlabelled (refused unless the server's operator set synthetic.burn_in_label = false)")
     study.add_argument("--series-description", dest="series_description", default="", help="Series Description (always begins with SYNTHETIC)")
     study.add_argument("--request-id", dest="request_id", default="", help="id echoed in the response and server logs")
     study.add_argument("--json", action="store_true", help="print JSON")

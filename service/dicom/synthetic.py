@@ -17,7 +17,9 @@ instance synthetic"). Every instance this module builds carries all of these:
   condition of a conditional model, ``body_part=HAND view=AP finding=NONE``): everything needed to
   regenerate the pixels exactly (:class:`Provenance` parses it back);
 * fresh UIDs under the configured root (PS3.5 §9; UUID-derived under 2.25 by default, PS3.5 §B.2);
-* optionally a burned-in ``SYNTHETIC`` label, then Burned In Annotation (0028,0301) = ``YES``.
+* a burned-in ``SYNTHETIC`` label (on by default for every study written as DICOM: ``synthetic.burn_in_label``),
+  then Burned In Annotation (0028,0301) = ``YES``, so a screenshot, an export or a film still says what the
+  image is (:func:`burn_in_synthetic_label`: a top-left corner box, about 3 % of the shorter side high).
 
 Modality defaults to ``OT`` (Other). The SC Equipment Module lets Modality name the source equipment
 (PS3.3 C.8.6.1); a generator is no acquisition device, and ``CR`` or ``DX`` would put synthetic images
@@ -461,7 +463,7 @@ def _check_pixels(pixels: np.ndarray) -> np.ndarray:
 
 
 # A 5 x 7 bitmap font holding the letters of SYNTHETIC: deterministic on every machine, unlike a TrueType
-# rasterizer, so a labelled image regenerates bit for bit.
+# rasterizer, so a labelled image regenerates bit for bit (the label is a pure function of the image size).
 _GLYPHS = {
     "S": (".###.", "#...#", "#....", ".###.", "....#", "#...#", ".###."),
     "Y": ("#...#", "#...#", ".#.#.", "..#..", "..#..", "..#..", "..#.."),
@@ -486,31 +488,54 @@ def _label_mask(scale: int) -> np.ndarray:
     return np.kron(mask, np.ones((scale, scale), dtype=bool))
 
 
+# Letter height as a fraction of the shorter side: about 3 %, the size of a radiograph's burned-in side
+# marker, legible on a full-screen view and on a 128 px thumbnail alike; never below the 7 px font.
+LABEL_HEIGHT_FRACTION = 0.03
+
+
+def label_scale(rows: int, cols: int) -> int:
+    """Device pixels per font pixel for an image of this size (at least 1)."""
+    return max(1, round(LABEL_HEIGHT_FRACTION * min(rows, cols) / 7))
+
+
+def label_box(rows: int, cols: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the label's black box in an image of this size."""
+    scale = label_scale(rows, cols)
+    height, width = (7 + 2) * scale, (len(LABEL) * 6 - 1 + 2) * scale
+    return scale, scale, height, width
+
+
 def burn_in_synthetic_label(pixels: np.ndarray) -> np.ndarray:
     """Return a copy with ``SYNTHETIC`` drawn in the top-left corner: white letters on a black box.
 
-    The letters are 1/128 of the shorter side per font pixel (at least 1), so the label reads the same
-    on a 64 px thumbnail and a 2048 px image. Raises :class:`SyntheticWriteError` when the image is too
-    small to hold it.
+    Where: the top-left corner, one font pixel in from the edges. Radiographs are framed with the anatomy
+    in the middle and collimation, side markers and text in the corners, and every viewer overlays its
+    own text in the corners too; a corner box leaves the centre of the image untouched (the box stays
+    within the top 16 % and the left 88 % of a 64 px image, and within the top 6 % and the left 31 % from
+    256 px up). How big: letters about 3 % of the shorter side high (:data:`LABEL_HEIGHT_FRACTION`, 7 px
+    at least), so the label reads the same on a 64 px thumbnail and a 2048 px radiograph.
+
+    The result depends only on the pixels and their size, so a regenerated image gets the same label bit
+    for bit. Raises :class:`SyntheticWriteError` when the image is too small to hold it.
     """
     pixels = _check_pixels(pixels)
     rows, cols = pixels.shape
-    scale = max(1, min(rows, cols) // 128)
+    scale = label_scale(rows, cols)
     mask = _label_mask(scale)
-    pad = scale
-    h, w = mask.shape[0] + 2 * pad, mask.shape[1] + 2 * pad
-    margin = scale
-    if h + margin > rows or w + margin > cols:
-        raise SyntheticWriteError(f"a {rows} x {cols} image is too small for a burned-in label (needs {h + margin} x {w + margin})")
+    top, left, h, w = label_box(rows, cols)
+    if top + h > rows or left + w > cols:
+        raise SyntheticWriteError(
+            f"a {rows} x {cols} image is too small for the burned-in SYNTHETIC label (needs {top + h} x {left + w}); "
+            "use a larger model or set synthetic.burn_in_label = false"
+        )
     out = pixels.copy()
-    top = np.iinfo(out.dtype).max
-    out[margin:margin + h, margin:margin + w] = 0
-    box = out[margin + pad:margin + pad + mask.shape[0], margin + pad:margin + pad + mask.shape[1]]
-    box[mask] = top
+    out[top:top + h, left:left + w] = 0
+    box = out[top + scale:top + scale + mask.shape[0], left + scale:left + scale + mask.shape[1]]
+    box[mask] = np.iinfo(out.dtype).max
     return out
 
 
 __all__ = [
-    "UNPAIRED_BODY_PARTS", "ConversionType", "Provenance", "SyntheticSeries", "SyntheticWriteError", "burn_in_synthetic_label",
-    "full_range_window", "synthetic_image",
+    "LABEL_HEIGHT_FRACTION", "UNPAIRED_BODY_PARTS", "ConversionType", "Provenance", "SyntheticSeries", "SyntheticWriteError", "burn_in_synthetic_label",
+    "full_range_window", "label_box", "label_scale", "synthetic_image",
 ]
