@@ -229,6 +229,9 @@ class SyntheticConfig:
     burn_in_label: bool = True
     institution_name: str = "synthpacs"
     refuse_near_copies: bool = True
+    # Where the near-copy check cannot run (no index in the model version, no training dataset here),
+    # nothing is written or sent unless this is true; each instance then records near_copy_check=not-run.
+    allow_unchecked: bool = False
 
 
 @dataclass(frozen=True)

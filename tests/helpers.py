@@ -33,6 +33,8 @@ def make_config(home: Path, **overrides) -> Config:
     # The burned-in SYNTHETIC label is on by default, but most tests write 16-32 px images, too small to hold
     # it; the tests of the label turn it on (tests/synthetic/test_label.py checks the default itself).
     base = {"home": str(home), "dicom.port": 0, "grpc.port": 0, "dicomweb.port": 0, "metrics.enabled": False, "deid.secret": "test-secret",
-            "synthetic.burn_in_label": False}
+            "synthetic.burn_in_label": False,
+            # Most test models come without a near-copy index or training set; the guard's tests turn this off.
+            "synthetic.allow_unchecked": True}
     base.update(overrides)
     return load_config(path=None, env={}, overrides=base)

@@ -85,6 +85,7 @@ UNPAIRED_BODY_PARTS = frozenset({
 SYNTHETIC_PREFIX = "SYNTHETIC"
 COMMENT_HEADER = "SYNTHETIC IMAGE, not a patient."
 MAX_SEED = 2**32 - 1
+NEAR_COPY_CHECK_VALUES = ("", "passed", "not-run")
 
 # Value Representation limits used below (PS3.5 Table 6.2-1).
 _LO_MAX = 64
@@ -126,8 +127,13 @@ class Provenance:
     software: str = f"synthpacs {__version__}"
     # The condition of a conditional model as (field, value) pairs in CONDITION_KEYS order; () if none.
     condition: tuple[tuple[str, str], ...] = ()
+    # Whether the memorization guard checked the image before it was written: "passed", or "not-run" where
+    # the operator let studies go out without the check (service/studies.py); "" for instances made before.
+    near_copy_check: str = ""
 
     def __post_init__(self) -> None:
+        if self.near_copy_check not in NEAR_COPY_CHECK_VALUES:
+            raise SyntheticWriteError(f"near_copy_check {self.near_copy_check!r} must be one of {', '.join(NEAR_COPY_CHECK_VALUES[1:])} or empty")
         for key, value in self.condition:
             if key not in CONDITION_KEYS:
                 raise SyntheticWriteError(f"condition field {key!r} is not one of {', '.join(CONDITION_KEYS)}")
@@ -175,6 +181,8 @@ class Provenance:
             pairs.append(("weights_sha256", self.weights_sha256))
         if self.dataset:
             pairs.append(("dataset", self.dataset))
+        if self.near_copy_check:
+            pairs.append(("near_copy_check", self.near_copy_check))
         pairs.append(("software", self.software.replace(" ", "/")))
         return COMMENT_HEADER + " " + " ".join(f"{k}={v}" for k, v in pairs)
 
@@ -201,6 +209,7 @@ class Provenance:
                 weights_sha256=values.get("weights_sha256", ""), dataset=values.get("dataset", ""),
                 software=values.get("software", "").replace("/", " "),
                 condition=tuple((k, values[k]) for k in CONDITION_KEYS if k in values),
+                near_copy_check=values.get("near_copy_check", ""),
             )
         except ValueError as exc:
             raise SyntheticWriteError(f"Image Comments hold unreadable provenance: {exc}") from None

@@ -23,8 +23,8 @@ from tests.synthetic.conftest import export_tiny_dcgan
 
 
 def _labelled_by_default(cfg):
-    """``cfg`` with the shipped synthetic settings (the test helper turns the label off for tiny images)."""
-    return dataclasses.replace(cfg, synthetic=SyntheticConfig())
+    """``cfg`` with the shipped label setting (the test helper turns the label off for tiny images)."""
+    return dataclasses.replace(cfg, synthetic=dataclasses.replace(cfg.synthetic, burn_in_label=SyntheticConfig().burn_in_label))
 
 
 def test_the_label_is_on_by_default():
