@@ -269,20 +269,23 @@ class SyntheticStudyWriter:
         path = getattr(model, "path", None)
         key = f"index:{path}" if path is not None else f"dataset:{ref}"
         with self._guards_lock:
+            # Only guards are kept: an index or dataset that appears later is found by the next study.
             if key not in self._guards:
-                entry: tuple[Any, str, str] = (None, ref, "")
+                index_problem = ""
                 try:
                     indexed = load_guard(path, self.cfg.evaluation.memorization_percentile) if path is not None else None
                 except NearCopyIndexError as exc:
-                    indexed, entry = None, (None, ref, f"the model's near-copy index is unusable: {exc}")
+                    indexed, index_problem = None, f"the model's near-copy index is unusable: {exc}"
+                entry: tuple[Any, str, str]
                 if indexed is not None:
                     entry = (indexed, ref or indexed.source, "")
-                elif not entry[2]:
-                    if not ref:
-                        entry = (None, ref, "the model has no near-copy index and its card names no training dataset")
-                    else:
-                        guard, why = self._guard_factory(ref)
-                        entry = (guard, ref, why)
+                elif not ref:
+                    entry = (None, ref, index_problem or "the model has no near-copy index and its card names no training dataset")
+                else:  # the training dataset itself, when this home has it
+                    guard, why = self._guard_factory(ref)
+                    entry = (guard, ref, f"{index_problem}; {why}" if guard is None and index_problem else why)
+                if entry[0] is None:
+                    return entry
                 self._guards[key] = entry
             return self._guards[key]
 
