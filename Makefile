@@ -1,6 +1,6 @@
 # synthpacs: `make run` starts the service on embedded defaults, `make test` passes the whole suite.
-# Both set up everything they need: Debian packages for the real DICOM peers (dcmtk, Orthanc,
-# dicom3tools), a virtual environment with the CPU build of PyTorch, and the project.
+# Both set up everything they need: Debian packages for the real DICOM peers (dcmtk, Orthanc and its
+# DICOMweb plugin, dicom3tools), a virtual environment with the CPU build of PyTorch, and the project.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -37,6 +37,7 @@ deps:
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	ls /usr/lib/orthanc/libOrthancDicomWeb.so* /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \

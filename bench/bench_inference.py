@@ -139,7 +139,7 @@ def _zero_forward(model) -> None:
     import torch
 
     shape = (model.channels, model.resolution, model.resolution)
-    model.run = lambda z, psi=1.0: torch.zeros((z.shape[0], *shape))
+    model.run = lambda z, psi=1.0, c=None: torch.zeros((z.shape[0], *shape))
 
 
 def _onednn_forward(model, batch: int, seconds: float) -> dict | None:

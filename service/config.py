@@ -222,9 +222,16 @@ class SyntheticConfig:
     # Empty: UUID-derived UIDs under 2.25 (PS3.5 §B.2).
     uid_root: str = ""
     modality: str = "OT"
-    burn_in_label: bool = False
+    # The SYNTHETIC label burned into the pixels of every study written as DICOM (stored, sent to a PACS),
+    # with Burned In Annotation YES. false: the operator deliberately sends unlabelled pixels; a request
+    # (gRPC GenerateStudy, synthesize) can then ask for the label, but never drop it while this is true.
+    # Raw images of gRPC Generate are never labelled.
+    burn_in_label: bool = True
     institution_name: str = "synthpacs"
     refuse_near_copies: bool = True
+    # Where the near-copy check cannot run (no index in the model version, no training dataset here),
+    # nothing is written or sent unless this is true; each instance then records near_copy_check=not-run.
+    allow_unchecked: bool = False
 
 
 @dataclass(frozen=True)

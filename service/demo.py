@@ -155,6 +155,9 @@ def demo_config(home: Path, dicom_port: int, grpc_port: int, metrics_port: int, 
         "home": str(home), "dicom.port": dicom_port, "grpc.port": grpc_port, "metrics.port": metrics_port,
         "inference.preload": [model], "inference.device": "cpu", "inference.reload_interval_s": 0,
         "outbox.backoff_initial_s": 0.5, "outbox.backoff_max_s": 5.0, "log.level": log_level,
+        # The bundled model was trained elsewhere and carries no near-copy index: the demo, as its operator,
+        # lets its studies go out unchecked, and each instance records near_copy_check=not-run.
+        "synthetic.allow_unchecked": True,
     }
     if pacs_port is not None:
         overrides["dicom.peers"] = [{"ae_title": PACS_AE, "host": "127.0.0.1", "port": pacs_port}]
@@ -210,19 +213,22 @@ def demo_model(home: Path, dataset_ref: str) -> tuple[str, bool]:
 
 
 def near_copy_note(home: Path, model_ref: str) -> str:
-    """Whether the memorization guard could check the images: it needs the model's training dataset here."""
+    """Whether the memorization guard could check the images: it needs the model's index or its training dataset here."""
     from models.datasets import DatasetError, resolve_dataset
     from models.registry import Registry
+    from service.near_copy_index import describe
     from service.studies import dataset_ref_of
 
-    card = Registry.with_bundled(home / "models").resolve(model_ref).card
-    ref = dataset_ref_of(card)
+    mv = Registry.with_bundled(home / "models").resolve(model_ref)
+    ref = dataset_ref_of(mv.card)
+    if describe(mv.path) is not None:
+        return f"near-copy check: every image was compared with the model's near-copy index of {ref or 'its training set'}"
     if not ref:
-        return "near-copy check: skipped (the model card names no training dataset)"
+        return "near-copy check: not run (the model has no index and its card names no training dataset; near_copy_check=not-run)"
     try:
         resolve_dataset(home / "datasets", ref)
     except (DatasetError, LookupError, ValueError):
-        return f"near-copy check: skipped (the model's training dataset {ref} is not in this home)"
+        return f"near-copy check: not run (no index, and the training dataset {ref} is not in this home; near_copy_check=not-run)"
     return f"near-copy check: every image was compared with the training images of {ref}"
 
 

@@ -15,6 +15,7 @@ the provenance, and to Body Part Examined and View Position.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -35,6 +36,8 @@ log = get_logger("studies")
 SYNTHETIC_INSTANCES = Counter("synthpacs_synthetic_instances_total", "Synthetic instances by outcome", ["status"])
 
 STORED, QUEUED, REFUSED, FAILED = "stored", "queued", "refused-near-copy", "failed"
+# Provenance near_copy_check values (service/dicom/synthetic.py).
+PASSED, NOT_RUN = "passed", "not-run"
 MAX_SEED = 2**32 - 1
 
 
@@ -98,7 +101,7 @@ class SyntheticStudyWriter:
     running ``synthpacs serve`` picks the items up from the same database).
     """
 
-    def __init__(self, cfg: Config, store: Store, outbox: Outbox | None = None, guard_factory: Callable[[str], Any] | None = None):
+    def __init__(self, cfg: Config, store: Store, outbox: Outbox | None = None, guard_factory: Callable[[str], tuple[Any, str]] | None = None):
         self.cfg = cfg
         self.store = store
         self.outbox = outbox if outbox is not None else Outbox(cfg, store.index)
@@ -123,7 +126,9 @@ class SyntheticStudyWriter:
 
         ``model`` is a :class:`models.registry.ModelVersion`. ``destination`` None or "" means
         ``outbox.default_destination`` (when that is empty too, the study stays in our archive).
-        ``burn_in_label`` None means ``synthetic.burn_in_label``. ``condition``: what a conditional
+        ``burn_in_label`` None means ``synthetic.burn_in_label`` (on by default); True adds the label, False
+        is refused while the operator's setting requires it (only the operator drops the label, in the
+        configuration). ``condition``: what a conditional
         model was asked for (``{"body_part": "HAND", "view": "AP"}``), already checked against it; its
         body part and view become Body Part Examined and View Position. Raises :class:`StudyRequestError`
         before writing anything when the request is invalid; per-instance problems are reported in
@@ -131,6 +136,11 @@ class SyntheticStudyWriter:
         """
         images = self._check_images(images, seeds, psi)
         dest = self._destination(destination)
+        if burn_in_label is not None and not burn_in_label and self.cfg.synthetic.burn_in_label:
+            raise StudyRequestError(
+                "this server burns the SYNTHETIC label into every study it writes as DICOM (synthetic.burn_in_label = true); "
+                "a request cannot turn it off, only the operator can, in the configuration"
+            )
         label = self.cfg.synthetic.burn_in_label if burn_in_label is None else bool(burn_in_label)
         card = getattr(model, "card", {}) or {}
         try:
@@ -144,7 +154,23 @@ class SyntheticStudyWriter:
         except SyntheticWriteError as exc:
             raise StudyRequestError(str(exc)) from None
         outcome = StudyOutcome(series.study_instance_uid, series.series_instance_uid, dest)
-        refused = self._near_copies(images, card)
+        refused, check, why = self._near_copy_check(images, card, model)
+        if check == NOT_RUN and self.cfg.synthetic.refuse_near_copies and not self.cfg.synthetic.allow_unchecked:
+            # Fail closed: an image nobody compared with the training set is never written or sent.
+            detail = (f"not written: the near-copy check cannot run ({why}); export the model with its index "
+                      "(synthpacs models index), or the operator sets synthetic.allow_unchecked = true to write "
+                      "and send studies unchecked (each instance then records near_copy_check=not-run)")
+            log.error("near_copy_check_unavailable", model=f"{model.name}:v{model.version}", reason=why, count=len(seeds))
+            for prov in provenances:
+                outcome.instances.append(InstanceOutcome("", prov.seed, FAILED, detail))
+                SYNTHETIC_INSTANCES.labels(status=FAILED).inc()
+            return outcome
+        if check == NOT_RUN:
+            log.warning("near_copy_check_not_run", model=f"{model.name}:v{model.version}", reason=why, count=len(seeds))
+        try:
+            provenances = [dataclasses.replace(p, near_copy_check=check) for p in provenances]
+        except SyntheticWriteError as exc:
+            raise StudyRequestError(str(exc)) from None
         started = time.perf_counter()
         stored_uids: list[str] = []
         for i, (pixels, prov) in enumerate(zip(images, provenances)):
@@ -215,48 +241,66 @@ class SyntheticStudyWriter:
 
     # -- refusing near-copies -------------------------------------------------------------------------
 
-    def _near_copies(self, images: np.ndarray, card: dict[str, Any]) -> dict[int, str]:
-        """Index -> reason for every image the memorization guard refuses (empty when it is off).
+    def _near_copy_check(self, images: np.ndarray, card: dict[str, Any], model: Any) -> tuple[dict[int, str], str, str]:
+        """(index -> reason for every image the memorization guard refuses, ``passed`` or ``not-run``, why not).
 
-        The guard (models/metrics/memorization.py) compares each image with the training images of the
-        dataset the model card names, in two descriptor spaces, against the training set's own
-        nearest-neighbour distances (``evaluation.memorization_percentile``).
+        The guard (models/metrics/memorization.py) compares each image with the model's training set, in
+        two descriptor spaces, against the training set's own nearest-neighbour distances
+        (``evaluation.memorization_percentile``). It uses the near-copy index the model version carries
+        (service/near_copy_index.py) or, for a version without one, the training dataset the model card
+        names when this home has it. Where neither exists the check cannot run: ``not-run`` and why.
         """
         if not self.cfg.synthetic.refuse_near_copies:
-            return {}
-        ref = dataset_ref_of(card)
-        if not ref:
-            log.warning("near_copy_check_skipped", reason="the model card names no training dataset")
-            return {}
-        guard = self._guard(ref)
+            return {}, NOT_RUN, "turned off by the operator (synthetic.refuse_near_copies = false)"
+        guard, source, why = self._guard(card, model)
         if guard is None:
-            return {}
+            return {}, NOT_RUN, why
         report = guard.check(images)
-        refused = {int(i): _near_copy_detail(report, int(i), ref) for i in report.offending}
+        refused = {int(i): _near_copy_detail(report, int(i), source) for i in report.offending}
         if refused:
-            log.warning("near_copies_refused", count=len(refused), dataset=ref)
-        return refused
+            log.warning("near_copies_refused", count=len(refused), dataset=source)
+        return refused, PASSED, ""
 
-    def _guard(self, ref: str) -> Any:
+    def _guard(self, card: dict[str, Any], model: Any) -> tuple[Any, str, str]:
+        """(guard or None, the training set it stands for, why there is none); cached per model version."""
+        from service.near_copy_index import NearCopyIndexError, load_guard
+
+        ref = dataset_ref_of(card)
+        path = getattr(model, "path", None)
+        key = f"index:{path}" if path is not None else f"dataset:{ref}"
         with self._guards_lock:
-            if ref not in self._guards:
-                self._guards[ref] = self._guard_factory(ref)
-            return self._guards[ref]
+            # Only guards are kept: an index or dataset that appears later is found by the next study.
+            if key not in self._guards:
+                index_problem = ""
+                try:
+                    indexed = load_guard(path, self.cfg.evaluation.memorization_percentile) if path is not None else None
+                except NearCopyIndexError as exc:
+                    indexed, index_problem = None, f"the model's near-copy index is unusable: {exc}"
+                entry: tuple[Any, str, str]
+                if indexed is not None:
+                    entry = (indexed, ref or indexed.source, "")
+                elif not ref:
+                    entry = (None, ref, index_problem or "the model has no near-copy index and its card names no training dataset")
+                else:  # the training dataset itself, when this home has it
+                    guard, why = self._guard_factory(ref)
+                    entry = (guard, ref, f"{index_problem}; {why}" if guard is None and index_problem else why)
+                if entry[0] is None:
+                    return entry
+                self._guards[key] = entry
+            return self._guards[key]
 
-    def _default_guard(self, ref: str) -> Any:
-        """The memorization guard over the training images of dataset ``ref``, or None when unavailable."""
+    def _default_guard(self, ref: str) -> tuple[Any, str]:
+        """The memorization guard over the training images of dataset ``ref`` in this home, or (None, why)."""
         from models.datasets import DatasetError, resolve_dataset
         from models.metrics.memorization import MemorizationGuard
         from service.home import Home
 
         try:
             dv = resolve_dataset(Home.at(self.cfg.home_path).datasets_dir, ref)
-            return MemorizationGuard.for_images_file(dv.images_path, percentile=self.cfg.evaluation.memorization_percentile)
+            return MemorizationGuard.for_images_file(dv.images_path, percentile=self.cfg.evaluation.memorization_percentile), ""
         except (DatasetError, LookupError, ValueError, OSError) as exc:
-            # Without its training data the guard cannot run (a model imported from elsewhere); the
-            # model still serves, and the log says why nothing was checked.
-            log.warning("near_copy_check_unavailable", dataset=ref, reason=str(exc))
-            return None
+            # A model trained elsewhere and exported without its index: nothing here to compare with.
+            return None, f"the model has no near-copy index and its training dataset {ref} is not in this home ({exc})"
 
 
 def _near_copy_detail(report: Any, i: int, ref: str) -> str:

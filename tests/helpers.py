@@ -30,6 +30,11 @@ def require_tool(name: str, package: str) -> str:
 
 def make_config(home: Path, **overrides) -> Config:
     """A configuration for tests: everything under ``home``, loopback, ephemeral ports, no /metrics server."""
-    base = {"home": str(home), "dicom.port": 0, "grpc.port": 0, "dicomweb.port": 0, "metrics.enabled": False, "deid.secret": "test-secret"}
+    # The burned-in SYNTHETIC label is on by default, but most tests write 16-32 px images, too small to hold
+    # it; the tests of the label turn it on (tests/synthetic/test_label.py checks the default itself).
+    base = {"home": str(home), "dicom.port": 0, "grpc.port": 0, "dicomweb.port": 0, "metrics.enabled": False, "deid.secret": "test-secret",
+            "synthetic.burn_in_label": False,
+            # Most test models come without a near-copy index or training set; the guard's tests turn this off.
+            "synthetic.allow_unchecked": True}
     base.update(overrides)
     return load_config(path=None, env={}, overrides=base)

@@ -93,10 +93,29 @@ def _wait_ready(orthanc: Orthanc, timeout: float) -> None:
     raise RuntimeError(f"Orthanc did not answer on {orthanc.url} within {timeout} s")
 
 
-def start_orthanc(workdir: Path, modalities: dict[str, list[Any]] | None = None, ae_title: str = "ORTHANC", extra: dict[str, Any] | None = None) -> Orthanc:
+# Where Debian's orthanc-dicomweb package puts the plugin (and where Orthanc's own packages do).
+DICOMWEB_PLUGIN_DIRS = (Path("/usr/lib/orthanc"), Path("/usr/share/orthanc/plugins"), Path("/usr/local/share/orthanc/plugins"))
+
+
+def dicomweb_plugin() -> Path:
+    """The Orthanc DICOMweb plugin library; the test is skipped (locally) when it is not installed."""
+    import pytest
+
+    for folder in DICOMWEB_PLUGIN_DIRS:
+        found = sorted(folder.glob("libOrthancDicomWeb.so*")) if folder.is_dir() else []
+        if found:
+            return found[0]
+    pytest.skip("Orthanc's DICOMweb plugin is not installed (Debian: apt-get install orthanc-dicomweb)")
+    raise AssertionError  # unreachable
+
+
+def start_orthanc(workdir: Path, modalities: dict[str, list[Any]] | None = None, ae_title: str = "ORTHANC", extra: dict[str, Any] | None = None,
+                  dicomweb: bool = False) -> Orthanc:
     """Start Orthanc on free loopback ports. ``modalities``: Orthanc's DicomModalities,
-    e.g. ``{"synthpacs": ["SYNTHPACS", "127.0.0.1", 11112]}`` (needed for C-FIND/C-MOVE and sends)."""
+    e.g. ``{"synthpacs": ["SYNTHPACS", "127.0.0.1", 11112]}`` (needed for C-FIND/C-MOVE and sends).
+    ``dicomweb``: load the DICOMweb plugin, served under ``/dicom-web/`` on the HTTP port."""
     require_tool("Orthanc", "orthanc")
+    plugins = [str(dicomweb_plugin())] if dicomweb else []
     workdir.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = free_port(), free_port()
     config = {
@@ -114,7 +133,8 @@ def start_orthanc(workdir: Path, modalities: dict[str, list[Any]] | None = None,
         "HttpTimeout": 60,
         "DicomScuTimeout": 30,
         "StableAge": 1,
-        "Plugins": [],
+        "Plugins": plugins,
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/", "EnableWado": False},
         "ConcurrentJobs": 2,
     }
     config.update(extra or {})

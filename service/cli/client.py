@@ -1,4 +1,5 @@
-"""``synthpacs client``: call a synthpacs gRPC server (``generate`` images into a folder, list ``models``).
+"""``synthpacs client``: call a synthpacs gRPC server (``generate`` images into a folder, make a synthetic DICOM
+``study`` for the archive or a PACS, list ``models``).
 
 Also the reference client for integrators: see service/inference/client.py for the few lines it takes.
 The bearer token comes from ``--token-file`` or ``$SYNTHPACS_CLIENT_TOKEN`` (never from a flag, so it
@@ -26,7 +27,7 @@ TOKEN_ENV = "SYNTHPACS_CLIENT_TOKEN"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("client", help="call a synthpacs gRPC server (generate images, list models)")
+    parser = subparsers.add_parser("client", help="call a synthpacs gRPC server (generate images, make a synthetic study, list models)")
     sub = parser.add_subparsers(dest="client_command", metavar="ACTION")
     sub.required = True
 
@@ -42,6 +43,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--request-id", dest="request_id", default="", help="id echoed in responses and server logs")
     add_condition_options(gen)
     gen.set_defaults(func=_generate)
+
+    study = sub.add_parser(
+        "study", help="make one synthetic DICOM study on the server (GenerateStudy): stored in its archive, sent to a PACS",
+        description="Ask the server to generate a synthetic Secondary Capture study, store it in its archive and queue it "
+                    "for a DICOM peer (its outbox sends it). Prints the Study Instance UID and each instance's state. "
+                    "Exit status 0 when every instance was stored or queued, 1 when one failed or every one was refused "
+                    "as a near-copy, 2 for a usage error or a refused request.")
+    _connection_options(study)
+    study.add_argument("--model", required=True, help="model name (latest version) or name:vN")
+    study.add_argument("--count", type=int, default=0, help="number of images (with --seeds: 0 or their number)")
+    study.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,42")
+    study.add_argument("--first-seed", dest="first_seed", type=int, help="seeds FIRST, FIRST+1, ... (default: server-drawn seeds)")
+    study.add_argument("--psi", type=float, help="truncation psi, 0..2 (default 1: no truncation)")
+    study.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits stored per pixel (default 8)")
+    study.add_argument("--send", dest="destination", default="", metavar="AE_TITLE",
+                       help="AE title of a configured DICOM peer to send the study to (default: the server's outbox.default_destination, or none)")
+    label = study.add_mutually_exclusive_group()
+    label.add_argument("--burn-in-label", dest="burn_in_label", action="store_true", default=None,
+                       help="burn the SYNTHETIC label into the pixels (default: the server's synthetic.burn_in_label)")
+    label.add_argument("--no-burn-in-label", dest="burn_in_label", action="store_false",
+                       help="leave the pixels unlabelled (refused unless the server's operator set synthetic.burn_in_label = false)")
+    study.add_argument("--series-description", dest="series_description", default="", help="Series Description (always begins with SYNTHETIC)")
+    study.add_argument("--request-id", dest="request_id", default="", help="id echoed in the response and server logs")
+    study.add_argument("--json", action="store_true", help="print JSON")
+    add_condition_options(study)
+    study.set_defaults(func=_study)
 
     models = sub.add_parser("models", help="list the server's models and their state")
     _connection_options(models)
@@ -86,10 +113,7 @@ def _rpc_error(exc: grpc.RpcError) -> CommandError:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else []
-    except ValueError:
-        raise CommandError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
+    seeds = _seeds(args)
     total = len(seeds) or args.count
     if total < 1:
         raise CommandError("give --count N or --seeds")
@@ -119,6 +143,64 @@ def _generate(args: argparse.Namespace) -> int:
             raise _rpc_error(exc) from None
     print(f"wrote {written} image(s) to {args.out}")
     return 0
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    try:
+        return [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else []
+    except ValueError:
+        raise CommandError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
+
+
+_STATES = {
+    pb.InstanceStatus.STATE_STORED: "stored", pb.InstanceStatus.STATE_QUEUED: "queued",
+    pb.InstanceStatus.STATE_REFUSED_NEAR_COPY: "refused-near-copy", pb.InstanceStatus.STATE_FAILED: "failed",
+}
+
+
+def _study(args: argparse.Namespace) -> int:
+    seeds = _seeds(args)
+    if not seeds and args.count < 1:
+        raise CommandError("give --count N or --seeds")
+    if any(not 0 <= s < 2**32 for s in seeds) or (args.first_seed is not None and not 0 <= args.first_seed < 2**32):
+        raise CommandError("seeds must be between 0 and 4294967295")
+    req = pb.GenerateStudyRequest(
+        model=args.model, count=max(args.count, 0), seeds=seeds, bit_depth=args.bits, destination_ae_title=args.destination,
+        series_description=args.series_description, request_id=args.request_id, **given(args),
+    )
+    if args.first_seed is not None:
+        req.first_seed = args.first_seed
+    if args.psi is not None:
+        req.truncation_psi = args.psi
+    if args.burn_in_label is not None:
+        req.burn_in_label = args.burn_in_label
+    with _client(args) as client:
+        try:
+            resp = client.stub.GenerateStudy(req, timeout=client.timeout, metadata=client.metadata)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+    report = {
+        "study_instance_uid": resp.study_instance_uid, "series_instance_uid": resp.series_instance_uid,
+        "model": resp.model, "psi": resp.truncation_psi, "destination": resp.destination or None,
+        **({"request_id": resp.request_id} if resp.request_id else {}),
+        **({"condition": given(args)} if given(args) else {}),
+        "instances": [
+            {"seed": i.seed, "state": _STATES.get(i.state, "unspecified"), "sop_instance_uid": i.sop_instance_uid or None,
+             **({"detail": i.detail} if i.detail else {})}
+            for i in resp.instances
+        ],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"Study Instance UID  {report['study_instance_uid']}")
+        print(f"Series Instance UID {report['series_instance_uid']}")
+        print(f"model {report['model']}, psi {report['psi']:g}, destination {report['destination'] or '(archive only)'}")
+        for inst in report["instances"]:
+            print(f"  seed {inst['seed']:>10}  {inst['state']:<18}  {inst['sop_instance_uid'] or inst.get('detail', '')}")
+    states = [i["state"] for i in report["instances"]]
+    incomplete = "failed" in states or "unspecified" in states or (states and all(s == "refused-near-copy" for s in states))
+    return 1 if incomplete else 0
 
 
 def _file_name(image: pb.GeneratedImage) -> str:

@@ -1,4 +1,4 @@
-"""``synthpacs models export|ls|show`` (the model registry) and ``synthpacs generate`` (images, locally).
+"""``synthpacs models export|index|ls|show`` (the model registry) and ``synthpacs generate`` (images, locally).
 
 The registry is ``<home>/models`` plus the bundled demo model shipped in the package
 (:meth:`models.registry.Registry.with_bundled`); a name in the home folder hides a bundled one.
@@ -38,7 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size; loaded back as float32)")
     export.add_argument("--card", metavar="JSON", help="file of extra model-card fields (description, credits, license ...)")
     export.add_argument("--description", help="one-line description for the model card")
+    export.add_argument("--no-index", dest="index", action="store_false",
+                        help="do not write the near-copy index (the version then cannot be checked where its training set is absent)")
     export.set_defaults(func=_export)
+
+    index = add_command(sub, "index", help="write a model version's near-copy index from its training dataset",
+                        description="Describe the training dataset the model card names (or --dataset NAME@vN) into the version's "
+                                    "near_copy_index.npz: descriptors, not images (service/near_copy_index.py). The near-copy check "
+                                    "then runs wherever the model is served, without the dataset. `models export` does this itself.")
+    index.add_argument("model", metavar="MODEL[:vN]", help="model name (latest version) or name:vN, in this home")
+    index.add_argument("--dataset", metavar="NAME@vN", help="the training dataset, when the card does not name it")
+    index.set_defaults(func=_index)
 
     ls = add_command(sub, "ls", help="list models and versions (home folder and bundled)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -98,7 +108,45 @@ def _export(args: argparse.Namespace) -> int:
     get_logger("models").info("model_exported", model=mv.ref, path=str(mv.path), run=run.name)
     size = (mv.path / "generator.safetensors").stat().st_size
     print(f"exported {mv.ref} to {mv.path} ({size / 2**20:.1f} MiB, {mv.card.get('weights_dtype')})")
+    if args.index:
+        print(_write_index(cfg, mv, None))
     return 0
+
+
+def _write_index(cfg: Any, mv: Any, dataset: str | None) -> str:
+    """Build the version's near-copy index; a line saying what was written (or why nothing could be)."""
+    from models.datasets import DatasetError, resolve_dataset
+    from service.near_copy_index import build_index, describe
+    from service.studies import dataset_ref_of
+
+    ref = dataset or dataset_ref_of(mv.card)
+    if not ref:
+        return (f"no near-copy index: the card of {mv.ref} names no training dataset (use `synthpacs models index "
+                f"{mv.ref} --dataset NAME@vN`); until it has one, studies from it are not sent unless synthetic.allow_unchecked")
+    try:
+        dv = resolve_dataset(home_from(cfg).datasets_dir, ref)
+    except (DatasetError, LookupError, ValueError) as exc:
+        return f"no near-copy index: the training dataset {ref} is not in this home ({exc})"
+    path = build_index(dv.images_path, mv.path, ref)
+    info = describe(mv.path) or {}
+    get_logger("models").info("near_copy_index_written", model=mv.ref, dataset=ref, images=info.get("training_images"))
+    return f"near-copy index of {ref} ({info.get('training_images')} images, {info.get('bytes', 0) / 2**20:.1f} MiB) written to {path}"
+
+
+def _index(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    from models.registry import RegistryError
+
+    try:
+        mv = _registry(cfg).resolve(args.model)
+    except (RegistryError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    home_models = home_from(cfg).models_dir.resolve()
+    if home_models not in mv.path.resolve().parents:
+        raise CommandError(f"{mv.ref} is not in this home's registry ({mv.path}); copy it there first")
+    line = _write_index(cfg, mv, args.dataset)
+    print(line)
+    return 0 if line.startswith("near-copy index") else 1
 
 
 def _ls(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dest.add_argument("--send", metavar="AE_TITLE", help="destination: a dicom.peers AE title with a port (default: outbox.default_destination)")
     dest.add_argument("--no-send", dest="no_send", action="store_true", help="keep the study in the synthpacs archive only")
     syn.add_argument("--burn-in-label", dest="burn_in_label", action=argparse.BooleanOptionalAction, default=None,
-                     help="draw SYNTHETIC into the pixels (default: synthetic.burn_in_label)")
+                     help="draw SYNTHETIC into the pixels (default: synthetic.burn_in_label, on; --no-burn-in-label only where the configuration turned it off)")
     syn.add_argument("--series-description", dest="series_description", help="series description (SYNTHETIC is prefixed if missing)")
     syn.add_argument("--device", help="where to run the generator: auto, cpu, cuda, cuda:N (default: inference.device); "
                      "pixels regenerate bit for bit on the CPU")

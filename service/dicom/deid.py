@@ -123,6 +123,7 @@ _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN
 _PLAIN_TEXT_VRS = _TEXT_VRS - {"PN"}
 _PATIENT_NAME, _PATIENT_ID, _PATIENT_BIRTH_DATE, _PATIENT_SEX, _PATIENT_AGE = 0x00100010, 0x00100020, 0x00100030, 0x00100040, 0x00101010
 _ISSUER_OF_PATIENT_ID, _STUDY_INSTANCE_UID, _BURNED_IN_ANNOTATION = 0x00100021, 0x0020000D, 0x00280301
+_STUDY_ID = 0x00200010
 # StudyDate, AcquisitionDate, ContentDate, SeriesDate: the first present dates the patient's age.
 _REFERENCE_DATES = (0x00080020, 0x00080022, 0x00080023, 0x00080021)
 
@@ -342,6 +343,12 @@ class Deidentifier:
                 _set(ds, _PATIENT_AGE, "AS", [patient.age])
             elif _PATIENT_AGE in ds:
                 del ds[_PATIENT_AGE]
+        # Study ID is Z in Table E.1-1 ("zero length or a dummy value"): a dummy keyed on the remapped Study
+        # Instance UID, the same for every instance of the study and every re-send, so a DICOMDIR (whose
+        # STUDY record needs a Study ID, PS3.3 F.5) and a worklist can name the study without the original.
+        study_uid = _text_of(ds, _STUDY_INSTANCE_UID)
+        if study_uid:
+            _set(ds, _STUDY_ID, "SH", [PSEUDONYM_ID_PREFIX + self._keyed("study", study_uid)[:11].upper()])
         if _PATIENT_BIRTH_DATE not in ds:
             _set(ds, _PATIENT_BIRTH_DATE, "DA", [""])  # Type 2 in the Patient Module (PS3.3 C.7.1.1)
         if _PATIENT_SEX not in ds:

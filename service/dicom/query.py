@@ -25,7 +25,10 @@ What it implements (PS3.4 C.2.2.2, C.3, C.4.1.2, C.6):
   matches every non-empty item key, and the response holds the matching items with the requested item
   keys. A sequence the instance does not have is answered empty (zero items).
 * Computed keys: Number of Patient/Study/Series Related Studies, Series and Instances, Modalities in
-  Study, SOP Classes in Study, Instance Availability, Retrieve AE Title, and Synthetic Data (0008,001C):
+  Study, SOP Classes in Study (the additional keys of PS3.4 C.3.4 and C.6.1.1.x, each an attribute of its
+  own level's entity: asked at a lower level, as relational SCUs do, they answer for the patient, study
+  or series that holds the match, the way any other higher-level attribute does), Instance
+  Availability, Retrieve AE Title, and Synthetic Data (0008,001C):
   YES for an entity with at least one synthetic instance (made here, or received with Synthetic Data
   YES), NO for every other, so a filter for ``NO`` finds the real studies.
 """
@@ -366,6 +369,7 @@ class QueryEngine:
         self.synthetic_only = synthetic_only
         self.max_results = max_results
         self.truncated = False
+        self._aggregates: dict[tuple[str, Any], sqlite3.Row] = {}
 
     def find(self, identifier: Dataset, level: str) -> list[Dataset]:
         """The response identifiers for a query at ``level`` (at most ``max_results``; ``truncated`` says so)."""
@@ -375,6 +379,7 @@ class QueryEngine:
         keys = [elem for elem in identifier if elem.keyword and elem.tag.group != 0x0000 and not elem.tag.is_private]
         where, params, post = self._conditions(keys, level)
         headers: dict[str, Dataset] = {}
+        self._aggregates = {}
         sent = 0
         self.truncated = False
         for row in self._rows(level, where, params):
@@ -470,6 +475,23 @@ class QueryEngine:
         # A cursor, not a list: rows are read as matches are made, so max_results also bounds memory.
         return self.index.reader.execute(sql, params)
 
+    def _aggregate(self, level: str, key: Any) -> sqlite3.Row:
+        """Counts, modalities and SOP classes of one entity at ``level`` (the one holding a lower-level match),
+        over the instances this engine may show (``synthetic_only``); cached for the query."""
+        cached = self._aggregates.get((level, key))
+        if cached is None:
+            where = [f"v.{_GROUP_KEY[level]} = ?"] + (["v.synthetic = 1"] if self.synthetic_only else [])
+            sql = (
+                "SELECT COUNT(*) AS n_instances, COUNT(DISTINCT v.study_uid) AS n_studies, COUNT(DISTINCT v.series_uid) AS n_series,"
+                " GROUP_CONCAT(DISTINCT v.modality) AS modalities, GROUP_CONCAT(DISTINCT v.sop_class_uid) AS sop_classes"
+                f" FROM ({INSTANCE_VIEW}) v WHERE {' AND '.join(where)}"
+            )
+            cached = self.index.reader.execute(sql, [key]).fetchone()
+            if len(self._aggregates) > 1024:
+                self._aggregates.clear()
+            self._aggregates[(level, key)] = cached
+        return cached
+
     def _header(self, row: sqlite3.Row, cache: dict[str, Dataset]) -> Dataset:
         """The stored header that answers for the matched entity: its first file by path (deterministic)."""
         path = row["rep_path"]
@@ -531,15 +553,19 @@ class QueryEngine:
                 return None
             return str(value) if attr.vr == "IS" else value
         if kw in COMPUTED:
+            owner = COMPUTED[kw]
+            # At its own level the matched row is the entity; at a lower level (ModalitiesInStudy asked at
+            # SERIES or IMAGE level) the value is that of the study (patient, series) holding the match.
+            counts = row if owner == level else self._aggregate(owner, row[_GROUP_KEY[owner]])
             return {
-                "NumberOfPatientRelatedStudies": lambda: str(row["n_studies"]),
-                "NumberOfPatientRelatedSeries": lambda: str(row["n_series"]),
-                "NumberOfPatientRelatedInstances": lambda: str(row["n_instances"]),
-                "NumberOfStudyRelatedSeries": lambda: str(row["n_series"]),
-                "NumberOfStudyRelatedInstances": lambda: str(row["n_instances"]),
-                "NumberOfSeriesRelatedInstances": lambda: str(row["n_instances"]),
-                "ModalitiesInStudy": lambda: [m for m in (row["modalities"] or "").split(",") if m] or None,
-                "SOPClassesInStudy": lambda: [c for c in (row["sop_classes"] or "").split(",") if c] or None,
+                "NumberOfPatientRelatedStudies": lambda: str(counts["n_studies"]),
+                "NumberOfPatientRelatedSeries": lambda: str(counts["n_series"]),
+                "NumberOfPatientRelatedInstances": lambda: str(counts["n_instances"]),
+                "NumberOfStudyRelatedSeries": lambda: str(counts["n_series"]),
+                "NumberOfStudyRelatedInstances": lambda: str(counts["n_instances"]),
+                "NumberOfSeriesRelatedInstances": lambda: str(counts["n_instances"]),
+                "ModalitiesInStudy": lambda: [m for m in (counts["modalities"] or "").split(",") if m] or None,
+                "SOPClassesInStudy": lambda: [c for c in (counts["sop_classes"] or "").split(",") if c] or None,
             }[kw]()
         elem = self._header_element(row, kw, headers)
         if elem is None or elem.value in ("", None):

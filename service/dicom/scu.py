@@ -163,8 +163,30 @@ def echo(cfg: Config, peer: DicomPeer, timeout: float | None = None) -> EchoResu
         ae.shutdown()
 
 
+def tcp_problem(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to ``host:port`` cannot be made ("connection refused", ...), or None when it can.
+
+    pynetdicom reports a failed connect as an aborted association and keeps the socket error to its log;
+    asking again tells "nothing listens there" from "it listens but ended the association"."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return "connection refused (nothing listens on that port)"
+    except socket.gaierror:
+        return f"cannot resolve host {host!r}"
+    except TimeoutError:
+        return f"no answer within {timeout:g} s (connection timed out)"
+    except OSError as exc:
+        return f"cannot connect ({exc.strerror or type(exc).__name__})"
+
+
 def _why_not_established(assoc: Any, peer: DicomPeer, cfg: Config, timeout: float | None) -> str:
     where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    if not assoc.is_rejected:
+        problem = tcp_problem(peer.host, int(peer.port or 0), min(timeout or 10.0, 10.0))
+        if problem is not None:
+            return f"{where}: {problem}"
     if peer.tls and not assoc.is_rejected:
         # pynetdicom reports a failed TLS handshake as an abort: find out which side refused what.
         context, name = client_args(cfg, peer)["tls_args"]
@@ -175,7 +197,7 @@ def _why_not_established(assoc: Any, peer: DicomPeer, cfg: Config, timeout: floa
         return f"{where} rejected the association (is our AE title allowed there?)"
     if assoc.is_aborted:
         return f"{where} aborted the association"
-    return f"{where} did not answer (connection refused or timed out)"
+    return f"{where} did not answer (no association within the timeouts)"
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,32 @@ instance synthetic"). Every instance this module builds carries all of these:
   condition of a conditional model, ``body_part=HAND view=AP finding=NONE``): everything needed to
   regenerate the pixels exactly (:class:`Provenance` parses it back);
 * fresh UIDs under the configured root (PS3.5 §9; UUID-derived under 2.25 by default, PS3.5 §B.2);
-* optionally a burned-in ``SYNTHETIC`` label, then Burned In Annotation (0028,0301) = ``YES``.
+* a burned-in ``SYNTHETIC`` label (on by default for every study written as DICOM: ``synthetic.burn_in_label``),
+  then Burned In Annotation (0028,0301) = ``YES``, so a screenshot, an export or a film still says what the
+  image is (:func:`burn_in_synthetic_label`: a top-left corner box, about 3 % of the shorter side high).
 
 Modality defaults to ``OT`` (Other). The SC Equipment Module lets Modality name the source equipment
 (PS3.3 C.8.6.1); a generator is no acquisition device, and ``CR`` or ``DX`` would put synthetic images
 into the hanging protocols, worklists, dose and QA statistics, and dataset filters that select real
 radiographs by modality. ``synthetic.modality`` can change it for a PACS that insists.
 
-Laterality (0020,0060) is Type 2C in the General Series Module: required, possibly empty, for paired
-body parts. A generator does not know which side it drew, so it is written empty unless the caller
-knows; dciodvfy then reports no error (../shared/NOTES.md). Patient Orientation is likewise empty
-(Type 2C, General Image Module C.7.6.1).
+Laterality (0020,0060) is Type 2C in the General Series Module (PS3.3 C.7.3.1): required if the body
+part examined is a paired structure and no Image Laterality (or Frame/Measurement Laterality) is present;
+being Type 2, it is empty when the side is unknown. A generator does not know which side it drew, so:
+
+* a side the caller knows (R or L) is written;
+* a Body Part Examined that is not a paired structure (:data:`UNPAIRED_BODY_PARTS`, the body parts whose
+  laterality PS3.16 Annex L gives as unpaired: CHEST, SKULL, PELVIS, ...) leaves Laterality absent (the
+  condition does not hold; an empty value would claim the side is merely unknown);
+* a paired body part (HAND, KNEE, ...) or no body part at all (an unconditional generator: nothing says
+  the structure is unpaired) gets an empty Laterality: the side is actually unknown. dciodvfy (2022)
+  accepts that with one Warning, "is only permitted to be empty when actually unknown", which is our
+  case; left absent, it would be an Error (missing Type 2C), since dciodvfy, like the standard, cannot
+  rule out a paired structure. Image Laterality is no way out: its values (R, L, U unpaired, B both)
+  have none for "unknown".
+
+Patient Orientation is empty (Type 2C, General Image Module C.7.6.1): a generated image has no patient
+to be oriented to.
 
 An image generated for a condition carries it where a radiograph would: Body Part Examined (0018,0015,
 General Series Module C.7.3.1) and View Position (0018,5101). View Position belongs to the CR Series
@@ -55,9 +70,22 @@ from service import __version__
 from service.dicom.uids import InvalidUID, new_uid, validate_uid
 
 MANUFACTURER = "synthpacs"
+# Body Part Examined values (PS3.16 Annex L, CID 4031) of structures that are not paired: Laterality is
+# then absent rather than empty (PS3.3 C.7.3.1). Paired ones, and anything not listed, get an empty
+# Laterality when the side is unknown.
+UNPAIRED_BODY_PARTS = frozenset({
+    "ABDOMEN", "ABDOMENPELVIS", "AORTA", "BACK", "BLADDER", "BRAIN", "CEREBELLUM", "CERVIX", "CHEST", "CHESTABDOMEN",
+    "CHESTABDPELVIS", "CIRCLEOFWILLIS", "COCCYX", "COLON", "CORONARYARTERY", "CSPINE", "CTSPINE", "DUODENUM",
+    "ESOPHAGUS", "FACE", "GALLBLADDER", "HEAD", "HEADNECK", "HEART", "ILEUM", "JAW", "JEJUNUM", "LARYNX", "LIVER",
+    "LSPINE", "LSSPINE", "MAXILLA", "MEDIASTINUM", "MOUTH", "NECK", "NECKCHEST", "NECKCHESTABDOMEN", "NECKCHESTABDPELV",
+    "NOSE", "PANCREAS", "PELVIS", "PENIS", "PHARYNX", "PROSTATE", "RECTUM", "SACRUM", "SCALP", "SKULL", "SPINE",
+    "SPLEEN", "SSPINE", "STERNUM", "STOMACH", "THYMUS", "THYROID", "TLSPINE", "TONGUE", "TRACHEA", "TSPINE",
+    "URETER", "URETHRA", "UTERUS", "VAGINA", "VULVA", "WHOLEBODY",
+})
 SYNTHETIC_PREFIX = "SYNTHETIC"
 COMMENT_HEADER = "SYNTHETIC IMAGE, not a patient."
 MAX_SEED = 2**32 - 1
+NEAR_COPY_CHECK_VALUES = ("", "passed", "not-run")
 
 # Value Representation limits used below (PS3.5 Table 6.2-1).
 _LO_MAX = 64
@@ -99,8 +127,13 @@ class Provenance:
     software: str = f"synthpacs {__version__}"
     # The condition of a conditional model as (field, value) pairs in CONDITION_KEYS order; () if none.
     condition: tuple[tuple[str, str], ...] = ()
+    # Whether the memorization guard checked the image before it was written: "passed", or "not-run" where
+    # the operator let studies go out without the check (service/studies.py); "" for instances made before.
+    near_copy_check: str = ""
 
     def __post_init__(self) -> None:
+        if self.near_copy_check not in NEAR_COPY_CHECK_VALUES:
+            raise SyntheticWriteError(f"near_copy_check {self.near_copy_check!r} must be one of {', '.join(NEAR_COPY_CHECK_VALUES[1:])} or empty")
         for key, value in self.condition:
             if key not in CONDITION_KEYS:
                 raise SyntheticWriteError(f"condition field {key!r} is not one of {', '.join(CONDITION_KEYS)}")
@@ -148,6 +181,8 @@ class Provenance:
             pairs.append(("weights_sha256", self.weights_sha256))
         if self.dataset:
             pairs.append(("dataset", self.dataset))
+        if self.near_copy_check:
+            pairs.append(("near_copy_check", self.near_copy_check))
         pairs.append(("software", self.software.replace(" ", "/")))
         return COMMENT_HEADER + " " + " ".join(f"{k}={v}" for k, v in pairs)
 
@@ -174,6 +209,7 @@ class Provenance:
                 weights_sha256=values.get("weights_sha256", ""), dataset=values.get("dataset", ""),
                 software=values.get("software", "").replace("/", " "),
                 condition=tuple((k, values[k]) for k in CONDITION_KEYS if k in values),
+                near_copy_check=values.get("near_copy_check", ""),
             )
         except ValueError as exc:
             raise SyntheticWriteError(f"Image Comments hold unreadable provenance: {exc}") from None
@@ -389,9 +425,9 @@ def synthetic_image(
     ds.RecognizableVisualFeatures = "NO"
     ds.LossyImageCompression = "00"
     ds.PatientOrientation = None
-    ds.Laterality = series.laterality or None
     if series.body_part_examined:
         ds.BodyPartExamined = series.body_part_examined[:_SH_MAX].upper()
+    _set_laterality(ds, series)
     if series.view_position:
         ds.ViewPosition = series.view_position
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
@@ -403,6 +439,17 @@ def synthetic_image(
     ds.VOILUTFunction = "LINEAR"
     ds.file_meta.ImplementationVersionName = "SYNTHPACS"
     return ds
+
+
+def _set_laterality(ds: Dataset, series: SyntheticSeries) -> None:
+    """Laterality (0020,0060) by the Type 2C condition of PS3.3 C.7.3.1 (see the module docstring)."""
+    if series.laterality:
+        ds.Laterality = series.laterality
+    elif series.body_part_examined[:_SH_MAX].upper() in UNPAIRED_BODY_PARTS:
+        if "Laterality" in ds:
+            del ds.Laterality
+    else:
+        ds.Laterality = None  # paired or not known to be unpaired: present, empty, the side unknown
 
 
 def _contribution(p: Provenance) -> str:
@@ -425,7 +472,7 @@ def _check_pixels(pixels: np.ndarray) -> np.ndarray:
 
 
 # A 5 x 7 bitmap font holding the letters of SYNTHETIC: deterministic on every machine, unlike a TrueType
-# rasterizer, so a labelled image regenerates bit for bit.
+# rasterizer, so a labelled image regenerates bit for bit (the label is a pure function of the image size).
 _GLYPHS = {
     "S": (".###.", "#...#", "#....", ".###.", "....#", "#...#", ".###."),
     "Y": ("#...#", "#...#", ".#.#.", "..#..", "..#..", "..#..", "..#.."),
@@ -450,31 +497,54 @@ def _label_mask(scale: int) -> np.ndarray:
     return np.kron(mask, np.ones((scale, scale), dtype=bool))
 
 
+# Letter height as a fraction of the shorter side: about 3 %, the size of a radiograph's burned-in side
+# marker, legible on a full-screen view and on a 128 px thumbnail alike; never below the 7 px font.
+LABEL_HEIGHT_FRACTION = 0.03
+
+
+def label_scale(rows: int, cols: int) -> int:
+    """Device pixels per font pixel for an image of this size (at least 1)."""
+    return max(1, round(LABEL_HEIGHT_FRACTION * min(rows, cols) / 7))
+
+
+def label_box(rows: int, cols: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the label's black box in an image of this size."""
+    scale = label_scale(rows, cols)
+    height, width = (7 + 2) * scale, (len(LABEL) * 6 - 1 + 2) * scale
+    return scale, scale, height, width
+
+
 def burn_in_synthetic_label(pixels: np.ndarray) -> np.ndarray:
     """Return a copy with ``SYNTHETIC`` drawn in the top-left corner: white letters on a black box.
 
-    The letters are 1/128 of the shorter side per font pixel (at least 1), so the label reads the same
-    on a 64 px thumbnail and a 2048 px image. Raises :class:`SyntheticWriteError` when the image is too
-    small to hold it.
+    Where: the top-left corner, one font pixel in from the edges. Radiographs are framed with the anatomy
+    in the middle and collimation, side markers and text in the corners, and every viewer overlays its
+    own text in the corners too; a corner box leaves the centre of the image untouched (the box stays
+    within the top 16 % and the left 88 % of a 64 px image, and within the top 6 % and the left 31 % from
+    256 px up). How big: letters about 3 % of the shorter side high (:data:`LABEL_HEIGHT_FRACTION`, 7 px
+    at least), so the label reads the same on a 64 px thumbnail and a 2048 px radiograph.
+
+    The result depends only on the pixels and their size, so a regenerated image gets the same label bit
+    for bit. Raises :class:`SyntheticWriteError` when the image is too small to hold it.
     """
     pixels = _check_pixels(pixels)
     rows, cols = pixels.shape
-    scale = max(1, min(rows, cols) // 128)
+    scale = label_scale(rows, cols)
     mask = _label_mask(scale)
-    pad = scale
-    h, w = mask.shape[0] + 2 * pad, mask.shape[1] + 2 * pad
-    margin = scale
-    if h + margin > rows or w + margin > cols:
-        raise SyntheticWriteError(f"a {rows} x {cols} image is too small for a burned-in label (needs {h + margin} x {w + margin})")
+    top, left, h, w = label_box(rows, cols)
+    if top + h > rows or left + w > cols:
+        raise SyntheticWriteError(
+            f"a {rows} x {cols} image is too small for the burned-in SYNTHETIC label (needs {top + h} x {left + w}); "
+            "use a larger model or set synthetic.burn_in_label = false"
+        )
     out = pixels.copy()
-    top = np.iinfo(out.dtype).max
-    out[margin:margin + h, margin:margin + w] = 0
-    box = out[margin + pad:margin + pad + mask.shape[0], margin + pad:margin + pad + mask.shape[1]]
-    box[mask] = top
+    out[top:top + h, left:left + w] = 0
+    box = out[top + scale:top + scale + mask.shape[0], left + scale:left + scale + mask.shape[1]]
+    box[mask] = np.iinfo(out.dtype).max
     return out
 
 
 __all__ = [
-    "ConversionType", "Provenance", "SyntheticSeries", "SyntheticWriteError", "burn_in_synthetic_label",
-    "full_range_window", "synthetic_image",
+    "LABEL_HEIGHT_FRACTION", "UNPAIRED_BODY_PARTS", "ConversionType", "Provenance", "SyntheticSeries", "SyntheticWriteError", "burn_in_synthetic_label",
+    "full_range_window", "label_box", "label_scale", "synthetic_image",
 ]

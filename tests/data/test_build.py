@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 
 import numpy as np
+import pydicom
 import pytest
 
 from models.datasets import PROVENANCE_FIELDS, ImageDataset, list_datasets, load_images
@@ -25,10 +27,18 @@ def _bad_instances(store):
     for keyword in ("PixelData", "Rows", "Columns"):
         delattr(no_pixels, keyword)
     store.put(no_pixels, source="import")
+    # Rows 0 is refused at the door now (PS3.3 C.7.6.3); such a file can still lie in a store written by
+    # an older version, so it is placed beside the index as that version would have stored it.
     empty = phantom_dataset(32, 32, seed=11)
-    empty.Rows = 0
-    empty.PixelData = b""
-    store.put(empty, source="import")
+    record = store.put(empty, source="import").record
+    path = store.path_of(record)
+    stale = pydicom.dcmread(path)
+    stale.Rows = 0
+    stale.PixelData = b""
+    stale.save_as(path, enforce_file_format=True)
+    with sqlite3.connect(store.index.path) as db:  # the older version indexed what it wrote
+        db.execute("UPDATE instances SET sha256 = ? WHERE sop_instance_uid = ?",
+                   (hashlib.sha256(path.read_bytes()).hexdigest(), record.sop_instance_uid))
     palette = phantom_dataset(32, 32, seed=12)
     palette.PhotometricInterpretation = "PALETTE COLOR"
     store.put(palette, source="import")

@@ -66,7 +66,7 @@ def fill_archive(cfg, store: Store) -> dict:
     b.StudyDate = "20240220"
     b2 = phantom_dataset(48, 40, seed=3, patient_name="ROE^RICHARD", patient_id="P2", study_uid=b.StudyInstanceUID,
                          series_uid=b.SeriesInstanceUID, instance_number=2, body_part="TIBIA")
-    b2.StudyDate = "20240220"
+    b2.StudyDate, b2.AccessionNumber = "20240220", b.AccessionNumber  # one study, one accession number
     for ds in (a, b, b2):
         store.put(ds, source="import")
     synthetic = write_synthetic_study(cfg, store, count=2)

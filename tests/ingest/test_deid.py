@@ -116,6 +116,20 @@ def test_uids_are_remapped_consistently_and_class_uids_kept(deid):
     assert other.remap_uid(str(a.StudyInstanceUID)) != da.StudyInstanceUID
 
 
+def test_every_study_gets_a_keyed_study_id_in_place_of_the_original(deid):
+    """Study ID is Z in PS3.15 Table E.1-1; a dummy keyed on the remapped study lets a DICOMDIR name the study."""
+    a = _phi_dataset(seed=1)
+    a.StudyID = "S-4711"
+    b = _phi_dataset(seed=1, study_uid=a.StudyInstanceUID)
+    del b.StudyID  # a study whose sender wrote no Study ID gets one too
+    other = _phi_dataset(seed=2)
+    da, db, dother = (deid(copy.deepcopy(ds))[0] for ds in (a, b, other))
+    assert da.StudyID == db.StudyID != dother.StudyID
+    assert da.StudyID.startswith("ANON-") and len(da.StudyID) <= 16 and "4711" not in da.StudyID
+    assert deid(copy.deepcopy(a))[0].StudyID == da.StudyID  # a re-send: the same
+    assert Deidentifier(b"secret-two")(copy.deepcopy(a))[0].StudyID != da.StudyID
+
+
 def test_one_patient_one_pseudonym_across_studies(deid):
     first, _ = deid(_phi_dataset(seed=1))
     second, _ = deid(_phi_dataset(seed=2))  # another study of the same patient

@@ -33,7 +33,9 @@ def populated(tmp_path, home, capsys):
     """A home with a model, a synthetic study, a received image and a dataset, and its config file."""
     export_tiny_dcgan(Home.at(home).models_dir)
     conf = tmp_path / "synthpacs.toml"
-    conf.write_text(to_toml({"home": str(home), "deid": {"secret": "test-secret"}, "outbox": {"health_interval_s": 0}}))
+    # The tiny model has no near-copy index and its training set is not here: the operator allows it.
+    conf.write_text(to_toml({"home": str(home), "deid": {"secret": "test-secret"}, "outbox": {"health_interval_s": 0},
+                             "synthetic": {"allow_unchecked": True}}))
     pngs = tmp_path / "pngs"
     pngs.mkdir()
     for i in range(2):

@@ -353,3 +353,24 @@ def test_associations_per_destination_never_exceed_the_setting(home, concurrency
         sender.stop()
         store.close()
         peer.stop()
+
+
+@pytest.mark.integration
+def test_an_attempt_against_a_closed_port_says_connection_refused_and_names_the_destination(home):
+    port = free_port()  # nothing listens there
+    cfg, store = _sender_setup(home, port)
+    sender = OutboxSender(cfg, store)
+    try:
+        write_synthetic_study(cfg, store, count=1, destination="STORESCP")
+        sender.start()
+        assert wait_for(lambda: all(r.attempts >= 1 for r in sender.outbox.items()), timeout=30)
+        (row,) = sender.outbox.items()
+        assert f"STORESCP@127.0.0.1:{port}" in row.last_error and "connection refused" in row.last_error, row.last_error
+        assert "aborted" not in row.last_error
+        health = sender.outbox.health()["STORESCP"]
+        assert not health.healthy and "connection refused" in health.last_error and f":{port}" in health.last_error
+    finally:
+        sender.stop()
+        store.index.close()
+    dead = echo(cfg, cfg.peer("STORESCP"), timeout=5)
+    assert not dead.ok and dead.detail == f"STORESCP@127.0.0.1:{port}: connection refused (nothing listens on that port)"

@@ -277,3 +277,90 @@ def test_synthetic_data_yes_and_no_split_every_level(archive, level):
     assert {d[unique].value for d in yes} == {d[unique].value for d in everything if d.SyntheticData == "YES"} == {d[unique].value for d in wild}
     assert {d[unique].value for d in no} == {d[unique].value for d in everything if d.SyntheticData == "NO"}
     assert yes and no and len(yes) + len(no) == len(everything)
+
+
+# -- computed keys of a higher level (PS3.4 C.3.4) asked at a lower one ---------------------------------------
+
+
+def test_computed_keys_of_a_higher_level_answer_for_the_entity_holding_the_match(archive):
+    cfg, store, put, _syn = archive
+    knee = put["cr"].study_uid
+    keys = {"ModalitiesInStudy": "", "SOPClassesInStudy": "", "NumberOfStudyRelatedInstances": "", "NumberOfStudyRelatedSeries": "",
+            "NumberOfPatientRelatedStudies": "", "NumberOfPatientRelatedInstances": "", "NumberOfSeriesRelatedInstances": ""}
+    series = _find(cfg, store, "SERIES", StudyInstanceUID=knee, SeriesInstanceUID="", Modality="", **keys)
+    images = _find(cfg, store, "IMAGE", StudyInstanceUID=knee, SOPInstanceUID="", **keys)
+    (study,) = _find(cfg, store, "STUDY", StudyInstanceUID=knee, **keys)
+    assert len(series) == 2 and len(images) == 2
+    for ds in [*series, *images]:
+        # The study's values, not the series' or the instance's own.
+        assert sorted(ds.ModalitiesInStudy) == ["CR", "DX"] and len(ds.SOPClassesInStudy) == 2
+        assert ds.NumberOfStudyRelatedInstances == 2 and ds.NumberOfStudyRelatedSeries == 2
+        assert ds.NumberOfPatientRelatedStudies == 1 and ds.NumberOfPatientRelatedInstances == 2
+        assert ds.NumberOfSeriesRelatedInstances == 1
+    # At STUDY level the patient's counts are the patient's, the series' is a lower-level key: empty.
+    assert study.NumberOfPatientRelatedStudies == 1 and study.NumberOfStudyRelatedInstances == 2
+    assert study.NumberOfSeriesRelatedInstances in (None, "")
+    # Matching on Modalities in Study at SERIES level keeps every series of a study that has the modality.
+    assert len(_find(cfg, store, "SERIES", StudyInstanceUID="", SeriesInstanceUID="", ModalitiesInStudy="DX")) == 2
+
+
+def test_higher_level_counts_see_only_what_synthetic_only_shows(archive):
+    cfg, store, put, _syn = archive
+    # A synthetic instance received into the real knee study: with qr.synthetic_only it is all that study shows.
+    marked = phantom_dataset(16, 16, seed=5, patient_id="P1", modality="DX", study_uid=put["cr"].study_uid)
+    marked.SyntheticData = "YES"
+    store.put(marked, source="cstore", source_ae="MODALITY")
+    hidden = dataclasses.replace(cfg, qr=dataclasses.replace(cfg.qr, synthetic_only=True))
+    (image,) = _find(hidden, store, "IMAGE", StudyInstanceUID=put["cr"].study_uid, SOPInstanceUID="", ModalitiesInStudy="",
+                     NumberOfStudyRelatedInstances="", NumberOfPatientRelatedInstances="")
+    assert (image.ModalitiesInStudy, image.NumberOfStudyRelatedInstances, image.NumberOfPatientRelatedInstances) == ("DX", 1, 1)
+    everything = _find(cfg, store, "IMAGE", StudyInstanceUID=put["cr"].study_uid, SOPInstanceUID="", NumberOfStudyRelatedInstances="")
+    assert [ds.NumberOfStudyRelatedInstances for ds in everything] == [3, 3, 3]
+
+
+@pytest.mark.integration
+def test_findscu_asks_for_study_keys_at_series_and_image_level(home, tmp_path):
+    """dcmtk findscu with Modalities in Study and the study's counts at SERIES and IMAGE level: answered with
+    the study's values over the network (these keys used to end the query with an IndexError)."""
+    cfg = config_with_peers(home, [], **{"deid.enabled": False, "dicom.port": free_port(), "outbox.health_interval_s": 0})
+    svc = RunningService(cfg, outbox=False)
+    try:
+        cr = phantom_dataset(16, 16, seed=1, patient_id="P7")
+        dx = phantom_dataset(16, 16, seed=2, patient_id="P7", modality="DX", study_uid=cr.StudyInstanceUID)
+        for ds in (cr, dx):
+            svc.store.put(ds, source="cstore", source_ae="MODALITY")
+        for level, unique, expected in (("SERIES", "SeriesInstanceUID", 2), ("IMAGE", "SOPInstanceUID", 2)):
+            out = tmp_path / level
+            out.mkdir()
+            proc = subprocess.run([require_tool("findscu", "dcmtk"), "-S", "-X", "-od", str(out), "127.0.0.1", str(svc.port),
+                                   "-k", f"QueryRetrieveLevel={level}", "-k", f"StudyInstanceUID={cr.StudyInstanceUID}", "-k", unique,
+                                   "-k", "ModalitiesInStudy", "-k", "NumberOfStudyRelatedInstances", "-k", "NumberOfStudyRelatedSeries",
+                                   "-k", "NumberOfPatientRelatedStudies"], capture_output=True, text=True, timeout=60)
+            found = [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+            assert len(found) == expected, proc.stdout + proc.stderr
+            for ds in found:
+                assert sorted(ds.ModalitiesInStudy) == ["CR", "DX"], ds
+                assert (ds.NumberOfStudyRelatedInstances, ds.NumberOfStudyRelatedSeries, ds.NumberOfPatientRelatedStudies) == (2, 2, 1)
+    finally:
+        svc.stop()
+
+
+def test_synthetic_and_received_studies_answer_a_study_id(home):
+    """Study ID (needed by a DICOMDIR's STUDY record): SYN<token> for a synthetic study, shared by its instances;
+    a keyed dummy for a received, de-identified one (PS3.15 Table E.1-1 allows a dummy for Z)."""
+    cfg = config_with_peers(home, [])
+    store = Store(cfg)
+    try:
+        syn = write_synthetic_study(cfg, store, count=2)
+        received = phantom_dataset(16, 16, seed=6)
+        received.StudyID = "LOCAL-17"
+        store.put(received, source="cstore", source_ae="MODALITY")
+        studies = {ds.StudyInstanceUID: ds.StudyID for ds in _find(cfg, store, "STUDY", StudyInstanceUID="", StudyID="")}
+        assert len(studies) == 2
+        assert studies[syn.study_instance_uid].startswith("SYN") and len(studies[syn.study_instance_uid]) <= 16
+        (other,) = [sid for uid, sid in studies.items() if uid != syn.study_instance_uid]
+        assert other.startswith("ANON-") and other != "LOCAL-17"
+        images = _find(cfg, store, "IMAGE", StudyInstanceUID=syn.study_instance_uid, SOPInstanceUID="")
+        assert {store.read(ds.SOPInstanceUID).StudyID for ds in images} == {studies[syn.study_instance_uid]}
+    finally:
+        store.close()

@@ -176,3 +176,42 @@ def test_dciodvfy_finds_no_error_but_the_unknown_synthetic_data_tag(tmp_path, bi
     errors = [line for line in out.splitlines() if line.startswith("Error")]
     assert errors == ["Error - Attribute with an even group number is not a recognized standard attribute - (0x0008,0x001c)  ? "], out
     assert "SCImage" in out
+
+
+# What dicom3tools 2022 says about (0008,001C) because its dictionary predates it: nothing else is allowed.
+_UNKNOWN_TAG_LINES = {
+    "Error - Attribute with an even group number is not a recognized standard attribute - (0x0008,0x001c)  ? ",
+    "Warning - Attribute is not present in standard DICOM IOD - (0x0008,0x001c)  ? ",
+    "Warning - Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class",
+}
+_SIDE_UNKNOWN = ("Warning - is only permitted to be empty when actually unknown; should be absent (not empty) if an unpaired "
+                 "body part, and have a value if a paired body part - attribute <Laterality>")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "body_part, side, laterality, side_unknown_warning",
+    [
+        ("CHEST", "", "absent", False),  # not a paired structure: the Type 2C condition does not hold
+        ("SKULL", "", "absent", False),
+        ("HAND", "R", "R", False),  # the caller knows the side
+        ("HAND", "", "", True),  # paired, side unknown: Type 2, empty; dciodvfy's reminder is exactly our case
+        ("", "", "", True),  # no body part: nothing says it is unpaired, so the side is unknown, not absent
+    ],
+)
+def test_laterality_follows_the_type_2c_condition_and_dciodvfy_reports_only_the_dictionary_gap(
+        tmp_path, body_part, side, laterality, side_unknown_warning):
+    dciodvfy = require_tool("dciodvfy", "dicom3tools")
+    series = SyntheticSeries.new("demo-dcgan", 3, body_part_examined=body_part, laterality=side)
+    ds = synthetic_image(_pixels(8, (128, 128)), PROV, series, 1)
+    if laterality == "absent":
+        assert "Laterality" not in ds
+    else:
+        assert "Laterality" in ds and (ds.Laterality or "") == laterality
+    path = tmp_path / "sc.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    proc = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    reported = {line for line in out.splitlines() if line.startswith(("Error", "Warning"))}
+    assert reported - _UNKNOWN_TAG_LINES == ({_SIDE_UNKNOWN} if side_unknown_warning else set()), out
+    assert "Error - Missing attribute" not in out
