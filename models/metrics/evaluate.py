@@ -31,6 +31,7 @@ reference set's bit depth) before any metric sees them, so the numbers describe 
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 import time
@@ -42,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.conditions import space_of
+from models.metrics.conditional import ConditionSampler, sampler_for
 from models.metrics.diversity import pairwise_ms_ssim
 from models.metrics.features import FeatureExtractor, extract_features
 from models.metrics.fidelity import matched_fidelity
@@ -142,13 +145,20 @@ def parse_metrics(text: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def generate_images(G: torch.nn.Module, seeds: Sequence[int], psi: float = 1.0, batch_size: int = 32, bits: int = 8, progress: Reporter | None = None) -> tuple[np.ndarray, float]:
+def generate_images(G: torch.nn.Module, seeds: Sequence[int], psi: float = 1.0, batch_size: int = 32, bits: int = 8, progress: Reporter | None = None,
+                    conditions: Sequence[Mapping[str, str]] | None = None) -> tuple[np.ndarray, float]:
     """Images (N, H, W) of ``bits`` for the given seeds (models.sampling conventions) and images/s.
 
     Runs on the device G is on, in eval mode, and puts G back in the mode it was in (the training
     runner hands its live networks to snapshot metrics). Multi-channel output (a 3-channel StyleGAN)
-    is averaged to gray, as the datasets are grayscale.
+    is averaged to gray, as the datasets are grayscale. A conditional generator needs ``conditions``
+    (one per seed, :mod:`models.conditions`), an unconditional one takes none.
     """
+    space = space_of(G)
+    if (space is None) != (conditions is None):
+        raise ValueError("a conditional generator needs one condition per seed" if space is not None else "this generator is unconditional: it takes no conditions")
+    if conditions is not None and len(conditions) != len(seeds):
+        raise ValueError(f"{len(conditions)} conditions for {len(seeds)} seeds")
     try:
         device = next(G.parameters()).device
     except StopIteration:
@@ -161,7 +171,8 @@ def generate_images(G: torch.nn.Module, seeds: Sequence[int], psi: float = 1.0, 
     try:
         with torch.inference_mode():
             for start, stop in batches(len(seeds), batch_size):
-                img = G(latents(seeds[start:stop], G.z_dim, device=device), psi=psi)
+                cond = {"c": space.encode_batch(conditions[start:stop], device=device)} if space is not None and conditions is not None else {}
+                img = G(latents(seeds[start:stop], G.z_dim, device=device), psi=psi, **cond)
                 if img.shape[1] > 1:
                     img = img.mean(1, keepdim=True)
                 out.append(to_uint(img, bits=bits)[:, 0])
@@ -240,6 +251,11 @@ class Inputs:
     reference_labels: dict[str, list[str]] = field(default_factory=dict)
     reference_held_out: bool = False
     generate: Generate | None = None  # a conditional generator: generate(labels, seeds) -> (N, H, W) images
+    generate_for: dict[str, Generate] = field(default_factory=dict)  # the same per TSTR task (overrides ``generate``)
+    # A conditional generator's conditions are drawn with the training set's label frequencies: from these
+    # manifest rows of the training set, else from the model card's counts (models.metrics.conditional).
+    training_rows: list[dict[str, Any]] | None = None
+    card: Mapping[str, Any] | None = None
     utility_baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # TRTR classifiers, per task, reused
 
 
@@ -366,8 +382,9 @@ def _utility(fake, reference, inputs: Inputs, settings: EvaluationSettings, seed
             reasons.append(f"{task}: the datasets carry no {task} labels")
             continue
         kwargs: dict[str, Any] = {}
-        if inputs.generate is not None:
-            kwargs = {"generate": inputs.generate, "n": settings.n, "seeds": seeds}
+        generate = inputs.generate_for.get(task) or inputs.generate
+        if generate is not None:
+            kwargs = {"generate": generate, "n": settings.n, "seeds": seeds}
         elif generated_labels and generated_labels.get(task):
             kwargs = {"generated": fake, "generated_labels": generated_labels[task]}
         else:
@@ -389,14 +406,51 @@ def _utility(fake, reference, inputs: Inputs, settings: EvaluationSettings, seed
         metrics[f"{prefix}tstr_accuracy"] = r["tstr"]["accuracy"]
         metrics[f"{prefix}trtr_accuracy"] = r["trtr"]["accuracy"]
         metrics[f"{prefix}tstr_trtr_ratio"] = r["ratio"]
+        if r.get("recognition_rates"):
+            # A conditional model's images: does the real-trained classifier see the body part asked for?
+            out.setdefault("recognition_rates", {})[task] = r["recognition_rates"]
+            metrics[f"{task}_recognition_rate_min"] = min(r["recognition_rates"].values())
+
+
+def _conditional_generators(G: torch.nn.Module, sampler: ConditionSampler, settings: EvaluationSettings, bits: int) -> dict[str, Generate]:
+    """For each TSTR task that is a condition field of G: ``generate(labels, seeds)``, the other fields
+    drawn given each label with the training frequencies (deterministic per seed)."""
+
+    def make(task: str) -> Generate:
+        def generate(labels: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
+            conditions = sampler.conditions_given(task, labels, seeds)
+            return generate_images(G, list(seeds), settings.psi, settings.batch_size, bits, conditions=conditions)[0]
+
+        return generate
+
+    return {task: make(task) for task in TSTR_TASKS if task in sampler.space.names}
 
 
 def evaluate_generator(G: torch.nn.Module, inputs: Inputs, settings: EvaluationSettings, progress: Reporter | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """Generate ``settings.n`` images from seeds ``seed_start..`` and evaluate them; returns (results, images)."""
+    """Generate ``settings.n`` images from seeds ``seed_start..`` and evaluate them; returns (results, images).
+
+    A conditional generator gets one condition per seed, drawn with the training set's label
+    frequencies (``inputs.training_rows``, else ``inputs.card``; :mod:`.conditional`); TSTR then trains
+    on images generated for labels it asks for, and ``recognition_rates`` says, per requested body part
+    (and view), how many of them the classifier trained on real images recognizes as such.
+    """
     reference = check_images(inputs.reference, "reference images")
     bits = 16 if reference.dtype in (np.uint16, torch.uint16) else 8
-    fake, rate = generate_images(G, settings.seeds, settings.psi, settings.batch_size, bits, progress)
-    results = evaluate_images(fake, inputs, settings, settings.seeds, progress)
+    sampler = sampler_for(G, inputs.training_rows, inputs.card)
+    conditions = sampler.conditions(settings.seeds) if sampler is not None else None
+    fake, rate = generate_images(G, settings.seeds, settings.psi, settings.batch_size, bits, progress, conditions=conditions)
+    saved = inputs.generate_for
+    if sampler is not None and conditions is not None:
+        inputs.generate_for = {**_conditional_generators(G, sampler, settings, bits), **saved}
+        generated_labels = {name: [c[name] for c in conditions] for name in sampler.space.names}
+    else:
+        generated_labels = None
+    try:
+        results = evaluate_images(fake, inputs, settings, settings.seeds, progress, generated_labels=generated_labels)
+    finally:
+        inputs.generate_for = saved
+    if sampler is not None and conditions is not None:
+        results["conditions"] = {**sampler.describe(), "generated_per_condition": dict(sorted(collections.Counter(" ".join(c.values()) for c in conditions).items()))}
     results["generated"] = {
         "count": int(fake.shape[0]),
         "seeds": [settings.seed_start, settings.seed_start + settings.n - 1],

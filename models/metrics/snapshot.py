@@ -48,6 +48,10 @@ class SnapshotEvaluator:
         Real images (N, H, W) uint8/uint16; default: the training dataset of the snapshot ``info``.
     training_images:
         For the memorization metric; default: the reference images.
+    training_rows:
+        Manifest rows of the training images: a conditional generator's conditions are drawn per seed
+        with their label frequencies (:mod:`models.metrics.conditional`); default: the manifest of the
+        snapshot ``info``'s dataset.
     extractors:
         Feature networks for FID/KID/precision-recall (e.g. ``InceptionFeatures``); ``skipped`` holds
         the reasons when some are unavailable (e.g. the weights error message).
@@ -59,6 +63,7 @@ class SnapshotEvaluator:
         n_samples: int = 1000,
         reference_images=None,
         training_images=None,
+        training_rows=None,
         extractors: Sequence[FeatureExtractor] = (),
         skipped: Mapping[str, str] | None = None,
         psi: float = 1.0,
@@ -82,6 +87,7 @@ class SnapshotEvaluator:
         )
         self.reference_images = reference_images
         self.training_images = training_images
+        self.training_rows = list(training_rows) if training_rows is not None else None
         self.extractors = list(extractors)
         self.skipped = dict(skipped or {})
         self.progress = progress
@@ -95,8 +101,11 @@ class SnapshotEvaluator:
         if self._inputs is not None:
             return self._inputs
         reference = self.reference_images
+        dataset = getattr(info, "dataset", None)
+        rows = self.training_rows
+        if rows is None and dataset is not None:
+            rows = list(dataset.manifest())
         if reference is None:
-            dataset = getattr(info, "dataset", None)
             if dataset is None:
                 raise ValueError("snapshot metrics need reference images: pass reference_images, or call with the runner's SnapshotInfo")
             reference = load_images(dataset)
@@ -112,6 +121,7 @@ class SnapshotEvaluator:
             skipped=self.skipped,
             cache=MemoryFeatureCache(),
             guard=guard,
+            training_rows=rows,
         )
         return self._inputs
 

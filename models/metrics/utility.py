@@ -267,6 +267,9 @@ def _tstr_against(real_clf: Classifier, trtr: dict[str, Any], classes: list[str]
     if len(gen_labels) < 2:
         raise ValueError(f"{task}: fewer than two generated images carry a known class")
     present = collections.Counter(gen_labels)
+    # A conditional model's images carry the labels they were asked for: how many of each does the
+    # classifier trained on real images recognize as asked (the per-class check of a conditional model)?
+    recognized = recognition_rates_from(real_clf.predict(gen_images), gen_labels) if mode.startswith("conditional") else None
     syn_clf = train_classifier(gen_images, gen_labels, classes, seed=seed, epochs=epochs, progress=progress, label=f"{task} classifier on generated images (TSTR)")
     tstr_scores = scores(syn_clf, test_k.images, test_k.labels)
     majority = max(collections.Counter(test_k.labels).values()) / len(test_k.labels)
@@ -287,6 +290,7 @@ def _tstr_against(real_clf: Classifier, trtr: dict[str, Any], classes: list[str]
         "epochs": epochs,
         "seed": seed,
         "image_size": SIZE,
+        **({"recognition_rates": recognized} if recognized is not None else {}),
     }
 
 

@@ -270,6 +270,10 @@ def results_table(results: dict[str, Any]) -> str:
         if f"{task}_tstr_trtr_ratio" in m:
             rows.append((f"TSTR / TRTR [{task} classifier]", _value(m[f"{task}_tstr_trtr_ratio"]),
                          f"TSTR {_value(m.get(f'{task}_tstr_accuracy'), '{:.3f}')} / TRTR {_value(m.get(f'{task}_trtr_accuracy'), '{:.3f}')}"))
+    for task, rates in (results.get("recognition_rates") or {}).items():
+        what = task.replace("_", "-")
+        rows.append((f"Recognized as requested [{what} classifier]", f"min {_value(min(rates.values()), '{:.3f}')}",
+                     "per requested class, by the classifier trained on real images: " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items())))
     if any(k in m for k in ("fid", "kid", "precision", "recall")):
         rows.append(("FID [Inception]", _value(m.get("fid")), "Inception pool3, the literature's standard (not calibrated here)"))
         rows.append(("KID [Inception]", f"{_value(m.get('kid'))} +/- {_value(m.get('kid_std'))}" if "kid" in m else "-", "unbiased MMD^2, cubic kernel"))
@@ -361,6 +365,7 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
         reference=real_images, training=train_images, reference_key=reference.content_hash,
         extractors=extractors, skipped=skipped, cache=FeatureCache(home.root / "evaluations" / "feature-cache"),
         training_labels=_labels(training), reference_labels=_labels(reference), reference_held_out=held_out,
+        training_rows=_rows(training), card=mv.card,
     )
     # Logs share stdout with the output: with --json they stay at debug so the JSON stays parseable.
     emit = log.debug if args.json else log.info
@@ -368,7 +373,7 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     started = time.perf_counter()
     try:
         results, images = evaluate_generator(G, inputs, settings, progress=_stderr)
-    except (ValueError, FeatureNetworkError) as exc:
+    except (ValueError, FeatureNetworkError) as exc:  # ConditionError (a ValueError) too: no conditions to draw
         raise CommandError(str(exc)) from None
     finally:
         for extractor in extractors:
@@ -403,6 +408,10 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     else:
         print(f"{mv.ref} on {settings.n} images, reference {reference.ref} ({reference.count} images), training set {training.ref}")
         print(results_table(results))
+        if results.get("conditions"):
+            cond = results["conditions"]
+            print(f"conditions ({', '.join(cond['fields'])}): drawn per seed with the frequencies of {cond['source']}; generated: "
+                  + ", ".join(f"{k} {v}" for k, v in cond["generated_per_condition"].items()))
         print(f"written: {path}")
     return 0
 
@@ -426,6 +435,14 @@ def dataset_difference(card_ds: dict[str, Any], dv: DatasetVersion) -> str:
 def measured(results: dict[str, Any]) -> bool:
     """Whether an evaluation holds at least one metric (generation speed alone is not an evaluation)."""
     return any(k != "generation_images_per_s" for k in results.get("metrics", {}))
+
+
+def _rows(dv: DatasetVersion) -> list[dict[str, Any]] | None:
+    """The manifest rows (a conditional model draws its conditions with their label frequencies)."""
+    try:
+        return list(dv.manifest())
+    except (OSError, ValueError):
+        return None
 
 
 def _labels(dv: DatasetVersion) -> dict[str, list[str]]:

@@ -47,6 +47,19 @@ def test_frechet_non_commuting_covariances_agree_with_scipy_sqrtm():
     assert frechet_distance([0.0], [[4.0]], [3.0], [[1.0]]) == pytest.approx(9 + 1)
 
 
+def test_frechet_from_few_images_equals_the_covariance_form():
+    """Fewer images than dimensions (HOG: 1764): computed from the images, the same value as from the D x D covariances."""
+    rs = np.random.RandomState(5)
+    for n1, n2, d in ((30, 50, 200), (10, 400, 64), (300, 20, 500)):
+        a = rs.standard_normal((n1, d)) @ rs.standard_normal((d, d)) * 0.1 + 0.3
+        b = rs.standard_normal((n2, d)) * 1.2
+        assert frechet_distance_features(a, b) == pytest.approx(frechet_distance(*gaussian_stats(a), *gaussian_stats(b)), rel=1e-6)
+    with pytest.raises(ValueError, match="dimensions differ"):
+        frechet_distance_features(np.zeros((3, 4)), np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        frechet_distance_features(np.full((3, 4), np.nan), np.zeros((3, 4)))
+
+
 def test_frechet_bad_input():
     with pytest.raises(ValueError, match="N >= 2"):
         gaussian_stats(np.zeros((1, 4)))

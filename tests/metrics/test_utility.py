@@ -9,6 +9,7 @@ from models.metrics.utility import Labelled, class_draws, recognition_rates, tra
 from tests.metrics.conftest import labelled_phantom, labelled_phantoms
 
 EPOCHS = 15
+N_GENERATED = 40
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +32,11 @@ def ignores_labels(labels, seeds):
 def test_conditional_generator_tstr_against_trtr(real):
     train, test = real
     baseline: dict = {}
-    good = tstr(train, test, generate=conditional, n=40, epochs=EPOCHS, baseline=baseline)
+    good = tstr(train, test, generate=conditional, n=N_GENERATED, epochs=EPOCHS, baseline=baseline)
     assert good["trtr"]["accuracy"] >= 0.9 and good["mode"].startswith("conditional")
     assert good["ratio"] >= 0.9 and good["classes"] == ["HAND", "LEG"]
-    assert good["generated_label_counts"] == dict(zip(["HAND", "LEG"], np.unique(class_draws(train.labels, ["HAND", "LEG"], 60, 0), return_counts=True)[1].tolist()))
-    bad = tstr(train, test, generate=ignores_labels, n=40, epochs=EPOCHS, baseline=baseline)
+    assert good["generated_label_counts"] == dict(zip(["HAND", "LEG"], np.unique(class_draws(train.labels, ["HAND", "LEG"], N_GENERATED, 0), return_counts=True)[1].tolist()))
+    bad = tstr(train, test, generate=ignores_labels, n=N_GENERATED, epochs=EPOCHS, baseline=baseline)
     assert bad["trtr"] == good["trtr"]  # the TRTR classifier is trained once and reused
     assert bad["tstr"]["balanced_accuracy"] <= 0.6 and bad["ratio"] < good["ratio"]
 
