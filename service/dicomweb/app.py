@@ -22,7 +22,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from service.config import Config
-from service.dicomweb import capabilities, dicomjson, media, metrics, qido, rendered, security, stow, wado
+from service.dicomweb import capabilities, dicomjson, media, metrics, qido, rendered, security, stow, viewer, wado
 from service.dicomweb.errors import BadRequest, HttpError, NotAcceptable, PayloadTooLarge
 from service.logs import get_logger
 
@@ -311,8 +311,9 @@ def create_app(cfg: Config, store: Any) -> Starlette:
     middleware.append(Middleware(MetricsMiddleware, root=root))
     middleware.append(Middleware(security.BearerTokenMiddleware, tokens=security.tokens_of(cfg)))
     capabilities_at_root = Route(root, capabilities_endpoint, methods=["GET", "OPTIONS"])
+    viewer_routes = viewer.routes(web.viewer_dir, base_url) if web.viewer_dir else []
     return Starlette(
-        routes=[capabilities_at_root, Mount(root, routes=routes)],
+        routes=[capabilities_at_root, Mount(root, routes=routes), *viewer_routes],
         middleware=middleware,
         exception_handlers={HttpError: http_error},
     )

@@ -23,7 +23,10 @@ IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 UNCOMPRESSED = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM_RE = re.compile(rf";\s*({_TOKEN})\s*=\s*(\"(?:[^\"\\]|\\.)*\"|{_TOKEN}|[^;,]*)")
+# A parameter value is a token or a quoted string (RFC 9110 5.6.6); an unquoted value runs to the next ";" or
+# ",", so ``type=application/octet-stream`` (a "/" is not a token character), as PS3.18's examples, OHIF
+# and dcm4che write it, is read whole.
+_PARAM_RE = re.compile(rf";\s*({_TOKEN})\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^;,]*)")
 
 
 @dataclass(frozen=True)
