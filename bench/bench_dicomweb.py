@@ -214,10 +214,12 @@ def searches(client: Client) -> dict[str, str]:
     series = _uid(_json(client, f"/studies/{study}/series")[0], "0020000E")
     instance = _uid(_json(client, f"/studies/{study}/series/{series}/instances")[0], "00080018")
     patient = first["00100020"]["Value"][0]
+    dates = sorted(m["00080020"]["Value"][0] for m in studies if m.get("00080020", {}).get("Value"))
+    since = dates[len(dates) // 2] if dates else "20240101"
     return {
         "all studies": "/studies",
         "studies of a patient": f"/studies?PatientID={urllib.parse.quote(patient)}",
-        "studies in a date range": "/studies?StudyDate=20240101-20240630",
+        "studies in a date range": f"/studies?StudyDate={since}-",
         "series of a study": f"/studies/{study}/series",
         "instances of a series": f"/studies/{study}/series/{series}/instances",
         "an instance by UID": f"/instances?SOPInstanceUID={instance}",

@@ -126,6 +126,22 @@ def multipart_stream(boundary: str, parts: Iterable[tuple[str, Iterable[bytes], 
     yield (b"" if first else b"\r\n") + f"--{boundary}--\r\n".encode("ascii")
 
 
+def coalesce(chunks: Iterable[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """The same bytes in pieces of about ``size``: a part header, a small file and the closing delimiter
+    leave as one write. A streaming response runs each step of a plain iterator in a worker thread, and
+    under load every such hop waits for the scheduler; one per megabyte is enough."""
+    pending: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
 # -- parsing a received multipart/related body (RFC 2046 §5.1.1) --------------------------------------------
 
 
