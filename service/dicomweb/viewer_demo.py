@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -195,13 +194,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"screenshot: {seen['screenshot']} ({seen['seconds']} s)")
     if args.check_only:
         return 0
-    from service.runtime import Runtime
-
-    os.environ.setdefault("SYNTHPACS_LOG_LEVEL", "warning")
     from service.config import load_config
+    from service.runtime import Runtime
 
     serve_cfg = load_config(path=None, env={}, overrides={
         "home": str(home), "dicomweb.port": args.port, "dicomweb.viewer_dir": viewer_dir, "log.level": "info",
+        "metrics.enabled": False,
     })
     runtime = Runtime(serve_cfg)
     runtime.add_dicomweb()
