@@ -14,7 +14,8 @@
 Both servers are separate processes on loopback (``synthpacs dicomweb``, and Orthanc 1.10 with Debian's
 ``orthanc-dicomweb`` 1.7 plugin, ``TCP_NODELAY=1``); the client is ``http.client`` in this process with
 one kept-alive connection per server, the same code for both. Ratios are Orthanc's time / synthpacs' time
-(above 1: synthpacs is faster). ``python -m bench dicomweb``, or ``python -m bench.bench_dicomweb
+(above 1: synthpacs is faster); beside each, the server process's CPU time per request, which the load of
+a shared machine changes much less than the wall clock. ``python -m bench dicomweb``, or ``python -m bench.bench_dicomweb
 [--quick]``; environment ``BENCH_DICOMWEB_QUICK=1`` does the same as ``--quick``.
 """
 
@@ -163,6 +164,7 @@ class Synthpacs:
             env=env, cwd=REPO, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
         )
         _wait_http(self.url, self.proc, self.log_path)
+        self.pid = self.proc.pid
 
     def stored_files(self) -> list[Path]:
         return sorted((self.home / "store").rglob("*.dcm"))
@@ -183,6 +185,7 @@ class Orthanc:
 
         self.orthanc = start_orthanc(work / "orthanc", dicomweb=True)
         self.url = self.orthanc.url + "/dicom-web"
+        self.pid = self.orthanc.process.pid
 
     def load(self, files: list[Path]) -> None:
         for path in files:
@@ -190,6 +193,12 @@ class Orthanc:
 
     def stop(self) -> None:
         self.orthanc.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and its threads so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- measurements ----------------------------------------------------------------------------------------------
@@ -246,6 +255,21 @@ def qido_latency(clients: dict[str, Client], queries: dict[str, str], rounds: in
                 if status != 200:
                     raise RuntimeError(f"{name} {label}: HTTP {status}")
     return {key: statistics.median(values) for key, values in times.items()}, {k: next(iter(v.values())) for k, v in counts.items()}
+
+
+def qido_cpu(clients: dict[str, Client], pids: dict[str, int], queries: dict[str, str], rounds: int) -> dict[tuple[str, str], float]:
+    """Server CPU seconds per request, for each (server, search): ``rounds`` requests back to back.
+
+    CPU time is what a request costs the server whatever else the machine runs; the wall-clock latency
+    of a loaded machine is mostly time spent waiting for a core."""
+    out = {}
+    for name, client in clients.items():
+        for label, path in queries.items():
+            before = cpu_seconds(pids[name])
+            for _ in range(rounds):
+                client.get(path)
+            out[(name, label)] = (cpu_seconds(pids[name]) - before) / rounds
+    return out
 
 
 def wado_instances(client: Client, urls: list[str]) -> tuple[float, int]:
@@ -328,6 +352,8 @@ def run(plan: Plan) -> dict:
             queries = searches(clients["synthpacs"])
             results["qido"], results["matches"] = qido_latency(clients, queries, plan.qido_rounds)
             results["queries"] = queries
+            pids = {"synthpacs": synthpacs.pid, "Orthanc": orthanc.pid}
+            results["qido_cpu"] = qido_cpu(clients, pids, queries, plan.qido_rounds)
             paths = {name: instance_paths(c) for name, c in clients.items()}
             if paths["synthpacs"] != paths["Orthanc"]:
                 raise RuntimeError("the servers list different instances")
@@ -337,7 +363,9 @@ def run(plan: Plan) -> dict:
             names = list(clients)
             for rep in range(plan.repeats):
                 for name in (names if rep % 2 == 0 else names[::-1]):
+                    before = cpu_seconds(pids[name])
                     wado.setdefault(name, []).append(wado_instances(clients[name], instances))
+                    results.setdefault("wado_cpu", {}).setdefault(name, []).append((cpu_seconds(pids[name]) - before) / len(instances))
                     wado_studies.setdefault(name, []).append(wado_instances(clients[name], studies))
             results["wado"], results["wado_studies"] = wado, wado_studies
             for c in clients.values():
@@ -351,11 +379,14 @@ def run(plan: Plan) -> dict:
         synthpacs, orthanc = Synthpacs(root / "stow"), Orthanc(root / "stow")
         try:
             clients = {"synthpacs": Client(synthpacs.url), "Orthanc": Client(orthanc.url)}
+            pids = {"synthpacs": synthpacs.pid, "Orthanc": orthanc.pid}
             stow_times: dict[str, list[float]] = {}
             names = list(clients)
             for rep, studies_set in enumerate(sets):
                 for name in (names if rep % 2 == 0 else names[::-1]):
+                    before = cpu_seconds(pids[name])
                     stow_times.setdefault(name, []).append(stow(clients[name], studies_set))
+                    results.setdefault("stow_cpu", {}).setdefault(name, []).append((cpu_seconds(pids[name]) - before) / plan.instances)
             results["stow"] = stow_times
         finally:
             synthpacs.stop()
@@ -383,15 +414,20 @@ def report(results: dict, quick: bool) -> str:
         "",
         f"**QIDO-RS latency**, median of {plan.qido_rounds} requests each (ms; ratio = Orthanc / synthpacs, above 1: synthpacs faster):",
         "",
-        "| search | matches | synthpacs ms | Orthanc ms | ratio |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| search | matches | synthpacs ms | Orthanc ms | ratio | synthpacs CPU ms | Orthanc CPU ms | CPU ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    ratios = []
+    ratios, cpu_ratios = [], []
+    qcpu = results["qido_cpu"]
     for label in results["queries"]:
         ours, theirs = qido[("synthpacs", label)], qido[("Orthanc", label)]
+        ours_cpu, theirs_cpu = qcpu[("synthpacs", label)], qcpu[("Orthanc", label)]
         ratios.append(theirs / ours)
-        lines.append(f"| {label} | {results['matches'][label]} | {ours * 1000:.1f} | {theirs * 1000:.1f} | {theirs / ours:.2f}x |")
+        cpu_ratios.append(theirs_cpu / ours_cpu if ours_cpu > 0 and theirs_cpu > 0 else 1.0)
+        lines.append(f"| {label} | {results['matches'][label]} | {ours * 1000:.1f} | {theirs * 1000:.1f} | {theirs / ours:.2f}x "
+                     f"| {ours_cpu * 1000:.2f} | {theirs_cpu * 1000:.2f} | {cpu_ratios[-1]:.2f}x |")
     qido_ratio = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    qido_cpu_ratio = math.exp(sum(math.log(r) for r in cpu_ratios) / len(cpu_ratios))
 
     def rate(runs: list[tuple[float, int]]) -> tuple[float, float]:
         seconds, size = sorted(runs)[len(runs) // 2]
@@ -403,9 +439,13 @@ def report(results: dict, quick: bool) -> str:
     theirs_st, _ = rate(results["wado_studies"]["Orthanc"])
     stow_ours = plan.instances / statistics.median(results["stow"]["synthpacs"])
     stow_theirs = plan.instances / statistics.median(results["stow"]["Orthanc"])
+    wado_cpu = {k: statistics.median(v) for k, v in results["wado_cpu"].items()}
+    stow_cpu = {k: statistics.median(v) for k, v in results["stow_cpu"].items()}
     lines += [
         "",
-        f"Geometric mean of the QIDO-RS ratios: **{qido_ratio:.2f}x**.",
+        f"Geometric mean of the QIDO-RS ratios: **{qido_ratio:.2f}x** in latency, {qido_cpu_ratio:.2f}x in server CPU "
+        f"time per request (the CPU columns: {plan.qido_rounds} requests of each search back to back, the server "
+        "process's user + system time from /proc divided by the count).",
         "",
         f"**WADO-RS and STOW-RS**, median of {plan.repeats} interleaved runs:",
         "",
@@ -414,7 +454,11 @@ def report(results: dict, quick: bool) -> str:
         f"| WADO-RS, each of {plan.instances} instances alone (MB/s) | {ours_mb:.1f} | {theirs_mb:.1f} | **{ours_mb / theirs_mb:.2f}x** |",
         f"| WADO-RS, instances per second | {plan.instances / ours_s:.0f} | {plan.instances / theirs_s:.0f} | |",
         f"| WADO-RS, each of {plan.studies} studies whole (MB/s) | {ours_st:.1f} | {theirs_st:.1f} | {ours_st / theirs_st:.2f}x |",
+        f"| WADO-RS, server CPU ms per instance | {wado_cpu['synthpacs'] * 1000:.2f} | {wado_cpu['Orthanc'] * 1000:.2f} | "
+        f"{wado_cpu['Orthanc'] / max(wado_cpu['synthpacs'], 1e-9):.2f}x |",
         f"| STOW-RS, one request per study (images/s) | {stow_ours:.1f} | {stow_theirs:.1f} | **{stow_ours / stow_theirs:.2f}x** |",
+        f"| STOW-RS, server CPU ms per image | {stow_cpu['synthpacs'] * 1000:.2f} | {stow_cpu['Orthanc'] * 1000:.2f} | "
+        f"{stow_cpu['Orthanc'] / max(stow_cpu['synthpacs'], 1e-9):.2f}x |",
         "",
         "STOW-RS: synthpacs on its defaults, de-identification on and every instance written, fsynced and "
         "indexed before the answer (the C-STORE path); Orthanc does not fsync.",
