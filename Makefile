@@ -12,7 +12,7 @@ STAMP := $(VENV)/.synthpacs-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-gpu fuzz demo deps venv proto clean help
+.PHONY: run test bench bench-gpu fuzz demo demo-viewer viewer deps venv proto clean help
 
 help:
 	@echo "make run    start synthpacs on embedded defaults (DICOM :11112, gRPC :50051, /metrics :9108)"
@@ -21,6 +21,8 @@ help:
 	@echo "make bench-gpu  the prepared GPU run (BENCH_GPU_ARGS='--images DIR --out DIR'; README 'GPU run')"
 	@echo "make fuzz   send thousands of mutated DICOM conversations to the listener; figures in bench/RESULTS.md"
 	@echo "make demo   the end-to-end demo: PACS -> synthpacs -> GAN -> synthetic study -> PACS"
+	@echo "make viewer install OHIF Viewer's prebuilt bundle (npm) into $(VIEWER_DIR), served at /viewer"
+	@echo "make demo-viewer  a synthetic study in OHIF: a headless-Chromium screenshot, then the viewer left running"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "synthpacs needs Python >= 3.11; set PYTHON=python3.11")'
@@ -70,6 +72,28 @@ fuzz: deps venv
 
 demo: deps venv
 	$(BIN)/python -m service.demo
+
+# OHIF Viewer 2's prebuilt "script tag" bundle from the npm registry (README "Web viewer"): the tarball only,
+# no install scripts run, checked against its sha256; the bundle and its licence go to VIEWER_DIR (git-ignored).
+VIEWER_DIR ?= var/viewer
+OHIF_VIEWER_VERSION := 4.12.51
+OHIF_VIEWER_SHA256 := 60931e78123d2637b7cc7cde5ad48f10961d69be1e58eb6d644bd7d727613b70
+viewer: $(VIEWER_DIR)/index.umd.js
+
+$(VIEWER_DIR)/index.umd.js:
+	@command -v npm >/dev/null || { echo "make viewer needs npm (Debian: apt-get install npm)"; exit 1; }
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack --silent @ohif/viewer@$(OHIF_VIEWER_VERSION) >/dev/null) && \
+	echo "$(OHIF_VIEWER_SHA256)  $$tmp/ohif-viewer-$(OHIF_VIEWER_VERSION).tgz" | sha256sum --check --quiet && \
+	tar -xzf "$$tmp/ohif-viewer-$(OHIF_VIEWER_VERSION).tgz" -C "$$tmp" package/dist/index.umd.js package/LICENSE && \
+	mkdir -p "$(VIEWER_DIR)" && cp "$$tmp/package/LICENSE" "$(VIEWER_DIR)/LICENSE" && \
+	cp "$$tmp/package/dist/index.umd.js" "$(VIEWER_DIR)/index.umd.js.tmp" && mv "$(VIEWER_DIR)/index.umd.js.tmp" "$@"
+	@echo "OHIF Viewer $(OHIF_VIEWER_VERSION) in $(VIEWER_DIR): synthpacs serve --viewer-dir $(VIEWER_DIR), then http://127.0.0.1:8080/viewer/"
+
+# A synthetic study written by the bundled generator, shown by OHIF in headless Chromium (screenshot under
+# var/), then the service left running for a browser on this machine; Ctrl-C ends it.
+demo-viewer: deps venv viewer
+	$(BIN)/python -m service.dicomweb.viewer_demo --viewer-dir $(VIEWER_DIR)
 
 # Regenerate the committed gRPC stubs after editing proto/synthpacs/v1/*.proto.
 proto: venv

@@ -281,6 +281,9 @@ class DicomwebConfig:
     max_body_bytes: int = 1 << 30
     # QIDO-RS answers at most this many matches per request when the client sets no limit.
     default_limit: int = 1000
+    # A folder holding OHIF Viewer's prebuilt bundle (`make viewer` installs it): served at /viewer,
+    # configured with this server's DICOMweb root. Empty: no viewer.
+    viewer_dir: str = ""
 
 
 @dataclass(frozen=True)

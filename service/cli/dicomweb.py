@@ -14,10 +14,13 @@ def add_dicomweb_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dicomweb-port", dest="dicomweb_port", type=int, help="HTTP port (dicomweb.port)")
     g.add_argument("--tls-cert", dest="dicomweb_tls_cert", help="PEM certificate for HTTPS (dicomweb.tls_cert)")
     g.add_argument("--tls-key", dest="dicomweb_tls_key", help="PEM private key for HTTPS (dicomweb.tls_key)")
+    g.add_argument("--viewer-dir", dest="dicomweb_viewer_dir",
+                   help="serve OHIF Viewer's bundle from this folder at /viewer (dicomweb.viewer_dir; `make viewer`)")
 
 
 def dicomweb_overrides(args: argparse.Namespace) -> dict:
-    keys = {"dicomweb_bind": "bind", "dicomweb_port": "port", "dicomweb_tls_cert": "tls_cert", "dicomweb_tls_key": "tls_key"}
+    keys = {"dicomweb_bind": "bind", "dicomweb_port": "port", "dicomweb_tls_cert": "tls_cert", "dicomweb_tls_key": "tls_key",
+            "dicomweb_viewer_dir": "viewer_dir"}
     return {f"dicomweb.{v}": getattr(args, k, None) for k, v in keys.items()}
 
 

@@ -22,13 +22,15 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from service.config import Config
-from service.dicomweb import capabilities, dicomjson, media, metrics, qido, rendered, security, stow, wado
+from service.dicomweb import capabilities, dicomjson, media, metrics, qido, rendered, security, stow, viewer, wado
 from service.dicomweb.errors import BadRequest, HttpError, NotAcceptable, PayloadTooLarge
 from service.logs import get_logger
 
 log = get_logger("dicomweb")
 
 _JSON_TYPES = (media.DICOM_JSON, "application/json")
+# Instances whose files add up to at most this many bytes are answered in one body rather than streamed.
+SMALL_BODY = 8 << 20
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
@@ -172,11 +174,19 @@ def create_app(cfg: Config, store: Any) -> Starlette:
         records = _records(request)
         plan = wado.negotiate_instances(accept, {r.transfer_syntax_uid for r in records}, single)
         parts = retriever.instance_parts(records, plan, instance_url(request))
+        # Up to SMALL_BODY bytes are read here, in this worker thread, and sent as one body; larger answers
+        # stream (each step of a streaming body is another worker-thread hop, milliseconds on a busy machine).
+        small = sum(r.size for r in records) <= SMALL_BODY
         if not plan.multipart:
             content_type, chunks, _location = next(iter(parts))
-            return StreamingResponse(chunks, media_type=content_type)
+            if small:
+                return Response(b"".join(chunks), media_type=content_type)
+            return StreamingResponse(media.coalesce(chunks), media_type=content_type)
         boundary = media.new_boundary()
-        return StreamingResponse(media.multipart_stream(boundary, parts), media_type=media.multipart_content_type(media.DICOM, boundary))
+        ctype = media.multipart_content_type(media.DICOM, boundary)
+        if small:
+            return Response(b"".join(media.multipart_stream(boundary, parts)), media_type=ctype)
+        return StreamingResponse(media.coalesce(media.multipart_stream(boundary, parts)), media_type=ctype)
 
     def metadata(request: Request) -> Response:
         ctype = _json_type(request)
@@ -311,8 +321,9 @@ def create_app(cfg: Config, store: Any) -> Starlette:
     middleware.append(Middleware(MetricsMiddleware, root=root))
     middleware.append(Middleware(security.BearerTokenMiddleware, tokens=security.tokens_of(cfg)))
     capabilities_at_root = Route(root, capabilities_endpoint, methods=["GET", "OPTIONS"])
+    viewer_routes = viewer.routes(web.viewer_dir, base_url) if web.viewer_dir else []
     return Starlette(
-        routes=[capabilities_at_root, Mount(root, routes=routes)],
+        routes=[capabilities_at_root, Mount(root, routes=routes), *viewer_routes],
         middleware=middleware,
         exception_handlers={HttpError: http_error},
     )

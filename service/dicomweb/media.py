@@ -23,7 +23,10 @@ IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 UNCOMPRESSED = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM_RE = re.compile(rf";\s*({_TOKEN})\s*=\s*(\"(?:[^\"\\]|\\.)*\"|{_TOKEN}|[^;,]*)")
+# A parameter value is a token or a quoted string (RFC 9110 5.6.6); an unquoted value runs to the next ";" or
+# ",", so ``type=application/octet-stream`` (a "/" is not a token character), as PS3.18's examples, OHIF
+# and dcm4che write it, is read whole.
+_PARAM_RE = re.compile(rf";\s*({_TOKEN})\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^;,]*)")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,22 @@ def multipart_stream(boundary: str, parts: Iterable[tuple[str, Iterable[bytes], 
         first = False
         yield from chunks
     yield (b"" if first else b"\r\n") + f"--{boundary}--\r\n".encode("ascii")
+
+
+def coalesce(chunks: Iterable[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """The same bytes in pieces of about ``size``: a part header, a small file and the closing delimiter
+    leave as one write. A streaming response runs each step of a plain iterator in a worker thread, and
+    under load every such hop waits for the scheduler; one per megabyte is enough."""
+    pending: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 # -- parsing a received multipart/related body (RFC 2046 §5.1.1) --------------------------------------------

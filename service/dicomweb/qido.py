@@ -213,6 +213,11 @@ class Qido:
                     continue  # a matching key: the engine decides (it matches it at every level)
                 lifted.setdefault(lvl, []).append(keyword)
                 del ident[tag]
+        # Modality asked for as a return key of a study search is answered with the study's modalities, as
+        # Orthanc's DICOMweb plugin answers it; C-FIND answers it empty (a key of a lower level). Viewers
+        # ask for it (OHIF Viewer 2's study list sends includefield=00081030,00080060 and fails on an empty one).
+        modality = tag_for_keyword("Modality")
+        study_modality = search.level == STUDY and modality in ident and element_text(ident[modality]) in ("", "*")
         cache: dict[tuple[str, str], Dataset] = {}
         skipped = 0
         for ds in engine.iter_find(ident, search.level):
@@ -232,6 +237,8 @@ class Qido:
                     cache[(lvl, uid)] = self._computed(lvl, uid, keywords)
                 for keyword in keywords:
                     setattr(ds, keyword, cache[(lvl, uid)].get(keyword))
+            if study_modality and ds.get("ModalitiesInStudy"):
+                ds.Modality = ds.ModalitiesInStudy
             ds.RetrieveURL = retrieve_url(base_url, search.level, ds)
             answer.matches.append(dicomjson.to_json(ds))
         return answer

@@ -48,7 +48,11 @@ class DicomwebServer:
         web = self.cfg.dicomweb
         check_binding(self.cfg)
         family = socket.AF_INET6 if ":" in web.bind else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that say
+        # they are TCP, and accepted sockets inherit the listener's proto. With 0, every response after the
+        # first on a kept-alive connection waited for the client's delayed ACK (~40 ms: headers and body
+        # are two writes).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((web.bind, web.port))

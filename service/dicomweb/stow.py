@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import mmap
 import os
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from service.logs import get_logger, uid_hash
 log = get_logger("dicomweb")
 
 SOURCE = "dicomweb"
+# Parts of one request stored at once (each mostly waits for its fsyncs).
+STORE_WORKERS = 4
 CANNOT_UNDERSTAND = 0xC000
 STUDY_MISMATCH = 0xA900
 
@@ -83,6 +86,18 @@ def _uids_of(data: Any) -> tuple[str | None, str | None, str | None]:
             str(ds.get("StudyInstanceUID", "")) or None)
 
 
+def _sop_uid_of(mm: mmap.mmap, part: media.Part) -> str | None:
+    """The SOP Instance UID a part declares (its header only), to keep repeats of one instance in order."""
+    data = memoryview(mm)[part.start:part.end]
+    try:
+        return _uids_of(data)[1]
+    finally:
+        try:
+            data.release()
+        except BufferError:
+            pass
+
+
 def _item(sop_class: str | None, sop_instance: str | None) -> Dataset:
     item = Dataset()
     item.add(DataElement(0x00081150, "UI", sop_class))
@@ -96,6 +111,7 @@ class Stow:
     def __init__(self, cfg: Config, store: Any):
         self.cfg = cfg
         self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=STORE_WORKERS, thread_name_prefix="stow")
 
     def new_spool(self) -> Path:
         """A file in the store's temporary folder (same filesystem) for a request body."""
@@ -123,40 +139,31 @@ class Stow:
                 pass  # a view into it is still referenced: it is unmapped when that is collected
 
     def _store_parts(self, mm: mmap.mmap, parts: list[media.Part], base_url: str, study: str | None) -> StowResult:
+        # Parts are stored by up to STORE_WORKERS threads at once: each waits mostly for its fsyncs, which
+        # the disk serves together. A part with the SOP Instance UID of an earlier part of the same request
+        # waits for that one, so the duplicate policy sees them in the order they were sent. The answer
+        # lists the parts in their order whatever order they finished in.
+        # The pool is shared by all requests and first in, first out, so an earlier part waited for has
+        # always been taken by a worker before the part that waits for it.
+        outcomes: list[Future] = []
+        by_uid: dict[str, Future] = {}
+        for number, part in enumerate(parts, start=1):
+            uid = _sop_uid_of(mm, part) if len(parts) > 1 else None
+            future = self._pool.submit(self._store_part, mm, number, part, base_url, study, by_uid.get(uid) if uid else None)
+            if uid:
+                by_uid[uid] = future
+            outcomes.append(future)
+        wait(outcomes)
         stored, failed, warnings = Sequence(), Sequence(), []
         studies: list[str] = []
-        for number, part in enumerate(parts, start=1):
-            data = memoryview(mm)[part.start:part.end]
-            try:
-                reason = self._refusal(part, data, study)
-                if reason is not None:
-                    status_code, message = reason
-                    sop_class, sop_instance, _ = _uids_of(data)
-                    item = _item(sop_class, sop_instance)
-                    item.FailureReason = status_code
-                    failed.append(item)
-                    warnings.append(f'299 synthpacs "part {number}: {message}"')
-                    continue
-                try:
-                    result = self.store.put_bytes(data, source=SOURCE, source_ae="DICOMWEB")
-                except StoreError as exc:
-                    sop_class, sop_instance, _ = _uids_of(data)
-                    item = _item(sop_class, sop_instance)
-                    item.FailureReason = exc.status
-                    failed.append(item)
-                    warnings.append(f'299 synthpacs "part {number}: {exc.reason}: {exc}"'.replace("\n", " "))
-                    continue
-            finally:
-                try:
-                    data.release()
-                except BufferError:
-                    pass  # the store still holds a slice; released when that is collected
-            rec = result.record
-            item = _item(rec.sop_class_uid, rec.sop_instance_uid)
-            item.RetrieveURL = f"{base_url}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_instance_uid}"
-            stored.append(item)
-            studies.append(rec.study_uid)
-            log.info("stow_instance", outcome=result.outcome, sop=uid_hash(rec.sop_instance_uid))
+        for future in outcomes:
+            item, warning, study_uid = future.result()
+            if warning is None:
+                stored.append(item)
+                studies.append(study_uid)
+            else:
+                failed.append(item)
+                warnings.append(warning)
         response = Dataset()
         target = study if study else (studies[0] if studies and len(set(studies)) == 1 else None)
         if target:
@@ -166,6 +173,38 @@ class Stow:
         status_code = 200 if not failed else 202 if stored else 409
         log.info("stow_request", parts=len(parts), stored=len(stored), failed=len(failed), status=status_code)
         return StowResult(status_code, response, warnings, len(stored), len(failed))
+
+    def _store_part(self, mm: mmap.mmap, number: int, part: media.Part, base_url: str, study: str | None,
+                    after: Future | None) -> tuple[Dataset, str | None, str]:
+        """(Referenced or Failed SOP item, the Warning for a failure or None, the stored study UID)."""
+        if after is not None:
+            wait([after])  # its outcome is its own: this part is answered for itself
+        data = memoryview(mm)[part.start:part.end]
+        try:
+            reason = self._refusal(part, data, study)
+            if reason is not None:
+                status_code, message = reason
+                sop_class, sop_instance, _ = _uids_of(data)
+                item = _item(sop_class, sop_instance)
+                item.FailureReason = status_code
+                return item, f'299 synthpacs "part {number}: {message}"', ""
+            try:
+                result = self.store.put_bytes(data, source=SOURCE, source_ae="DICOMWEB")
+            except StoreError as exc:
+                sop_class, sop_instance, _ = _uids_of(data)
+                item = _item(sop_class, sop_instance)
+                item.FailureReason = exc.status
+                return item, f'299 synthpacs "part {number}: {exc.reason}: {exc}"'.replace("\n", " "), ""
+        finally:
+            try:
+                data.release()
+            except BufferError:
+                pass  # the store still holds a slice; released when that is collected
+        rec = result.record
+        item = _item(rec.sop_class_uid, rec.sop_instance_uid)
+        item.RetrieveURL = f"{base_url}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_instance_uid}"
+        log.info("stow_instance", outcome=result.outcome, sop=uid_hash(rec.sop_instance_uid))
+        return item, None, rec.study_uid
 
     @staticmethod
     def _refusal(part: media.Part, data: memoryview, study: str | None) -> tuple[int, str] | None:

@@ -53,6 +53,8 @@ def _queries(studies: dict) -> list[tuple[str, str, str]]:
         ("studies-modalities", "/studies?ModalitiesInStudy=OT", STUDY),
         ("studies-uid-list", f"/studies?StudyInstanceUID={a.StudyInstanceUID},{syn}", STUDY),
         ("studies-includefield", "/studies?includefield=PatientSex&includefield=StudyDescription", STUDY),
+        # What OHIF Viewer 2's study list asks (Modality at study level: the study's modalities in both).
+        ("studies-includefield-modality", "/studies?includefield=00081030,00080060&fuzzymatching=false", STUDY),
         ("studies-none", "/studies?PatientID=NOBODY", STUDY),
         ("series", "/series", SERIES),
         ("series-modality", "/series?Modality=CR&includefield=BodyPartExamined", SERIES),

@@ -116,3 +116,21 @@ def test_synthpacs_serve_starts_dicomweb_beside_the_scp(home):
     assert proc.returncode == 0, out[-3000:]
     started = [json.loads(line) for line in out.splitlines() if '"event": "started"' in line]
     assert started and "dicomweb" in started[0]["components"]
+
+
+def test_the_listening_socket_is_tcp_so_responses_are_not_held_by_nagle(tmp_path):
+    """asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and accepted sockets inherit the
+    listener's: with proto 0 every response after the first on a kept-alive connection waited ~40 ms for
+    the client's delayed ACK (bench/bench_dicomweb.py found it)."""
+    import socket
+
+    from tests.dicomweb.conftest import Service
+    from tests.helpers import make_config
+
+    svc = Service(make_config(tmp_path))
+    try:
+        assert svc.server._socket.proto == socket.IPPROTO_TCP
+        with requests.Session() as session:  # one kept-alive connection, several requests
+            assert [session.get(svc.url + "/studies").status_code for _ in range(3)] == [200, 200, 200]
+    finally:
+        svc.close()

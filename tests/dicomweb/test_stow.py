@@ -131,6 +131,30 @@ def test_duplicate_policy_applies(home):
         svc.close()
 
 
+def test_parts_stored_together_are_answered_in_request_order_and_repeats_in_sent_order(home):
+    """Parts are stored by several threads at once; the answer keeps the request's order, and a part that
+    repeats an earlier part's SOP Instance UID is stored after it (here: refused under reject)."""
+    svc = Service(make_config(home, **{"deid.enabled": False, "store.duplicate_policy": "reject"}))
+    try:
+        first = phantom_dataset(32, 32, seed=21)
+        others = [phantom_dataset(32, 32, seed=22 + k, study_uid=first.StudyInstanceUID, series_uid=first.SeriesInstanceUID,
+                                  instance_number=2 + k) for k in range(5)]
+        clash = phantom_dataset(32, 32, seed=40, sop_uid=first.SOPInstanceUID, study_uid=first.StudyInstanceUID,
+                                series_uid=first.SeriesInstanceUID)
+        sent = [first, *others[:2], clash, *others[2:]]
+        r = post(svc, body_of(*[("application/dicom", part10(ds)) for ds in sent]))
+        assert r.status_code == 202
+        answer = r.json()
+        stored = [item["00081155"]["Value"][0] for item in answer["00081199"]["Value"]]
+        assert stored == [first.SOPInstanceUID] + [ds.SOPInstanceUID for ds in others]
+        (refused,) = answer["00081198"]["Value"]
+        assert refused["00081197"]["Value"] == [status.DUPLICATE_SOP_INSTANCE]
+        assert "part 4:" in r.headers["Warning"]
+        assert svc.store.read(first.SOPInstanceUID).PixelData == first.PixelData
+    finally:
+        svc.close()
+
+
 @pytest.mark.parametrize("body", [
     body_of(("application/dicom", b"DICM"), close=False),  # cut short: no close delimiter
     b"--other-boundary\r\nContent-Type: application/dicom\r\n\r\nxx\r\n--other-boundary--\r\n",

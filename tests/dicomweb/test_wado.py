@@ -91,6 +91,11 @@ def test_frames_uncompressed(service):
     assert frame == a.PixelData
     r = requests.get(_url(service, a) + "/frames/2", headers={"Accept": 'multipart/related; type="application/octet-stream"'})
     assert r.status_code == 404
+    # The parameter unquoted, as OHIF Viewer and PS3.18's own examples write it (a "/" is not a token character).
+    r = requests.get(_url(service, a) + "/frames/1", headers={"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"})
+    assert r.status_code == 200
+    ((headers, value),) = parts_of(r)
+    assert value == a.PixelData and headers["content-type"].startswith("application/octet-stream")
     assert requests.get(_url(service, a) + "/frames/x").status_code == 400
 
 
