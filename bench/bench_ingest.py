@@ -194,7 +194,7 @@ class OrthancPeer:
     called = "ORTHANC"
 
     def __init__(self, work: Path):
-        from tests.peers import start_orthanc
+        from service.orthanc import start_orthanc
 
         self.orthanc = start_orthanc(work / "orthanc")
         self.port = self.orthanc.dicom_port

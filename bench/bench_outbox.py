@@ -38,7 +38,7 @@ class StorescpPeer:
     ae_title = "STORESCP"
 
     def __init__(self, work: Path):
-        from tests.helpers import free_port
+        from service.orthanc import free_port
 
         self.port = free_port()
         self.out = work / "storescp"
@@ -64,7 +64,7 @@ class OrthancPeer:
     ae_title = "ORTHANC"
 
     def __init__(self, work: Path):
-        from tests.peers import start_orthanc
+        from service.orthanc import start_orthanc
 
         saved = os.environ.get("TCP_NODELAY")
         os.environ["TCP_NODELAY"] = "0"  # Orthanc at its default: Nagle on

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-MAX_SEED = 2**32 - 1
+from models.seeds import MAX_SEED
 
 
 _local = threading.local()

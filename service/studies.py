@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from prometheus_client import Counter
 
+from models.seeds import MAX_SEED
 from service.config import Config
 from service.dicom.outbox import Outbox
 from service.dicom.store import Store, StoreError
@@ -38,7 +39,6 @@ SYNTHETIC_INSTANCES = Counter("synthpacs_synthetic_instances_total", "Synthetic 
 STORED, QUEUED, REFUSED, FAILED = "stored", "queued", "refused-near-copy", "failed"
 # Provenance near_copy_check values (service/dicom/synthetic.py).
 PASSED, NOT_RUN = "passed", "not-run"
-MAX_SEED = 2**32 - 1
 
 
 class StudyRequestError(ValueError):

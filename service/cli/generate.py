@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from models.seeds import MAX_SEED
 from service.cli.common import CommandError, add_command, config_from_args, home_from
 from service.cli.conditions import add_condition_options, checked
-
-MAX_SEED = 2**32 - 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,11 +80,11 @@ def _generate(args: argparse.Namespace) -> int:
     from models.registry import RegistryError
     from models.sampling import latents, to_uint
     from models.train.progress import Progress
-    from models.train.runner import TrainError, pick_device
+    from models.device import DeviceError, pick_device
 
     try:
-        device = pick_device(args.device or cfg.inference.device)
-    except TrainError as exc:
+        device = pick_device(args.device or cfg.inference.device, setting_name="--device" if args.device else "inference.device", deterministic=True)
+    except DeviceError as exc:
         raise CommandError(str(exc)) from None
     try:
         G, mv = _registry(cfg).load(args.model, device=device)

@@ -15,6 +15,7 @@ import secrets
 import sys
 from typing import Any
 
+from models.seeds import MAX_SEED
 from service.cli.common import CommandError, add_command, config_from_args, home_from
 from service.cli.conditions import add_condition_options, checked
 
@@ -52,7 +53,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     from models.registry import Registry, RegistryError
     from service.data.progress import Progress
     from service.dicom.store import Store
-    from service.inference.device import DeviceError, pick_device
+    from models.device import DeviceError, pick_device
     from service.studies import StudyRequestError, SyntheticStudyWriter, generate
 
     cfg = config_from_args(args)
@@ -63,13 +64,13 @@ def _synthesize(args: argparse.Namespace) -> int:
     if args.count > cfg.inference.max_count:
         raise CommandError(f"--count {args.count} is more than inference.max_count ({cfg.inference.max_count}) images in one study")
     first = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    if not 0 <= first <= 2**32 - args.count:
-        raise CommandError(f"--seed must leave room for {args.count} seeds in 0..{2**32 - 1}")
+    if not 0 <= first <= MAX_SEED + 1 - args.count:
+        raise CommandError(f"--seed must leave room for {args.count} seeds in 0..{MAX_SEED}")
     seeds = list(range(first, first + args.count))
     if args.batch_size < 1:
         raise CommandError("--batch-size must be at least 1")
     try:
-        device = pick_device(args.device or cfg.inference.device)
+        device = pick_device(args.device or cfg.inference.device, setting_name="--device" if args.device else "inference.device", deterministic=True)
     except DeviceError as exc:
         raise CommandError(str(exc)) from None
     home = home_from(cfg)

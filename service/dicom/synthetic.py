@@ -66,6 +66,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from models.seeds import MAX_SEED
 from service import __version__
 from service.dicom.uids import InvalidUID, new_uid, validate_uid
 
@@ -84,7 +85,6 @@ UNPAIRED_BODY_PARTS = frozenset({
 })
 SYNTHETIC_PREFIX = "SYNTHETIC"
 COMMENT_HEADER = "SYNTHETIC IMAGE, not a patient."
-MAX_SEED = 2**32 - 1
 NEAR_COPY_CHECK_VALUES = ("", "passed", "not-run")
 
 # Value Representation limits used below (PS3.5 Table 6.2-1).

@@ -20,7 +20,7 @@ from service.home import Home
 from service.inference.auth import BearerTokenInterceptor
 from service.inference.batcher import DynamicBatcher
 from service.inference.cache import ModelCache
-from service.inference.device import DeviceError, pick_device
+from models.device import DeviceError, pick_device
 from service.inference.servicer import SynthesizerServicer
 from service.logs import get_logger
 from synthpacs.v1 import synthesizer_pb2 as pb
@@ -74,7 +74,7 @@ class InferenceServer:
         self.cfg = cfg
         inf = cfg.inference
         try:
-            self.device = pick_device(inf.device)
+            self.device = pick_device(inf.device, setting_name="inference.device", deterministic=True)
         except DeviceError as exc:
             raise ConfigError(str(exc)) from None
         if inf.cpu_threads < 0 or inf.max_queue_delay_ms < 0 or inf.max_loaded_models < 1:

@@ -8,7 +8,7 @@ import secrets
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from models.registry import RegistryError, parse_ref, validate_name
-from models.sampling import MAX_SEED
+from models.seeds import MAX_SEED
 
 if TYPE_CHECKING:
     from models.conditions import ConditionSpace
