@@ -8,7 +8,7 @@ Layout (Triton-style, DESIGN.md "Data contracts")::
                                                provenance, metrics, sha256 of the weights
 
 A version folder alone is enough to serve the model. Loading never unpickles anything: the card names
-an architecture from :data:`ARCHITECTURES` and its constructor arguments, the network is built from
+an architecture from :data:`models.architectures.ARCHITECTURES` and its constructor arguments, the network is built from
 them and the weights are read with safetensors. Versions never change once written; a new export
 gets the next number.
 
@@ -18,7 +18,7 @@ The generator contract every architecture meets: ``G(z, psi=1.0)`` takes latents
 ``psi`` is the truncation each architecture defines (DCGAN: the generator sees ``psi * z``; StyleGAN:
 w is pulled toward its running mean); ``psi = 1`` is the plain sample. In eval mode on the CPU the
 output for one latent does not depend on the batch it is in, to the last bit, so model, version, seed
-and psi regenerate the same pixels (DCGAN: see ``models.dcgan._batch_invariant``).
+and psi regenerate the same pixels (DCGAN: see ``models.dcgan.networks._batch_invariant``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models.architectures import ARCHITECTURES
 from models.fileio import sha256_file
 
 FORMAT = "synthpacs-model/1"
@@ -45,12 +46,6 @@ GENERATOR_FILE = "generator.safetensors"
 CARD_FILE = "model.json"
 BUNDLED_ROOT = Path(__file__).resolve().parent / "bundled"
 
-# Architecture name -> "module:Class". The class is built with the card's init_kwargs.
-ARCHITECTURES: dict[str, str] = {
-    "dcgan": "models.dcgan:Generator",
-    "stylegan3-t": "models.stylegan3:Generator",
-    "stylegan3-r": "models.stylegan3:Generator",
-}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]*)$")
@@ -105,10 +100,10 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 def build_generator(card: dict[str, Any]) -> torch.nn.Module:
     """Construct the network a card describes (weights uninitialized)."""
     arch = card.get("architecture")
-    target = ARCHITECTURES.get(str(arch))
-    if target is None:
+    entry = ARCHITECTURES.get(str(arch))
+    if entry is None:
         raise CorruptModel(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
-    module_name, cls_name = target.split(":")
+    module_name, cls_name = entry.generator.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     kwargs = card.get("init_kwargs") or {}
     if not isinstance(kwargs, dict):

@@ -14,7 +14,7 @@ from models.conditions import ConditionError, ConditionSpace, space_of, vocabula
 from models.datasets import ImageDataset, write_dataset
 from models.dcgan import Discriminator, Generator
 from models.train import checkpoint as ckpt
-from models.train.diffaugment import cutout, diff_augment, parse_policy, translation
+from models.dcgan.diffaugment import cutout, diff_augment, parse_policy, translation
 from models.train.export import export_run
 from models.train.runner import TrainError, resume, train
 from tests.train.conftest import blobs, options
@@ -205,7 +205,7 @@ def test_minibatch_std_lets_d_see_that_images_look_alike():
     varied = torch.rand(8, 1, 64, 64)
     with torch.no_grad():
         features = D.main[:-1](same)
-        from models.dcgan import _with_minibatch_std
+        from models.dcgan.networks import _with_minibatch_std
 
         assert torch.allclose(_with_minibatch_std(features)[:, -1], torch.full((8, 4, 4), 1e-4), atol=1e-6)
         assert _with_minibatch_std(D.main[:-1](varied))[:, -1].min() > 1e-3
