@@ -144,7 +144,7 @@ class SynthpacsPeer:
         _wait_port(self.port, self.proc)
 
     def count(self) -> int:
-        from service.dicom.index import Index
+        from service.archive.index import Index
 
         index = Index(self.home / "store" / "index.sqlite")
         try:
@@ -263,7 +263,7 @@ def _report(results: dict[tuple[str, str], list[Run]], sweep: dict[int, list[Run
         "dcmtk `storescu +sd +r` over one association on loopback, `TCP_NODELAY=1` for dcmtk and Orthanc. "
         "synthpacs runs `synthpacs scp` on its defaults: **de-identification on, each instance written to a "
         "temporary file, fsynced, renamed, its folder fsynced, and indexed in SQLite before the success "
-        "status**; the storage association is served by the direct receive loop (`service/dicom/direct.py`, "
+        "status**; the storage association is served by the direct receive loop (`service/dicom/fastpath/direct.py`, "
         "`dicom.direct_receive = true`, the default). dcmtk `storescp` and Orthanc (defaults) write without fsync. "
         f"Median of {REPEATS} runs, peers interleaved.",
         "",

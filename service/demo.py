@@ -172,7 +172,7 @@ def near_copy_note(home: Path, model_ref: str) -> str:
     from models.datasets import DatasetError, resolve_dataset
     from models.registry import Registry
     from service.near_copy_index import describe
-    from service.studies import dataset_ref_of
+    from service.synthetic.studies import dataset_ref_of
 
     mv = Registry.with_bundled(home / "models").resolve(model_ref)
     ref = dataset_ref_of(mv.card)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from service.archive.store import Store
 from service.config import Config
 from service.dicom.scp import StorageSCP
-from service.dicom.store import Store
 from service.orthanc import Orthanc
 from service.orthanc import start_orthanc as _start_orthanc
 from tests.helpers import require_tool

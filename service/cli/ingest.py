@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from service.dicom.ingest import import_paths
-    from service.dicom.store import Store
+    from service.archive.ingest import import_paths
+    from service.archive.store import Store
 
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")

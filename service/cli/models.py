@@ -93,7 +93,7 @@ def _write_index(cfg: Any, mv: Any, dataset: str | None) -> str:
     """Build the version's near-copy index; a line saying what was written (or why nothing could be)."""
     from models.datasets import DatasetError, resolve_dataset
     from service.near_copy_index import build_index, describe
-    from service.studies import dataset_ref_of
+    from service.synthetic.studies import dataset_ref_of
 
     ref = dataset or dataset_ref_of(mv.card)
     if not ref:

@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace):
-    from service.dicom.index import Index
-    from service.dicom.outbox import Outbox
+    from service.archive.index import Index
+    from service.synthetic.outbox import Outbox
 
     cfg = config_from_args(args)
     home = home_from(cfg)
@@ -99,8 +99,8 @@ def _retry(args: argparse.Namespace) -> int:
     print(f"{count} outbox item(s) due now")
     if not args.send or count == 0:
         return EXIT_OK
-    from service.dicom.outbox import OutboxSender
-    from service.dicom.store import Store
+    from service.synthetic.outbox import OutboxSender
+    from service.archive.store import Store
 
     store = Store(cfg, home_from(cfg))
     sender = OutboxSender(cfg, store)

@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
+from service.archive.index import Index
 from service.cli.common import CommandError, add_command, config_from_args, config_to_stderr, home_from, human_size, progress_printer
-from service.dicom.index import Index
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ def _open_index(args: argparse.Namespace) -> Index:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from service.dicom.watermark import free_space
+    from service.archive.watermark import free_space
 
     index = _open_index(args)
     try:
@@ -143,7 +143,7 @@ def _rows(index: Index, level: str, where: str, params: tuple, limit: int) -> li
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from service.dicom.store import Store
+    from service.archive.store import Store
 
     cfg = config_to_stderr(args)
     store = Store(cfg, home_from(cfg))

@@ -1,6 +1,6 @@
 """``synthpacs synthesize``: a synthetic study straight from a registry model, no gRPC.
 
-``synthesize`` uses the same writer as gRPC GenerateStudy (service/studies.py): one study, one series of
+``synthesize`` uses the same writer as gRPC GenerateStudy (service/synthetic/studies.py): one study, one series of
 synthetic Secondary Capture instances, stored in the archive and queued for the destination. With a
 destination it also sends them at once and waits up to ``--wait`` seconds; whatever is not delivered by
 then stays queued, and a running ``synthpacs serve`` (or the next ``synthesize``) delivers it.
@@ -52,9 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _synthesize(args: argparse.Namespace) -> int:
     from models.registry import Registry, RegistryError
     from service.data.progress import Progress
-    from service.dicom.store import Store
+    from service.archive.store import Store
     from models.device import DeviceError, pick_device
-    from service.studies import StudyRequestError, SyntheticStudyWriter, generate
+    from service.synthetic.studies import StudyRequestError, SyntheticStudyWriter, generate
 
     cfg = config_from_args(args)
     if args.no_send:
@@ -100,7 +100,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         queued = [i.sop_instance_uid for i in outcome.instances if i.status == "queued"]
         delivery: dict[str, str] = {}
         if queued and args.wait > 0:
-            from service.dicom.outbox import OutboxSender
+            from service.synthetic.outbox import OutboxSender
 
             sender = OutboxSender(cfg, store, writer.outbox)
             sender.start()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from service.dicom.status import SUCCESS
+from service.archive.status import SUCCESS
 from service.dicom.tls import handshake_problem
 
 

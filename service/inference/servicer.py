@@ -77,7 +77,7 @@ def _failure(exc: BaseException, request_id: str) -> RpcFailure:
 
 
 class SynthesizerServicer(pb_grpc.SynthesizerServicer):
-    """``study_writer`` makes the synthetic-study writer (service/studies.py) when GenerateStudy needs it."""
+    """``study_writer`` makes the synthetic-study writer (service/synthetic/studies.py) when GenerateStudy needs it."""
 
     def __init__(self, cfg: Config, cache: ModelCache, batcher: DynamicBatcher, study_writer: Callable[[], Any] | None = None):
         self.cfg = cfg
@@ -192,7 +192,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         except ImportError:
             raise RpcFailure(
                 grpc.StatusCode.UNIMPLEMENTED,
-                "DICOM encodings need the synthetic Secondary Capture writer (service/dicom/synthetic.py), which this installation lacks",
+                "DICOM encodings need the synthetic Secondary Capture writer (service/synthetic/sc_writer.py), which this installation lacks",
             ) from None
         except ValueError as exc:  # e.g. synthetic.uid_root that cannot make UIDs
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"cannot write synthetic DICOM with this server's settings: {exc}") from None
@@ -308,7 +308,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 except ImportError:
                     raise RpcFailure(
                         grpc.StatusCode.UNIMPLEMENTED,
-                        "GenerateStudy needs the synthetic study writer (service/studies.py), which this installation lacks",
+                        "GenerateStudy needs the synthetic study writer (service/synthetic/studies.py), which this installation lacks",
                     ) from None
             return self._study_writer
 

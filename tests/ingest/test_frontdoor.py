@@ -20,9 +20,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from structlog.testing import capture_logs
 
+from service.archive import status
 from service.config import DicomPeer
 from service.data.phantom import CR_IMAGE_STORAGE, phantom_dataset
-from service.dicom import status
 from service.dicom.frontdoor import PendingConnections
 from tests.helpers import make_config, require_tool
 from tests.ingest.util import SCPProcess, assert_no_temp_files, echo_ok, phantom_files, scu, send

@@ -7,10 +7,10 @@ import random
 import pydicom
 import pytest
 
+from service.archive.store import Store
 from service.config import ConfigError
-from service.dicom.outbox import Outbox, OutboxSender, backoff_delay
 from service.dicom.scu import echo, storage_contexts_for
-from service.dicom.store import Store
+from service.synthetic.outbox import Outbox, OutboxSender, backoff_delay
 from tests.helpers import free_port, make_config
 from tests.synthetic.conftest import StoreSCP, config_with_peers, wait_for, write_synthetic_study
 

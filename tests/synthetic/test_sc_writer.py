@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from service.dicom.synthetic import (
+from service.synthetic.sc_writer import (
     Provenance,
     SyntheticSeries,
     SyntheticWriteError,

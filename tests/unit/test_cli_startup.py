@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import service.cli
+from service.archive.index import Index
 from service.cli import COMMANDS, command_of
-from service.dicom.index import Index
 from service.home import Home
 from tests.helpers import REPO, free_port, require_tool
 

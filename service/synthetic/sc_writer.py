@@ -68,7 +68,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from models.seeds import MAX_SEED
 from service import __version__
-from service.dicom.uids import InvalidUID, new_uid, validate_uid
+from service.archive.uids import InvalidUID, new_uid, validate_uid
 
 MANUFACTURER = "synthpacs"
 # Body Part Examined values (PS3.16 Annex L, CID 4031) of structures that are not paired: Laterality is
@@ -128,7 +128,7 @@ class Provenance:
     # The condition of a conditional model as (field, value) pairs in CONDITION_KEYS order; () if none.
     condition: tuple[tuple[str, str], ...] = ()
     # Whether the memorization guard checked the image before it was written: "passed", or "not-run" where
-    # the operator let studies go out without the check (service/studies.py); "" for instances made before.
+    # the operator let studies go out without the check (service/synthetic/studies.py); "" for instances made before.
     near_copy_check: str = ""
 
     def __post_init__(self) -> None:
@@ -349,7 +349,7 @@ def synthetic_image(
         Draw ``SYNTHETIC`` into the top-left corner (:func:`burn_in_synthetic_label`) and set
         Burned In Annotation (0028,0301) to YES.
 
-    Returns a dataset with File Meta Information, ready for :meth:`service.dicom.store.Store.put`.
+    Returns a dataset with File Meta Information, ready for :meth:`service.archive.store.Store.put`.
     Raises :class:`SyntheticWriteError` naming the argument that is wrong.
     """
     pixels = _check_pixels(pixels)

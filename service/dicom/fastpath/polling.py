@@ -41,7 +41,7 @@ def _busy(dul: DULServiceProvider) -> bool:
 class ResponsiveDUL(DULServiceProvider):
     """The DUL reactor; its idle sleep is short while PDUs keep arriving (the idle timer restarts on each).
 
-    ``handed_off``: :mod:`service.dicom.direct` reads the socket itself once the association is
+    ``handed_off``: :mod:`service.dicom.fastpath.direct` reads the socket itself once the association is
     established; the reactor then only runs the state machine for what is sent through it (the
     A-ASSOCIATE-AC) and for the socket's closing, and idles at :data:`HANDED_OFF_POLL_S`.
     """

@@ -36,8 +36,8 @@ from typing import Any, Iterable
 
 from prometheus_client import Counter, Gauge
 
+from service.archive.index import Index
 from service.config import Config, ConfigError
-from service.dicom.index import Index
 from service.logs import get_logger, uid_hash
 
 log = get_logger("outbox")
