@@ -3,7 +3,7 @@
 Workloads (issue 2): (a) 500 CR instances 512 x 512, 16 bits allocated (phantoms, 100 studies of 5);
 (b) 30 copies of pydicom-data's RG3 (1760 x 1760 CR, 6.2 MB) under new UIDs. Every peer runs as its own
 process with its defaults, in the same run, on loopback; ``TCP_NODELAY=1`` is set for dcmtk and Orthanc
-(without it they stall ~40 ms per message on loopback, ../shared/NOTES.md). synthpacs runs as
+(without it they stall ~40 ms per message on loopback, ARCHITECTURE.md). synthpacs runs as
 ``synthpacs scp`` on its defaults: de-identification on, every instance fsynced with its folder before
 the success status, and indexed; storescp and Orthanc do not fsync. Each figure is the median of
 ``REPEATS`` runs, peers interleaved so that the machine's load falls on all of them alike. A sweep of

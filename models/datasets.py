@@ -1,6 +1,6 @@
 """Dataset versions: normalized images on disk, and the loader that turns them into training tensors.
 
-Layout (DESIGN.md "Data contracts")::
+Layout (ARCHITECTURE.md "Data contracts")::
 
     <root>/<name>/v<N>/images.npy        (N, H, W) uint8 or uint16, a plain .npy file (memory-mappable)
     <root>/<name>/v<N>/manifest.jsonl    one JSON object per image, in image order

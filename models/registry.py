@@ -1,6 +1,6 @@
 """The model registry: one folder per model, numbered versions, each one self-describing.
 
-Layout (Triton-style, DESIGN.md "Data contracts")::
+Layout (Triton-style, ARCHITECTURE.md "Data contracts")::
 
     <root>/<name>/v<N>/generator.safetensors   generator weights (G_ema), no code inside
     <root>/<name>/v<N>/model.json              the model card: architecture and constructor arguments,

@@ -61,7 +61,7 @@ class DicomConfig:
     # Established associations at once; connections still negotiating are counted apart (below).
     max_associations: int = 16
     # 128 KiB: dcmtk-based senders (storescu, Orthanc, most PACS) never send larger PDUs whatever we
-    # offer; it was the fastest size measured (bench/RESULTS.md sweep, ../shared/NOTES.md), 16 KiB is
+    # offer; it was the fastest size measured (bench/RESULTS.md sweep, ARCHITECTURE.md), 16 KiB is
     # clearly slower; and several fragments per radiograph let writes overlap the transfer (streaming.py).
     max_pdu: int = 131072
     acse_timeout: float = 30.0
@@ -69,7 +69,7 @@ class DicomConfig:
     network_timeout: float = 60.0
     # Seconds a new connection has to complete association negotiation (TLS handshake and A-ASSOCIATE-RQ
     # included); shorter than the ACSE timeout, which bounds an established association's release
-    # (service/dicom/frontdoor.py).
+    # (service/dicom/fastpath/frontdoor.py).
     negotiation_timeout: float = 10.0
     # Connections accepted and not yet negotiated, per source host and in all; beyond either, the oldest
     # pending connection is closed, so an idle flood cannot lock listed peers out.

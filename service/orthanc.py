@@ -2,7 +2,7 @@
 
 Orthanc's Debian package starts a system service, which a sandbox or container blocks; this starts
 ``Orthanc CONFIG.json`` as an ordinary child process instead, on 127.0.0.1 (RemoteAccessAllowed off, no
-authentication), with its storage and index in ``workdir`` (``docs`` and ``../shared/NOTES.md`` say why).
+authentication), with its storage and index in ``workdir`` (ARCHITECTURE.md).
 ``TCP_NODELAY=1`` is passed unless the caller's environment sets it: without it Orthanc stalls some 40 ms
 per DIMSE message on loopback. Orthanc answers C-FIND/C-MOVE only for the AE titles in ``modalities``.
 """

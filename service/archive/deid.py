@@ -127,7 +127,7 @@ _STUDY_ID = 0x00200010
 # StudyDate, AcquisitionDate, ContentDate, SeriesDate: the first present dates the patient's age.
 _REFERENCE_DATES = (0x00080020, 0x00080022, 0x00080023, 0x00080021)
 
-# Pseudonyms say what they are; the prefix avoids "SYN" (synthetic patients, DESIGN.md).
+# Pseudonyms say what they are; the prefix avoids "SYN" (synthetic patients, ARCHITECTURE.md).
 PSEUDONYM_ID_PREFIX = "ANON-"
 PSEUDONYM_NAME_FAMILY = "ANONYMOUS"
 

@@ -10,8 +10,8 @@ Built the pynetdicom way: a declaratively configured AE (contexts, timeouts, PDU
   pynetdicom does it, so a caller that never finishes its handshake holds up nobody else; with
   ``dicom.tls_require_client_cert`` a listed AE title must also present its own certificate;
 * TCP_NODELAY on every accepted socket: with Nagle and delayed ACK, each C-STORE response waits
-  40-80 ms on loopback (../shared/NOTES.md);
-* a front door (:mod:`service.dicom.frontdoor`): connections still negotiating are counted apart from
+  40-80 ms on loopback (ARCHITECTURE.md);
+* a front door (:mod:`service.dicom.fastpath.frontdoor`): connections still negotiating are counted apart from
   established associations and limited per host, must negotiate within ``dicom.negotiation_timeout``, and
   may not declare a PDU longer than allowed; ``dicom.max_associations`` counts established associations;
 * associations that carry only Storage and Verification (what a PACS or a modality opens) are served,
@@ -47,10 +47,10 @@ from service.archive.uids import InvalidUID, validate_uid
 from service.config import Config, DicomPeer
 from service.dicom import fastpath
 from service.dicom.fastpath.direct import DirectLoop, eligible
+from service.dicom.fastpath.frontdoor import Admission, FrontDoorServer, PendingConnections, tls_handshake
 from service.dicom.fastpath.polling import ResponsiveAssociation, ResponsiveDUL, responsive
 from service.dicom.fastpath.sockets import large_reads
 from service.dicom.fastpath.streaming import StreamingDIMSE, streaming
-from service.dicom.frontdoor import Admission, FrontDoorServer, PendingConnections, tls_handshake
 from service.dicom.tls import certificate_matches, certificate_names, peer_certificate, server_context
 from service.logs import get_logger, where
 
@@ -236,7 +236,7 @@ def _end_streams(assoc: Any) -> None:
 
 @dataclass(frozen=True)
 class _Door:
-    """What the request handler needs to admit a connection (service/dicom/frontdoor.py)."""
+    """What the request handler needs to admit a connection (service/dicom/fastpath/frontdoor.py)."""
 
     pending: PendingConnections
     negotiation_timeout: float

@@ -80,7 +80,7 @@ def decode_raw(data: bytes, height: int, width: int, channels: int, bits: int) -
 
 class DicomEncoder:
     """Synthetic Secondary Capture instances for one Generate request: one study and series, one instance
-    per image, every synthetic marker of DESIGN.md set by :func:`service.synthetic.sc_writer.synthetic_image`
+    per image, every synthetic marker of ARCHITECTURE.md set by :func:`service.synthetic.sc_writer.synthetic_image`
     and the same provenance GenerateStudy records (:func:`service.synthetic.studies.provenance_for`)."""
 
     def __init__(self, synthetic_cfg: Any, version: ModelVersion, psi: float, condition: dict[str, str] | None = None):

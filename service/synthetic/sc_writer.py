@@ -1,6 +1,6 @@
 """The synthetic Secondary Capture writer: generated pixels plus provenance in, a fully tagged SC Image out.
 
-A synthetic image must be unmistakable to every system and every person (DESIGN.md "What marks an
+A synthetic image must be unmistakable to every system and every person (ARCHITECTURE.md "What marks an
 instance synthetic"). Every instance this module builds carries all of these:
 
 * Synthetic Data (0008,001C) = ``YES`` (PS3.3 C.12.1, SOP Common Module);
@@ -413,7 +413,7 @@ def synthetic_image(
     except (TypeError, ValueError) as exc:
         raise SyntheticWriteError(f"the Secondary Capture image cannot be built: {exc}") from None
     ds: Dataset = sc
-    # The markers of DESIGN.md, over what highdicom wrote.
+    # The markers of ARCHITECTURE.md, over what highdicom wrote.
     ds.SyntheticData = "YES"
     ds.ConversionType = ConversionType.SYNTHETIC.value
     ds.ImageType = ["DERIVED", "SECONDARY"]

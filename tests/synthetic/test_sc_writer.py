@@ -1,4 +1,4 @@
-"""The synthetic Secondary Capture writer: every marker of DESIGN.md, dciodvfy, bad input."""
+"""The synthetic Secondary Capture writer: every marker of ARCHITECTURE.md, dciodvfy, bad input."""
 
 from __future__ import annotations
 

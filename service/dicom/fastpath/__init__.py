@@ -17,14 +17,16 @@ only for associations our SCP accepts, and steps aside where its assumptions do 
   ``_run_loop_delay`` and the literal sleep in ``Association._run_reactor``; it checks these exist and
   leaves associations as pynetdicom made them otherwise.
 - :mod:`.sockets` replaces ``AssociationSocket.recv``'s 4 KB ``recv`` loop with ``recv_into`` a buffer of
-  the PDU's length, checked first against the front door's limits (:mod:`service.dicom.frontdoor`, which
-  itself subclasses pynetdicom's ``ThreadedAssociationServer``). This one always stays on: it is where
-  the PDU length limits are enforced.
+  the PDU's length, checked first against the front door's limits.
+- :mod:`.frontdoor` extends ``ThreadedAssociationServer`` (its request handler, backlog and accept path)
+  with admission control: pending connections counted apart from associations, a negotiation deadline,
+  PDU length limits before anything is allocated.
 
-``dicom.fast_path = false`` turns :mod:`.direct`, :mod:`.streaming` and :mod:`.polling` off together (every
-association is then pynetdicom's own, with large reads); it also goes off by itself when the installed
-pynetdicom is outside :data:`PYNETDICOM_TESTED`, the range these internals were written against, which
-``pyproject.toml`` bounds the dependency to and ``tests/ingest/test_fastpath.py`` checks.
+The front door and the large reads always stay on: they are where the admission and PDU limits are
+enforced. ``dicom.fast_path = false`` turns :mod:`.direct`, :mod:`.streaming` and :mod:`.polling` off
+together (every association is then pynetdicom's own, behind the front door); it also goes off by itself
+when the installed pynetdicom is outside :data:`PYNETDICOM_TESTED`, the range these internals were written
+against, which ``pyproject.toml`` bounds the dependency to and ``tests/ingest/test_fastpath.py`` checks.
 """
 
 from __future__ import annotations

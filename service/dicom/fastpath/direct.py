@@ -39,8 +39,8 @@ from pynetdicom import evt
 from service.archive.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from service.archive.store import Store
 from service.archive.uids import InvalidUID, validate_uid
+from service.dicom.fastpath.frontdoor import COMMAND_SET_LIMIT, INVALID_PARAMETER, REASON_NOT_SPECIFIED, UNEXPECTED_PDU, abort_pdu, pdu_limit
 from service.dicom.fastpath.streaming import StreamingPut
-from service.dicom.frontdoor import COMMAND_SET_LIMIT, INVALID_PARAMETER, REASON_NOT_SPECIFIED, UNEXPECTED_PDU, abort_pdu, pdu_limit
 from service.logs import get_logger, where
 
 log = get_logger("scp")

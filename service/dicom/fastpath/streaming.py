@@ -34,7 +34,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 
 from service.archive.encoded import DATASET_TRAILING_PADDING, EncodingError, parse_header, split_pixel_data
 from service.archive.store import SYNCERS, Prepared, PutResult, Store, StoreError, _wait_quietly, fsync_and_close
-from service.dicom.frontdoor import COMMAND_SET_LIMIT, QUERY_DATASET_LIMIT
+from service.dicom.fastpath.frontdoor import COMMAND_SET_LIMIT, QUERY_DATASET_LIMIT
 from service.logs import get_logger
 
 log = get_logger("store")
