@@ -78,7 +78,7 @@ def _generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from models.registry import RegistryError
-    from models.sampling import latents, to_uint
+    from models.sampling import seeds_to_pixels
     from models.train.progress import Progress
     from models.device import DeviceError, pick_device
 
@@ -105,9 +105,7 @@ def _generate(args: argparse.Namespace) -> int:
     with open(args.out / "manifest.jsonl", "a") as manifest:
         for i in range(0, len(seeds), args.batch):
             chunk = seeds[i : i + args.batch]
-            with torch.no_grad():
-                cond = {"c": c.expand(len(chunk), -1)} if c is not None else {}
-                pixels = to_uint(G(latents(chunk, G.z_dim, device=device), psi=args.psi, **cond), args.bits)
+            pixels = seeds_to_pixels(G, chunk, args.psi, bits=args.bits, batch_size=len(chunk), device=device, c=c, gray=False)
             for seed, img in zip(chunk, pixels):
                 name = file_name(mv.name, mv.version, seed, args.psi, condition)
                 path = args.out / name

@@ -328,24 +328,16 @@ def generate(net: Any, seeds: Sequence[int], psi: float = 1.0, bits: int = 8, ba
     import torch
 
     from models.conditions import ConditionError, space_of
-    from models.sampling import latents, to_uint
+    from models.sampling import seeds_to_pixels
 
     space = space_of(net)
     if space is None and condition:
         raise ConditionError(f"this model is unconditional: it takes no {', '.join(sorted(condition))}")
     vector = torch.from_numpy(space.encode(condition or {})) if space is not None else None
-    out = []
     seeds = list(seeds)
-    with torch.no_grad():
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start:start + batch_size]
-            z = latents(chunk, net.z_dim, device=device)
-            cond = {"c": vector.to(device).expand(len(chunk), -1)} if vector is not None else {}
-            x = net(z, psi=psi, **cond)
-            out.append(to_uint(x, bits=bits)[:, 0])
-            if progress is not None:
-                progress(min(start + batch_size, len(seeds)), len(seeds))
-    return np.concatenate(out) if out else np.zeros((0, 0, 0), np.uint8)
+    if not seeds:
+        return np.zeros((0, 0, 0), np.uint8)
+    return seeds_to_pixels(net, seeds, psi, bits=bits, batch_size=batch_size, device=device, c=vector, progress=progress)
 
 
 def regenerate(ds: Any, registry: Any, device: str = "cpu") -> np.ndarray:
