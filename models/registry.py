@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -38,6 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models import versions as versioned
 from models.architectures import ARCHITECTURES
 from models.fileio import sha256_file
 
@@ -47,8 +47,6 @@ CARD_FILE = "model.json"
 BUNDLED_ROOT = Path(__file__).resolve().parent / "bundled"
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]*)$")
 
 
 class RegistryError(Exception):
@@ -80,21 +78,21 @@ class ModelVersion:
 
 
 def validate_name(name: str) -> str:
-    if not _NAME_RE.match(name or ""):
-        raise RegistryError(f"model name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if not versioned.is_name(name):
+        raise RegistryError(f"model name {name!r} must be {versioned.NAME_RULE}")
     return name
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    """``"name"`` (latest), ``"name:3"`` or ``"name:v3"`` -> (name, version or None)."""
-    name, sep, version = ref.partition(":")
+    """``"name"`` (latest), ``"name:v3"`` or ``"name@v3"`` (or a bare 3: :mod:`models.versions`) -> (name, version or None)."""
+    name, version = versioned.split_ref(ref)
     validate_name(name)
-    if not sep:
+    if version is None:
         return name, None
-    v = version[1:] if version.startswith("v") else version
-    if not v.isdigit() or int(v) < 1:
+    number = versioned.parse_version(version)
+    if number is None:
         raise RegistryError(f"model version {version!r} in {ref!r} must be a positive number like 3 or v3")
-    return name, int(v)
+    return name, number
 
 
 def build_generator(card: dict[str, Any]) -> torch.nn.Module:
@@ -196,7 +194,7 @@ class Registry:
         seen: set[str] = set()
         for root in self.roots:
             if root.is_dir():
-                seen.update(p.name for p in root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+                seen.update(p.name for p in root.iterdir() if p.is_dir() and versioned.is_name(p.name))
         return sorted(seen)
 
     def _root_of(self, name: str) -> Path | None:
@@ -211,15 +209,13 @@ class Registry:
         if root is None:
             return []
         found = []
-        for p in (root / name).iterdir():
-            m = _VERSION_DIR_RE.match(p.name)
-            if m and p.is_dir():
-                try:
-                    card = read_card(p)
-                except CorruptModel as exc:
-                    card = {"error": str(exc)}
-                found.append(ModelVersion(name, int(m.group(1)), p, card))
-        return sorted(found, key=lambda v: v.version)
+        for number, p in versioned.version_folders(root / name):
+            try:
+                card = read_card(p)
+            except CorruptModel as exc:
+                card = {"error": str(exc)}
+            found.append(ModelVersion(name, number, p, card))
+        return found
 
     def resolve(self, ref: str) -> ModelVersion:
         """``name`` (latest version), ``name:N`` or ``name:vN``."""
@@ -250,8 +246,7 @@ class Registry:
         try:
             shutil.rmtree(staging)
             for _attempt in range(100):
-                existing = [int(m.group(1)) for p in base.iterdir() if (m := _VERSION_DIR_RE.match(p.name))]
-                version = max(existing, default=0) + 1
+                version = versioned.next_version(base)
                 full = dict(card, name=name, version=version, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
                 save_generator(net, full, staging, half=half)
                 try:
