@@ -373,4 +373,4 @@ def test_an_attempt_against_a_closed_port_says_connection_refused_and_names_the_
         sender.stop()
         store.index.close()
     dead = echo(cfg, cfg.peer("STORESCP"), timeout=5)
-    assert not dead.ok and dead.detail == f"STORESCP@127.0.0.1:{port}: connection refused (nothing listens on that port)"
+    assert not dead.ok and dead.detail == f"STORESCP@127.0.0.1:{port}: connection refused: nothing listens on 127.0.0.1:{port}"
