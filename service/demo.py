@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from service.orthanc import Orthanc, OrthancError, start_orthanc
+from service.orthanc import Orthanc, OrthancError, free_port, start_orthanc
 
 DEMO_MARKER = ".synthpacs-demo"
 RADIOGRAPHS = ("RG1_UNCR.dcm", "RG3_UNCR.dcm", "RG1_J2KR.dcm", "RG3_J2KR.dcm")
@@ -51,14 +50,10 @@ _ANY_PORT = False
 
 def _port(preferred: int) -> int:
     """The embedded default port when it is free (unless --any-ports), else any free loopback port."""
-    for candidate in ((0,) if _ANY_PORT else (preferred, 0)):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise DemoError("no free TCP port on 127.0.0.1")
+    try:
+        return free_port(0 if _ANY_PORT else preferred)
+    except OrthancError as exc:
+        raise DemoError(str(exc)) from None
 
 
 # -- Orthanc as the PACS ---------------------------------------------------------------------------------
