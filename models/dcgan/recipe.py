@@ -58,6 +58,7 @@ class DCGANRecipe(Recipe):
         conditions: dict[str, list[str]] | None = None,
         embed_dim: int = 32,
         diffaugment: str | None = None,
+        mode_seeking: float = 0.0,
     ):
         try:
             check_resolution(int(resolution))
@@ -67,6 +68,8 @@ class DCGANRecipe(Recipe):
             raise RecipeError(f"ema_beta must be between 0 and 1 (e.g. 0.999), not {ema_beta}")
         if lr <= 0:
             raise RecipeError(f"lr must be positive, not {lr}")
+        if not 0.0 <= float(mode_seeking) <= 100.0:
+            raise RecipeError(f"mode_seeking must be between 0 (off) and 100 (e.g. 1.0), not {mode_seeking}")
         try:
             self.policy = parse_policy(diffaugment)
             space = ConditionSpace.from_json(conditions) if conditions else None
@@ -81,6 +84,8 @@ class DCGANRecipe(Recipe):
             extra["d_batch_norm"] = False
         if minibatch_std:
             extra["minibatch_std"] = True
+        if mode_seeking:
+            extra["mode_seeking"] = float(mode_seeking)
         super().__init__(
             resolution, channels, z_dim=z_dim, g_channels=g_channels, d_channels=d_channels, max_channels=max_channels,
             spectral_norm=spectral_norm, lr=lr, beta1=beta1, beta2=beta2, ema_beta=ema_beta, **extra,
@@ -115,15 +120,23 @@ class DCGANRecipe(Recipe):
         c = ctx.c if self.conditions else None
         if self.conditions and c is None:
             raise RecipeError("a conditional DCGAN needs the minibatch's condition vectors (ctx.c)")
+        ms_weight = float(self.hparams.get("mode_seeking", 0.0))
+        half = n // 2
+        c_fake = c
+        if ms_weight and half and c is not None:
+            # Mode seeking pairs latents under the same condition: the second half of the fakes repeats
+            # the first half's conditions (each still drawn from the data, so the classes keep their rates).
+            c_fake = torch.cat([c[:half], c[:half], c[2 * half:]])
         cond = {"c": c} if c is not None else {}
+        cond_fake = {"c": c_fake} if c_fake is not None else {}
         aug = (lambda x: diff_augment(x, self.policy)) if self.policy else (lambda x: x)
 
         # D: maximize log D(x) + log(1 - D(G(z))).
         D.requires_grad_(True)
         with ctx.autocast():
-            fakes = G(z, **cond)
+            fakes = G(z, **cond_fake)
             logits_real = D(aug(reals), **cond)
-            logits_fake = D(aug(fakes.detach()), **cond)
+            logits_fake = D(aug(fakes.detach()), **cond_fake)
             loss_real = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
             loss_fake = F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
             loss_D = loss_real + loss_fake
@@ -133,8 +146,10 @@ class DCGANRecipe(Recipe):
         # G: maximize log D(G(z)) (non-saturating), against the updated D. D's weights get no gradient.
         D.requires_grad_(False)
         with ctx.autocast():
-            logits_gen = D(aug(fakes), **cond)
+            logits_gen = D(aug(fakes), **cond_fake)
             loss_G = F.binary_cross_entropy_with_logits(logits_gen, torch.ones_like(logits_gen))
+            if ms_weight and half:
+                loss_G = loss_G + ms_weight * mode_seeking_penalty(fakes[:half], fakes[half:2 * half], z[:half], z[half:2 * half])
         ctx.backward(loss_G, "G")
         ctx.step("G")
         D.requires_grad_(True)
@@ -162,8 +177,21 @@ class DCGANRecipe(Recipe):
             "truncation": "psi scales the latent toward the prior mean: G sees psi * z (psi = 1 is the plain sample)",
             "references": ["Radford, Metz, Chintala. Unsupervised Representation Learning with Deep Convolutional GANs. ICLR 2016, arXiv:1511.06434"]
             + (["Miyato, Koyama. cGANs with Projection Discriminator. ICLR 2018, arXiv:1802.05637"] if self.conditions else [])
-            + (["Zhao, Liu, Lin, Zhu, Han. Differentiable Augmentation for Data-Efficient GAN Training. NeurIPS 2020, arXiv:2006.10738"] if self.policy else []),
+            + (["Zhao, Liu, Lin, Zhu, Han. Differentiable Augmentation for Data-Efficient GAN Training. NeurIPS 2020, arXiv:2006.10738"] if self.policy else [])
+            + (["Mao, Lee, Tseng, Ma, Yang. Mode Seeking Generative Adversarial Networks for Diverse Image Synthesis. CVPR 2019, arXiv:1903.05628"] if self.hparams.get("mode_seeking") else []),
         }
+
+
+def mode_seeking_penalty(x1: torch.Tensor, x2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mao, Lee, Tseng, Ma, Yang. Mode Seeking GANs for Diverse Image Synthesis, CVPR 2019, eq. 3.
+
+    The generator maximizes the ratio of the distance between two images to the distance between their
+    latents (same condition); the loss is its reciprocal. A conditional generator trained on a few hundred
+    images otherwise learns one image per class and ignores z (measured here: the per-pixel standard
+    deviation over latents fell to 0.08-0.15 against 0.27 for the unconditional demo model).
+    """
+    ratio = (x1 - x2).abs().mean(dim=(1, 2, 3)) / (z1 - z2).abs().mean(dim=1)
+    return 1.0 / (ratio.mean() + eps)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -113,8 +113,33 @@ def _stop_at_pixels(tag: int, _vr: object, _length: int) -> bool:
     return tag in PIXEL_TAGS
 
 
-def parse_file(data: bytes | memoryview) -> EncodedInstance:
-    """A DICOM Part 10 file (preamble, "DICM", File Meta Information, dataset; PS3.10 §7.1)."""
+def _deflated_file(data: bytes | memoryview, inflated_limit: int) -> EncodedInstance | None:
+    """A Part 10 file whose dataset is deflated (PS3.5 §A.5), parsed under ``inflated_limit``; None otherwise.
+
+    pydicom inflates such a dataset whole before reading it, so a deflate bomb would cost its inflated size
+    in memory: the File Meta Information is read first and the dataset goes through :func:`inflate`.
+    """
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except Exception:
+        return None  # not a Part 10 file with a readable meta group: the full reader words the error
+    if str(getattr(meta, "TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:
+        return None
+    enc = parse_dataset(memoryview(data)[fp.tell():], DeflatedExplicitVRLittleEndian, inflated_limit)
+    enc.dataset.file_meta = meta
+    return enc
+
+
+def parse_file(data: bytes | memoryview, inflated_limit: int = INFLATED_LIMIT) -> EncodedInstance:
+    """A DICOM Part 10 file (preamble, "DICM", File Meta Information, dataset; PS3.10 §7.1).
+
+    A deflated dataset is refused with :class:`TooLarge` when it would inflate beyond ``inflated_limit``.
+    """
+    deflated = _deflated_file(data, inflated_limit)
+    if deflated is not None:
+        return deflated
     fp = io.BytesIO(data)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -125,9 +150,6 @@ def parse_file(data: bytes | memoryview) -> EncodedInstance:
     if not tsyntax:
         raise EncodingError("the file has no Transfer Syntax UID in its File Meta Information")
     tsyntax = UID(str(tsyntax))
-    if tsyntax == DeflatedExplicitVRLittleEndian:
-        # The whole dataset is one deflate stream (PS3.5 §A.5): nothing to splice, parse it all.
-        return _complete(pydicom.dcmread(io.BytesIO(data), force=True), tsyntax)
     enc = _split(ds, tsyntax, data, fp.tell())
     enc.raw = data
     return enc

@@ -232,7 +232,7 @@ class Store:
             if transfer_syntax:
                 enc = parse_dataset(data, transfer_syntax, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
             else:
-                enc = parse_file(data)
+                enc = parse_file(data, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
         except TooLarge as exc:
             raise self._refused(StoreError(status.OUT_OF_RESOURCES, "too_large", str(exc)), source) from None
         except EncodingError as exc:
@@ -318,8 +318,11 @@ class Store:
         outside the store (the streaming receive, a DICOMweb STOW-RS later) runs exactly the store's checks.
         """
         low = self.watermark.room()
-        if low is not None:
-            raise StoreError(status.OUT_OF_RESOURCES, "low_disk", f"store disk below its free-space watermark ({low.free_bytes // 2**20} MiB free)")
+        if low is not None and self.index.get(_uid(enc.dataset, "SOPInstanceUID") or "") is None and (
+            self.deidentifier is None or synthetic
+        ):
+            # Checked before anything is parsed further when the UID is final (no de-identification).
+            raise self._low_disk(low)
         self._validate(enc, pixels_later)
         exclusion = ""
         keep_trailing = True
@@ -335,9 +338,23 @@ class Store:
             enc.dataset = ds
             self._validate_uids(ds)  # remapped UIDs become paths too
         ds = enc.dataset
+        if low is not None and not self._resend_needs_no_space(ds):
+            raise self._low_disk(low)
         if not exclusion and not synthetic and _text(ds, "BurnedInAnnotation").upper() == "YES":
             exclusion = "burned-in annotation"
         return Prepared(enc, ds, exclusion, self._encode(enc, keep_trailing))
+
+    @staticmethod
+    def _low_disk(low) -> StoreError:
+        return StoreError(status.OUT_OF_RESOURCES, "low_disk", f"store disk below its free-space watermark ({low.free_bytes // 2**20} MiB free)")
+
+    def _resend_needs_no_space(self, ds: Dataset) -> bool:
+        """Below the watermark, a re-send of an instance already stored is still answered as before (success
+        for an identical copy, the duplicate policy otherwise): nothing new is written unless the policy
+        replaces it. A PACS that retries after a lost response must not see 0xA700 for data we hold."""
+        existing = self.index.get(_uid(ds, "SOPInstanceUID") or "")
+        return (existing is not None and (self.root / existing.path).exists()
+                and self.cfg.store.duplicate_policy != "replace")
 
     def _commit(
         self, prep: "Prepared", source: str, source_ae: str, synthetic: bool,

@@ -126,3 +126,25 @@ def test_ingest_skips_a_file_it_cannot_decode_and_imports_the_rest(cli_env, tmp_
     out = capsys.readouterr().out
     assert "refused     1" in out and "unknown_transfer_syntax" in out and "imported    0" in out
     assert main(["ingest", "--quiet", str(root / "0000.dcm")]) == 0  # a duplicate is no failure
+
+
+def test_ingest_refuses_a_deflated_file_that_inflates_beyond_the_cap(cli_env, tmp_path, capsys):
+    """A Part 10 file's deflated dataset (PS3.5 §A.5) is inflated as a counted stream, as on the network."""
+    import tracemalloc
+
+    from tests.ingest.test_limits import _deflate_bomb
+
+    root = tmp_path / "import"
+    phantom_files(root, 2)
+    bomb = _deflate_bomb(root / "bomb.dcm", 512 << 20)
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        rc = main(["ingest", "--quiet", "--json", str(root)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 1 and summary["imported"] == 2 and summary["refused"] == {"too_large": 1}, summary
+    assert "inflates beyond" in summary["refused_examples"]["too_large"]
+    assert peak < 64 << 20, f"ingest's traced memory peaked at {peak >> 20} MiB"

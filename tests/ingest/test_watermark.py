@@ -57,6 +57,27 @@ def test_below_the_watermark_c_store_is_refused_and_recovers_by_itself(home, tmp
         scp.stop()
 
 
+def test_below_the_watermark_a_resend_of_stored_instances_still_succeeds(home, tmp_path):
+    """A PACS that lost our response re-sends: the instance is held, so the answer is success, not 0xA700."""
+    require_tool("storescu", "dcmtk")
+    scp = RunningSCP(make_config(home))
+    try:
+        phantom_files(tmp_path / "held", 2)
+        assert storescu(scp.port, tmp_path / "held").returncode == 0
+        assert scp.store.index.stats()["instances"] == 2
+        scp.store.watermark.min_free_bytes = 2**60  # the disk counts as full from now on
+        with capture_logs() as logs:
+            again = storescu(scp.port, tmp_path / "held", extra=("-v",))
+        assert again.returncode == 0 and "Refused" not in again.stdout + again.stderr, again.stdout + again.stderr
+        assert not [e for e in logs if e["event"] == "instance_refused"]
+        phantom_files(tmp_path / "new", 1)
+        new = storescu(scp.port, tmp_path / "new", extra=("-v",))
+        assert "Refused: OutOfResources" in new.stdout + new.stderr
+        assert scp.store.index.stats()["instances"] == 2 and list(scp.store.tmp.iterdir()) == []
+    finally:
+        scp.stop()
+
+
 def test_free_space_is_sampled_at_most_once_per_interval(home, monkeypatch):
     calls = []
     real = os.statvfs
