@@ -237,7 +237,7 @@ def test_field_order_survives_cards_and_run_files_written_with_sorted_keys(home)
 
 def test_mode_seeking_penalty_is_the_reciprocal_of_image_over_latent_distance():
     """Mao et al. 2019 eq. 3: identical images for different latents cost 1/eps; distinct images cost less."""
-    from models.train.dcgan import mode_seeking_penalty
+    from models.dcgan.recipe import mode_seeking_penalty
 
     z1, z2 = torch.zeros(4, 8), torch.full((4, 8), 2.0)  # mean |z1 - z2| = 2
     x1, x2 = torch.zeros(4, 1, 4, 4), torch.full((4, 1, 4, 4), 0.5)  # mean |x1 - x2| = 0.5
