@@ -83,7 +83,7 @@ def _generate(args: argparse.Namespace) -> int:
     from models.device import DeviceError, pick_device
 
     try:
-        device = pick_device(args.device or cfg.inference.device, setting_name="--device" if args.device else "inference.device", deterministic=True)
+        device = pick_device(args.device or cfg.inference.device, setting_name="inference.device", deterministic=True)
     except DeviceError as exc:
         raise CommandError(str(exc)) from None
     try:

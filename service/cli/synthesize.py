@@ -70,7 +70,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CommandError("--batch-size must be at least 1")
     try:
-        device = pick_device(args.device or cfg.inference.device, setting_name="--device" if args.device else "inference.device", deterministic=True)
+        device = pick_device(args.device or cfg.inference.device, setting_name="inference.device", deterministic=True)
     except DeviceError as exc:
         raise CommandError(str(exc)) from None
     home = home_from(cfg)
