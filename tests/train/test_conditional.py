@@ -13,8 +13,8 @@ from models import registry
 from models.conditions import ConditionError, ConditionSpace, space_of, vocabulary
 from models.datasets import ImageDataset, write_dataset
 from models.dcgan import Discriminator, Generator
-from models.train import checkpoint as ckpt
 from models.dcgan.diffaugment import cutout, diff_augment, parse_policy, translation
+from models.train import checkpoint as ckpt
 from models.train.export import export_run
 from models.train.runner import TrainError, resume, train
 from tests.train.conftest import blobs, options
