@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from models.progress import write_line
 from service.config import Config, load_config
 from service.home import Home
 from service.logs import StderrStream, configure
@@ -83,8 +84,4 @@ def progress_printer(what: str, quiet: bool):
 
 def status_line(text: str, final: bool) -> None:
     """One progress line on stderr: redrawn in place on a terminal, a new line in a log."""
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + text + ("\n" if final else ""))
-    else:
-        sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    write_line(sys.stderr, text, final)

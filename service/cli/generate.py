@@ -11,7 +11,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from models.registry import RegistryError
     from models.sampling import seeds_to_pixels
-    from models.train.progress import Progress
+    from service.data.progress import Progress
     from models.device import DeviceError, pick_device
 
     try:
@@ -100,8 +99,7 @@ def _generate(args: argparse.Namespace) -> int:
     seeds = list(range(args.seed, args.seed + args.count))
     sheet: list[np.ndarray] = []
     written = 0
-    progress = Progress(len(seeds), "images", interval=10.0)
-    started = time.monotonic()
+    progress = Progress(len(seeds), f"generating with {mv.ref}")
     with open(args.out / "manifest.jsonl", "a") as manifest:
         for i in range(0, len(seeds), args.batch):
             chunk = seeds[i : i + args.batch]
@@ -121,8 +119,7 @@ def _generate(args: argparse.Namespace) -> int:
                 written += 1
                 if args.sheet is not None and img.shape[0] == 1:
                     sheet.append(img[0] if img.dtype == np.uint8 else (img[0] >> 8).astype(np.uint8))
-            rate = written / max(time.monotonic() - started, 1e-9)
-            progress.update(written, rate, (len(seeds) - written) / rate)
+            progress.update(len(chunk))
     progress.close()
     if sheet:
         from models.train.grids import save_grid

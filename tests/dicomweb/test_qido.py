@@ -18,7 +18,7 @@ def _uids(results, tag="0020000D"):
 def test_search_studies_returns_every_study_with_the_default_attributes(service):
     client = service.client()
     studies = client.search_for_studies()
-    s = service.synthetic.studies
+    s = service.studies
     assert _uids(studies) == sorted([s["a"].StudyInstanceUID, s["b"].StudyInstanceUID, s["synthetic"].study_instance_uid])
     by_uid = {r["0020000D"]["Value"][0]: r for r in studies}
     b = by_uid[s["b"].StudyInstanceUID]
@@ -55,7 +55,7 @@ def test_matching_is_the_c_find_engine_s(service):
 
 def test_series_and_instance_forms(service):
     client = service.client()
-    s = service.synthetic.studies
+    s = service.studies
     b_study, b_series = s["b"].StudyInstanceUID, s["b"].SeriesInstanceUID
     series = client.search_for_series(study_instance_uid=b_study)
     assert _uids(series, "0020000E") == [b_series]
@@ -87,7 +87,7 @@ def test_includefield_limit_offset(service):
 
 
 def test_uid_lists_take_commas(service):
-    s = service.synthetic.studies
+    s = service.studies
     r = requests.get(f"{service.url}/studies", params={"StudyInstanceUID": f"{s['a'].StudyInstanceUID},{s['b'].StudyInstanceUID}"})
     assert r.status_code == 200 and len(r.json()) == 2
     assert r.headers["content-type"].startswith("application/dicom+json")

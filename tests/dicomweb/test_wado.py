@@ -32,7 +32,7 @@ def _url(service, ds) -> str:
 
 
 def test_instances_come_byte_identical_from_disk(service):
-    b, b2 = service.synthetic.studies["b"], service.synthetic.studies["b2"]
+    b, b2 = service.studies["b"], service.studies["b2"]
     r = requests.get(f"{service.url}/studies/{b.StudyInstanceUID}", headers={"Accept": ANY_SYNTAX})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith('multipart/related; type="application/dicom"')
@@ -45,12 +45,12 @@ def test_instances_come_byte_identical_from_disk(service):
 
 def test_dicomweb_client_retrieves_study_series_and_instance(service):
     client = service.client()
-    syn = service.synthetic.studies["synthetic"]
+    syn = service.studies["synthetic"]
     study = client.retrieve_study(syn.study_instance_uid)
     assert len(study) == 2 and all(ds.SyntheticData == "YES" for ds in study)
     series = client.retrieve_series(syn.study_instance_uid, syn.series_instance_uid)
     assert sorted(ds.SOPInstanceUID for ds in series) == sorted(ds.SOPInstanceUID for ds in study)
-    a = service.synthetic.studies["a"]
+    a = service.studies["a"]
     ds = client.retrieve_instance(a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID)
     assert np.array_equal(ds.pixel_array, a.pixel_array)
     explicit = client.retrieve_instance(a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID,
@@ -59,7 +59,7 @@ def test_dicomweb_client_retrieves_study_series_and_instance(service):
 
 
 def test_transcoding_to_implicit_vr(service):
-    a = service.synthetic.studies["a"]
+    a = service.studies["a"]
     r = requests.get(_url(service, a), headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'})
     assert r.status_code == 200
     ((headers, body),) = parts_of(r)
@@ -70,7 +70,7 @@ def test_transcoding_to_implicit_vr(service):
 
 def test_metadata_has_bulk_data_uris_that_resolve(service):
     client = service.client()
-    b = service.synthetic.studies["b"]
+    b = service.studies["b"]
     metadata = client.retrieve_study_metadata(b.StudyInstanceUID)
     assert len(metadata) == 2
     first = next(m for m in metadata if m["00080018"]["Value"][0] == b.SOPInstanceUID)
@@ -86,7 +86,7 @@ def test_metadata_has_bulk_data_uris_that_resolve(service):
 
 def test_frames_uncompressed(service):
     client = service.client()
-    a = service.synthetic.studies["a"]
+    a = service.studies["a"]
     (frame,) = client.retrieve_instance_frames(a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID, frame_numbers=[1])
     assert frame == a.PixelData
     r = requests.get(_url(service, a) + "/frames/2", headers={"Accept": 'multipart/related; type="application/octet-stream"'})
@@ -96,7 +96,7 @@ def test_frames_uncompressed(service):
 
 def test_rendered_jpeg_and_png_with_window_and_viewport(service):
     client = service.client()
-    b = service.synthetic.studies["b"]
+    b = service.studies["b"]
     jpeg = client.retrieve_instance_rendered(b.StudyInstanceUID, b.SeriesInstanceUID, b.SOPInstanceUID)
     image = Image.open(io.BytesIO(jpeg))
     assert image.format == "JPEG" and image.size == (40, 48)
@@ -114,7 +114,7 @@ def test_rendered_jpeg_and_png_with_window_and_viewport(service):
 
 
 def test_thumbnails(service):
-    syn = service.synthetic.studies["synthetic"]
+    syn = service.studies["synthetic"]
     for path in (f"/studies/{syn.study_instance_uid}/thumbnail",
                  f"/studies/{syn.study_instance_uid}/series/{syn.series_instance_uid}/thumbnail"):
         r = requests.get(service.url + path)
@@ -131,7 +131,7 @@ def test_thumbnails(service):
     ("/bulk/7FE00010", "text/plain"),
 ])
 def test_wrong_accept_is_406(service, suffix, accept):
-    r = requests.get(_url(service, service.synthetic.studies["a"]) + suffix, headers={"Accept": accept})
+    r = requests.get(_url(service, service.studies["a"]) + suffix, headers={"Accept": accept})
     assert r.status_code == 406, r.text
 
 
@@ -147,10 +147,10 @@ def test_unknown_uids_are_404(service, path):
 
 
 def test_bulk_of_an_absent_tag_is_404(service):
-    assert requests.get(_url(service, service.synthetic.studies["a"]) + "/bulk/00420011").status_code == 404
+    assert requests.get(_url(service, service.studies["a"]) + "/bulk/00420011").status_code == 404
 
 
 @pytest.mark.parametrize("params", [{"window": "1,0"}, {"viewport": "0,10"}, {"viewport": "a,b"}, {"quality": "101"},
                                     {"viewport": "10,10,0,0,1000,1000"}])
 def test_bad_render_parameters_are_400(service, params):
-    assert requests.get(_url(service, service.synthetic.studies["a"]) + "/rendered", params=params).status_code == 400
+    assert requests.get(_url(service, service.studies["a"]) + "/rendered", params=params).status_code == 400
