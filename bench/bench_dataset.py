@@ -33,10 +33,10 @@ from pydicom.data import get_testdata_file
 from bench.results import write_section
 from bench.seed_notebook import preprocess
 from models.datasets import load_images
+from service.archive.store import Store
 from service.config import load_config
 from service.data.build import Filters, _start_method, build_dataset, options_from_config, worker_count
 from service.data.images_import import import_images
-from service.dicom.store import Store
 
 RADIOGRAPHS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "radiographs"
 ROUNDS = 5

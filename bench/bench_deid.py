@@ -1,7 +1,7 @@
 """De-identification benchmark: our PS3.15 Basic Profile against the libraries it was compared with, same run.
 
 Per instance header, parse included, as the ingest path pays it: ours reads the header raw
-(``service.dicom.encoded.parse_file``) and converts only what it changes; Kitware's dicom-anonymizer
+(``service.archive.encoded.parse_file``) and converts only what it changes; Kitware's dicom-anonymizer
 (the reference our Table E.1-1 is generated from, in the ``[dev]`` extra) and dicognito (when installed)
 read it with pydicom (``stop_before_pixels``) and go through every element. Inputs: pydicom-data's RG3
 CR radiograph header as sent, and a phantom header with every Table E.1-1 attribute filled (the worst
@@ -17,9 +17,9 @@ import time
 import pydicom
 
 from bench.results import write_section
+from service.archive.deid import Deidentifier
+from service.archive.encoded import parse_file
 from service.data.phantom import phantom_dataset
-from service.dicom.deid import Deidentifier
-from service.dicom.encoded import parse_file
 
 
 def _inputs() -> dict[str, bytes]:

@@ -19,7 +19,7 @@ Three more measurements say how far the targets can be reached on the machine at
   batcher, latents, quantization, the response) still runs, so no forward pass, however fast, lets (b)
   go beyond it;
 * the raw forward through oneDNN's transposed convolution (DCGAN only), the fastest CPU kernel here but
-  not batch-invariant, so not what the server runs (``models.dcgan._batch_invariant``).
+  not batch-invariant, so not what the server runs (``models.dcgan.networks._batch_invariant``).
 
 When the forward pass uses every core, it and the serving work take CPU time from the same cores, so
 (b) can reach at most ``1 / (1 / ceiling + 1 / forward)`` images/s, ``forward`` being the best raw
@@ -172,7 +172,7 @@ def _model_source(models_dir: Path):
     mv = registry.export(net, {"architecture": "dcgan"}, "demo-dcgan")
     kw = net.init_kwargs
     return registry, "demo-dcgan", (
-        f"an **untrained** DCGAN of the demo architecture (`models/dcgan.py` Generator, {kw['resolution']} px, z_dim {kw['z_dim']}, "
+        f"an **untrained** DCGAN of the demo architecture (`models/dcgan/` Generator, {kw['resolution']} px, z_dim {kw['z_dim']}, "
         f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters): the bundled demo model `models/bundled/demo-dcgan` "
         "was not committed when this ran; the forward pass costs the same with trained weights"
     )

@@ -3,7 +3,7 @@
 Workloads (issue 2): (a) 500 CR instances 512 x 512, 16 bits allocated (phantoms, 100 studies of 5);
 (b) 30 copies of pydicom-data's RG3 (1760 x 1760 CR, 6.2 MB) under new UIDs. Every peer runs as its own
 process with its defaults, in the same run, on loopback; ``TCP_NODELAY=1`` is set for dcmtk and Orthanc
-(without it they stall ~40 ms per message on loopback, ../shared/NOTES.md). synthpacs runs as
+(without it they stall ~40 ms per message on loopback, ARCHITECTURE.md). synthpacs runs as
 ``synthpacs scp`` on its defaults: de-identification on, every instance fsynced with its folder before
 the success status, and indexed; storescp and Orthanc do not fsync. Each figure is the median of
 ``REPEATS`` runs, peers interleaved so that the machine's load falls on all of them alike. A sweep of
@@ -144,7 +144,7 @@ class SynthpacsPeer:
         _wait_port(self.port, self.proc)
 
     def count(self) -> int:
-        from service.dicom.index import Index
+        from service.archive.index import Index
 
         index = Index(self.home / "store" / "index.sqlite")
         try:
@@ -194,7 +194,7 @@ class OrthancPeer:
     called = "ORTHANC"
 
     def __init__(self, work: Path):
-        from tests.peers import start_orthanc
+        from service.orthanc import start_orthanc
 
         self.orthanc = start_orthanc(work / "orthanc")
         self.port = self.orthanc.dicom_port
@@ -263,7 +263,7 @@ def _report(results: dict[tuple[str, str], list[Run]], sweep: dict[int, list[Run
         "dcmtk `storescu +sd +r` over one association on loopback, `TCP_NODELAY=1` for dcmtk and Orthanc. "
         "synthpacs runs `synthpacs scp` on its defaults: **de-identification on, each instance written to a "
         "temporary file, fsynced, renamed, its folder fsynced, and indexed in SQLite before the success "
-        "status**; the storage association is served by the direct receive loop (`service/dicom/direct.py`, "
+        "status**; the storage association is served by the direct receive loop (`service/dicom/fastpath/direct.py`, "
         "`dicom.direct_receive = true`, the default). dcmtk `storescp` and Orthanc (defaults) write without fsync. "
         f"Median of {REPEATS} runs, peers interleaved.",
         "",

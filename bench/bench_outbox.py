@@ -38,7 +38,7 @@ class StorescpPeer:
     ae_title = "STORESCP"
 
     def __init__(self, work: Path):
-        from tests.helpers import free_port
+        from service.orthanc import free_port
 
         self.port = free_port()
         self.out = work / "storescp"
@@ -64,7 +64,7 @@ class OrthancPeer:
     ae_title = "ORTHANC"
 
     def __init__(self, work: Path):
-        from tests.peers import start_orthanc
+        from service.orthanc import start_orthanc
 
         saved = os.environ.get("TCP_NODELAY")
         os.environ["TCP_NODELAY"] = "0"  # Orthanc at its default: Nagle on
@@ -108,8 +108,8 @@ def make_study(home: Path, peers: list) -> tuple[object, object, list[str], Path
     from models.registry import ModelVersion
     from service.config import load_config
     from service.data.phantom import phantom_image
-    from service.dicom.store import Store
-    from service.studies import SyntheticStudyWriter
+    from service.archive.store import Store
+    from service.synthetic.studies import SyntheticStudyWriter
 
     cfg = load_config(path=None, env={}, overrides={
         "home": str(home), "metrics.enabled": False, "deid.secret": "bench", "synthetic.refuse_near_copies": False,
@@ -143,7 +143,7 @@ def run_storescu(peer, folder: Path, nodelay: bool) -> float:
 
 
 def run_outbox(cfg, store, uids: list[str], peer, concurrency: int) -> float:
-    from service.dicom.outbox import Outbox, OutboxSender
+    from service.synthetic.outbox import Outbox, OutboxSender
 
     cfg = dataclasses.replace(cfg, outbox=dataclasses.replace(cfg.outbox, concurrency_per_destination=concurrency))
     box = Outbox(cfg, store.index)

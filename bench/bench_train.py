@@ -8,7 +8,7 @@ minibatches per round. Rounds alternate between the two so a change in the machi
 the first minibatch of each round (kernel set-up) is left out; the figure is the median.
 
 Also measured: generator inference at batch 32 through the batch-invariant CPU path that serving uses
-(``models.dcgan._batch_invariant``) against the same network through oneDNN.
+(``models.dcgan.networks._batch_invariant``) against the same network through oneDNN.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from bench.dcgan_reference import ClassicDCGAN, step_times
 from bench.results import write_section
 from models.datasets import write_dataset
-from models.dcgan import Generator, _batch_invariant, init_weights
+from models.dcgan.networks import Generator, _batch_invariant, init_weights
 from models.registry import BUNDLED_ROOT
 from models.train.runner import TrainOptions, train
 

@@ -1,6 +1,6 @@
 """Dataset versions: normalized images on disk, and the loader that turns them into training tensors.
 
-Layout (DESIGN.md "Data contracts")::
+Layout (ARCHITECTURE.md "Data contracts")::
 
     <root>/<name>/v<N>/images.npy        (N, H, W) uint8 or uint16, a plain .npy file (memory-mappable)
     <root>/<name>/v<N>/manifest.jsonl    one JSON object per image, in image order
@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 import warnings
@@ -49,6 +48,7 @@ import torch
 from torch.utils.data import Dataset
 
 from models.conditions import ConditionSpace
+from models import versions as versioned
 from models.fileio import fsync_path
 
 FORMAT = "synthpacs-dataset/1"
@@ -57,9 +57,6 @@ MANIFEST_FILE = "manifest.jsonl"
 INFO_FILE = "dataset.json"
 DTYPES = ("uint8", "uint16")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]*)$")
-_REF_RE = re.compile(r"^(?P<name>[^@]+)(?:@v?(?P<version>[0-9]+))?$")
 # Manifest fields that say where an image came from in one store, not what it is: left out of the hash.
 PROVENANCE_FIELDS = frozenset({"index", "sop_instance_uid", "series_uid", "study_uid", "sha256", "source", "path", "sop_class_uid", "transfer_syntax_uid"})
 CONTENT_HASH_METHOD = "pixels+manifest-without-provenance/2"
@@ -120,23 +117,24 @@ class DatasetVersion:
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(
-            f"dataset name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
+    if not versioned.is_name(name):
+        raise ValueError(f"dataset name {name!r} is not valid: use {versioned.NAME_RULE}")
     return name
 
 
 def parse_dataset_ref(ref: str) -> tuple[str, int | None]:
-    """``"NAME"`` -> (NAME, None); ``"NAME@vN"`` or ``"NAME@N"`` -> (NAME, N)."""
-    m = _REF_RE.match(ref.strip()) if isinstance(ref, str) else None
-    if m is None:
-        raise ValueError(f"dataset reference {ref!r} is not NAME, NAME@vN or NAME@N")
-    name = validate_name(m.group("name"))
-    version = m.group("version")
-    if version is not None and int(version) < 1:
-        raise ValueError(f"dataset reference {ref!r}: versions start at 1")
-    return name, (int(version) if version is not None else None)
+    """``"NAME"`` -> (NAME, None); ``"NAME@vN"`` (or ``NAME@N``, ``NAME:vN``: :mod:`models.versions`) -> (NAME, N)."""
+    if not isinstance(ref, str):
+        raise ValueError(f"dataset reference {ref!r} is not NAME or NAME@vN")
+    name, version = versioned.split_ref(ref)
+    if not versioned.is_name(name):
+        raise ValueError(f"dataset reference {ref!r} is not NAME or NAME@vN (NAME: {versioned.NAME_RULE})")
+    if version is None:
+        return name, None
+    number = versioned.parse_version(version)
+    if number is None:
+        raise ValueError(f"dataset reference {ref!r}: the version must be a number from 1 up, as in {name}@v1")
+    return name, number
 
 
 def read_version(path: Path) -> DatasetVersion:
@@ -169,10 +167,8 @@ def list_datasets(root: Path) -> list[DatasetVersion]:
     found: list[DatasetVersion] = []
     if not root.is_dir():
         return found
-    for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and _NAME_RE.match(p.name)):
-        for vdir in name_dir.iterdir():
-            if not (vdir.is_dir() and _VERSION_DIR_RE.match(vdir.name)):
-                continue
+    for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and versioned.is_name(p.name)):
+        for _number, vdir in versioned.version_folders(name_dir):
             try:
                 found.append(read_version(vdir))
             except DatasetError as exc:
@@ -186,17 +182,17 @@ def resolve_dataset(root: Path, ref: str | os.PathLike[str]) -> DatasetVersion:
     if isinstance(ref, os.PathLike) or (isinstance(ref, str) and os.sep in ref):
         return read_version(Path(ref))
     name, version = parse_dataset_ref(str(ref))
-    versions = [d for d in list_datasets(root) if d.name == name]
-    if not versions:
+    found = [d for d in list_datasets(root) if d.name == name]
+    if not found:
         names = sorted({d.name for d in list_datasets(root)})
         have = ", ".join(names) if names else "none yet (build one with `synthpacs dataset build NAME`)"
         raise DatasetNotFound(f"no dataset named {name!r} in {root}; datasets: {have}")
     if version is None:
-        return versions[-1]
-    for d in versions:
+        return found[-1]
+    for d in found:
         if d.version == version:
             return d
-    raise DatasetNotFound(f"dataset {name!r} has no version {version}; versions: {', '.join(f'v{d.version}' for d in versions)}")
+    raise DatasetNotFound(f"dataset {name!r} has no version {version}; versions: {', '.join(f'v{d.version}' for d in found)}")
 
 
 def load_images(dv: DatasetVersion, mmap: bool = True) -> np.ndarray:
@@ -515,7 +511,7 @@ class DatasetWriter:
         # Take the next version number by renaming: rename() onto a non-empty folder fails, so two
         # writers can never publish the same number.
         while True:
-            version = 1 + max((int(m.group(1)) for p in self.name_dir.iterdir() if (m := _VERSION_DIR_RE.match(p.name))), default=0)
+            version = versioned.next_version(self.name_dir)
             info["version"] = version
             (self.tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=False) + "\n", encoding="utf-8")
             fsync_path(self.tmp / INFO_FILE)

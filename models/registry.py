@@ -1,6 +1,6 @@
 """The model registry: one folder per model, numbered versions, each one self-describing.
 
-Layout (Triton-style, DESIGN.md "Data contracts")::
+Layout (Triton-style, ARCHITECTURE.md "Data contracts")::
 
     <root>/<name>/v<N>/generator.safetensors   generator weights (G_ema), no code inside
     <root>/<name>/v<N>/model.json              the model card: architecture and constructor arguments,
@@ -8,7 +8,7 @@ Layout (Triton-style, DESIGN.md "Data contracts")::
                                                provenance, metrics, sha256 of the weights
 
 A version folder alone is enough to serve the model. Loading never unpickles anything: the card names
-an architecture from :data:`ARCHITECTURES` and its constructor arguments, the network is built from
+an architecture from :data:`models.architectures.ARCHITECTURES` and its constructor arguments, the network is built from
 them and the weights are read with safetensors. Versions never change once written; a new export
 gets the next number.
 
@@ -18,7 +18,7 @@ The generator contract every architecture meets: ``G(z, psi=1.0)`` takes latents
 ``psi`` is the truncation each architecture defines (DCGAN: the generator sees ``psi * z``; StyleGAN:
 w is pulled toward its running mean); ``psi = 1`` is the plain sample. In eval mode on the CPU the
 output for one latent does not depend on the batch it is in, to the last bit, so model, version, seed
-and psi regenerate the same pixels (DCGAN: see ``models.dcgan._batch_invariant``).
+and psi regenerate the same pixels (DCGAN: see ``models.dcgan.networks._batch_invariant``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -38,6 +37,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models import versions as versioned
+from models.architectures import ARCHITECTURES
 from models.fileio import sha256_file
 
 FORMAT = "synthpacs-model/1"
@@ -45,15 +46,7 @@ GENERATOR_FILE = "generator.safetensors"
 CARD_FILE = "model.json"
 BUNDLED_ROOT = Path(__file__).resolve().parent / "bundled"
 
-# Architecture name -> "module:Class". The class is built with the card's init_kwargs.
-ARCHITECTURES: dict[str, str] = {
-    "dcgan": "models.dcgan:Generator",
-    "stylegan3-t": "models.stylegan3:Generator",
-    "stylegan3-r": "models.stylegan3:Generator",
-}
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]*)$")
 
 
 class RegistryError(Exception):
@@ -85,30 +78,30 @@ class ModelVersion:
 
 
 def validate_name(name: str) -> str:
-    if not _NAME_RE.match(name or ""):
-        raise RegistryError(f"model name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if not versioned.is_name(name):
+        raise RegistryError(f"model name {name!r} must be {versioned.NAME_RULE}")
     return name
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    """``"name"`` (latest), ``"name:3"`` or ``"name:v3"`` -> (name, version or None)."""
-    name, sep, version = ref.partition(":")
+    """``"name"`` (latest), ``"name:v3"`` or ``"name@v3"`` (or a bare 3: :mod:`models.versions`) -> (name, version or None)."""
+    name, version = versioned.split_ref(ref)
     validate_name(name)
-    if not sep:
+    if version is None:
         return name, None
-    v = version[1:] if version.startswith("v") else version
-    if not v.isdigit() or int(v) < 1:
+    number = versioned.parse_version(version)
+    if number is None:
         raise RegistryError(f"model version {version!r} in {ref!r} must be a positive number like 3 or v3")
-    return name, int(v)
+    return name, number
 
 
 def build_generator(card: dict[str, Any]) -> torch.nn.Module:
     """Construct the network a card describes (weights uninitialized)."""
     arch = card.get("architecture")
-    target = ARCHITECTURES.get(str(arch))
-    if target is None:
+    entry = ARCHITECTURES.get(str(arch))
+    if entry is None:
         raise CorruptModel(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
-    module_name, cls_name = target.split(":")
+    module_name, cls_name = entry.generator.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     kwargs = card.get("init_kwargs") or {}
     if not isinstance(kwargs, dict):
@@ -201,7 +194,7 @@ class Registry:
         seen: set[str] = set()
         for root in self.roots:
             if root.is_dir():
-                seen.update(p.name for p in root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+                seen.update(p.name for p in root.iterdir() if p.is_dir() and versioned.is_name(p.name))
         return sorted(seen)
 
     def _root_of(self, name: str) -> Path | None:
@@ -216,15 +209,13 @@ class Registry:
         if root is None:
             return []
         found = []
-        for p in (root / name).iterdir():
-            m = _VERSION_DIR_RE.match(p.name)
-            if m and p.is_dir():
-                try:
-                    card = read_card(p)
-                except CorruptModel as exc:
-                    card = {"error": str(exc)}
-                found.append(ModelVersion(name, int(m.group(1)), p, card))
-        return sorted(found, key=lambda v: v.version)
+        for number, p in versioned.version_folders(root / name):
+            try:
+                card = read_card(p)
+            except CorruptModel as exc:
+                card = {"error": str(exc)}
+            found.append(ModelVersion(name, number, p, card))
+        return found
 
     def resolve(self, ref: str) -> ModelVersion:
         """``name`` (latest version), ``name:N`` or ``name:vN``."""
@@ -255,8 +246,7 @@ class Registry:
         try:
             shutil.rmtree(staging)
             for _attempt in range(100):
-                existing = [int(m.group(1)) for p in base.iterdir() if (m := _VERSION_DIR_RE.match(p.name))]
-                version = max(existing, default=0) + 1
+                version = versioned.next_version(base)
                 full = dict(card, name=name, version=version, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
                 save_generator(net, full, staging, half=half)
                 try:

@@ -8,12 +8,12 @@ batch it was generated in.
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-MAX_SEED = 2**32 - 1
+from models.seeds import MAX_SEED
 
 
 _local = threading.local()
@@ -49,3 +49,36 @@ def to_uint(images: torch.Tensor, bits: int = 8) -> np.ndarray:
     x = images.detach().to("cpu", torch.float32)
     x = ((x + 1) * (top / 2)).round_().clamp_(0, top)
     return x.numpy().astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def seeds_to_pixels(G: torch.nn.Module, seeds: Sequence[int], psi: float = 1.0, bits: int = 8, batch_size: int = 32,
+                    device: torch.device | str = "cpu", c: torch.Tensor | None = None, gray: bool = True,
+                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Images of generator ``G`` for ``seeds``, batch by batch: the one loop every part of synthpacs uses.
+
+    One latent per seed (:func:`latents`), so the pixels of a seed do not depend on ``batch_size``.
+    ``c``: a conditional generator's condition, one vector (c_dim,) for every seed or one row per seed
+    (N, c_dim). ``gray``: (N, H, W), a many-channel image averaged to gray before quantization (datasets
+    are grayscale); else (N, C, H, W). ``progress(done, total)`` after each batch.
+    """
+    seeds = list(seeds)
+    out: list[np.ndarray] = []
+    cond_all = c.to(device) if c is not None else None
+    with torch.no_grad():
+        for start in range(0, len(seeds), batch_size):
+            chunk = seeds[start : start + batch_size]
+            cond = {}
+            if cond_all is not None:
+                cond = {"c": cond_all.expand(len(chunk), -1) if cond_all.dim() == 1 else cond_all[start : start + len(chunk)]}
+            img = G(latents(chunk, G.z_dim, device=device), psi=psi, **cond)
+            if gray and img.shape[1] > 1:
+                img = img.mean(1, keepdim=True)
+            pixels = to_uint(img, bits=bits)
+            out.append(pixels[:, 0] if gray else pixels)
+            if progress is not None:
+                progress(min(start + batch_size, len(seeds)), len(seeds))
+    if out:
+        return np.concatenate(out)
+    size = int(getattr(G, "resolution", 0))
+    shape = (0, size, size) if gray else (0, int(getattr(G, "channels", 1)), size, size)
+    return np.zeros(shape, np.uint8 if bits == 8 else np.uint16)

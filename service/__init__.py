@@ -1,7 +1,10 @@
 """synthpacs: realistic synthetic bone radiographs made inside the hospital network.
 
-The running system: DICOM ingest and Query/Retrieve (``service.dicom``), datasets (``service.data``),
-the gRPC inference service (``service.inference``), the CLI, configuration, logs and metrics.
+The running system: the archive (``service.archive``: store, index, de-identification, query engine), the
+DIMSE side (``service.dicom``: SCP, Query/Retrieve, SCU, and its receive fast path), DICOMweb
+(``service.dicomweb``), synthetic studies and the outbox (``service.synthetic``), datasets
+(``service.data``), the gRPC inference service (``service.inference``), the CLI, configuration, logs and
+metrics (ARCHITECTURE.md).
 Machine learning lives in the separate ``models`` package, which never imports this one.
 """
 

@@ -61,7 +61,7 @@ class DicomConfig:
     # Established associations at once; connections still negotiating are counted apart (below).
     max_associations: int = 16
     # 128 KiB: dcmtk-based senders (storescu, Orthanc, most PACS) never send larger PDUs whatever we
-    # offer; it was the fastest size measured (bench/RESULTS.md sweep, ../shared/NOTES.md), 16 KiB is
+    # offer; it was the fastest size measured (bench/RESULTS.md sweep, ARCHITECTURE.md), 16 KiB is
     # clearly slower; and several fragments per radiograph let writes overlap the transfer (streaming.py).
     max_pdu: int = 131072
     acse_timeout: float = 30.0
@@ -69,7 +69,7 @@ class DicomConfig:
     network_timeout: float = 60.0
     # Seconds a new connection has to complete association negotiation (TLS handshake and A-ASSOCIATE-RQ
     # included); shorter than the ACSE timeout, which bounds an established association's release
-    # (service/dicom/frontdoor.py).
+    # (service/dicom/fastpath/frontdoor.py).
     negotiation_timeout: float = 10.0
     # Connections accepted and not yet negotiated, per source host and in all; beyond either, the oldest
     # pending connection is closed, so an idle flood cannot lock listed peers out.
@@ -80,17 +80,21 @@ class DicomConfig:
     # The largest C-STORE dataset accepted (written to disk as it arrives, and held in memory until it is
     # complete); beyond it the rest is read and dropped, the C-STORE is answered 0xA700 and nothing is
     # kept. 2 GiB holds the largest radiographs. A deflated dataset is parsed in memory and may inflate to
-    # 256 MiB at most (service/dicom/encoded.py).
+    # 256 MiB at most (service/archive/encoded.py).
     max_dataset_bytes: int = 2 << 30
     # Any calling AE title from loopback is accepted out of the box; other hosts must be listed in peers.
     allow_loopback: bool = True
     peers: tuple[DicomPeer, ...] = ()
     # Refuse associations whose Called AE Title is not ours (dcmtk storescp --require-match).
     require_called_ae_title: bool = False
-    # Write each C-STORE dataset to its temporary file while it arrives (service/dicom/streaming.py).
+    # The receive fast path (service/dicom/fastpath/): false turns direct_receive, stream_writes and the short
+    # reactor polls off together, leaving every association to pynetdicom (also off by itself outside the
+    # pynetdicom releases it was tested with).
+    fast_path: bool = True
+    # Write each C-STORE dataset to its temporary file while it arrives (service/dicom/fastpath/streaming.py).
     stream_writes: bool = True
     # Serve storage-only associations (C-STORE, C-ECHO) straight from the socket once they are
-    # established (service/dicom/direct.py); false leaves every association to pynetdicom's reactors.
+    # established (service/dicom/fastpath/direct.py); false leaves every association to pynetdicom's reactors.
     direct_receive: bool = True
     # DICOM TLS for the SCP (PS3.15 Annex B, BCP 195 profile: TLS 1.2 or later, AEAD cipher suites).
     # With tls_cert and tls_key set, the port speaks TLS only; plain TCP callers are refused.
@@ -217,7 +221,7 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """How synthetic Secondary Capture instances are written (see service/dicom/synthetic.py)."""
+    """How synthetic Secondary Capture instances are written (see service/synthetic/sc_writer.py)."""
 
     # Empty: UUID-derived UIDs under 2.25 (PS3.5 §B.2).
     uid_root: str = ""

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from service.orthanc import Orthanc, OrthancError, free_port, start_orthanc
 
 DEMO_MARKER = ".synthpacs-demo"
 RADIOGRAPHS = ("RG1_UNCR.dcm", "RG3_UNCR.dcm", "RG1_J2KR.dcm", "RG3_J2KR.dcm")
@@ -52,70 +50,22 @@ _ANY_PORT = False
 
 def _port(preferred: int) -> int:
     """The embedded default port when it is free (unless --any-ports), else any free loopback port."""
-    for candidate in ((0,) if _ANY_PORT else (preferred, 0)):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise DemoError("no free TCP port on 127.0.0.1")
+    try:
+        return free_port(0 if _ANY_PORT else preferred)
+    except OrthancError as exc:
+        raise DemoError(str(exc)) from None
 
 
 # -- Orthanc as the PACS ---------------------------------------------------------------------------------
 
 
-class OrthancPACS:
-    """Orthanc as a plain loopback process with its storage in the demo folder (its Debian service cannot
-    start in every environment; ../shared/NOTES.md)."""
-
-    def __init__(self, workdir: Path, modalities: dict[str, list[Any]]):
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.dicom_port, self.http_port = _port(4242), _port(8042)
-        config = {
-            "Name": "synthpacs-demo-pacs", "DicomAet": PACS_AE, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "StorageDirectory": str(workdir / "storage"), "IndexDirectory": str(workdir / "index"),
-            "DicomModalities": modalities, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
-            "DicomScuTimeout": 60, "HttpTimeout": 120, "Plugins": [], "StableAge": 1,
-        }
-        (workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
-        self.log = open(workdir / "orthanc.log", "ab")
-        self.process = subprocess.Popen([shutil.which("Orthanc") or "Orthanc", str(workdir / "orthanc.json")],
-                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise DemoError(f"Orthanc exited with {self.process.returncode}; see {workdir / 'orthanc.log'}")
-            try:
-                self.rest("GET", "/system")
-                return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.25)
-        self.stop()
-        raise DemoError(f"Orthanc did not answer within 60 s; see {workdir / 'orthanc.log'}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def rest(self, method: str, path: str, body: Any = None, timeout: float = 120) -> Any:
-        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-        return json.loads(raw) if raw[:1] in (b"{", b"[") else raw
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self.log.close()
+def start_pacs(workdir: Path, modalities: dict[str, list[Any]]) -> Orthanc:
+    """Orthanc as the hospital PACS (service/orthanc.py), on its usual ports 4242 and 8042 when they are free."""
+    try:
+        return start_orthanc(workdir, modalities, ae_title=PACS_AE, dicom_port=_port(4242), http_port=_port(8042), timeout=60, rest_timeout=120,
+                             extra={"Name": "synthpacs-demo-pacs", "DicomScuTimeout": 60, "HttpTimeout": 120})
+    except OrthancError as exc:
+        raise DemoError(str(exc)) from None
 
 
 # -- the steps -------------------------------------------------------------------------------------------
@@ -166,7 +116,7 @@ def demo_config(home: Path, dicom_port: int, grpc_port: int, metrics_port: int, 
     return load_config(path=None, env={}, overrides=overrides)
 
 
-def send_radiographs(files: list[Path], orthanc: OrthancPACS | None, cfg: Any, runtime: Any, scp_port: int) -> int:
+def send_radiographs(files: list[Path], orthanc: Orthanc | None, cfg: Any, runtime: Any, scp_port: int) -> int:
     """Into synthpacs by C-STORE: through Orthanc (the PACS sends, as in a hospital), else from here."""
     before = runtime.store.index.stats()["instances"]
     if orthanc is not None:
@@ -217,7 +167,7 @@ def near_copy_note(home: Path, model_ref: str) -> str:
     from models.datasets import DatasetError, resolve_dataset
     from models.registry import Registry
     from service.near_copy_index import describe
-    from service.studies import dataset_ref_of
+    from service.synthetic.studies import dataset_ref_of
 
     mv = Registry.with_bundled(home / "models").resolve(model_ref)
     ref = dataset_ref_of(mv.card)
@@ -323,7 +273,7 @@ def run(home: Path, count: int, psi: float, keep_running: bool, log_level: str) 
     runtime = None
     try:
         if shutil.which("Orthanc"):
-            orthanc = OrthancPACS(home / "orthanc", {"synthpacs": ["SYNTHPACS", "127.0.0.1", dicom_port]})
+            orthanc = start_pacs(home / "orthanc", {"synthpacs": ["SYNTHPACS", "127.0.0.1", dicom_port]})
             _say("1/7", f"Orthanc is the hospital PACS: DICOM {PACS_AE}@127.0.0.1:{orthanc.dicom_port}, web {orthanc.url}")
         else:
             _say("1/7", "Orthanc is not installed (`make deps` installs it): synthpacs' own archive stands in for the PACS")

@@ -1,4 +1,4 @@
-"""The home folder and its data contracts (DESIGN.md): store, datasets, models, runs, secrets."""
+"""The home folder and its data contracts (ARCHITECTURE.md): store, datasets, models, runs, secrets."""
 
 from __future__ import annotations
 

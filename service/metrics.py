@@ -17,7 +17,7 @@ INSTANCES_RECEIVED = Counter("synthpacs_instances_received_total", "Instances st
 BYTES_RECEIVED = Counter("synthpacs_bytes_received_total", "Bytes of instances stored")
 STORE_FAILURES = Counter("synthpacs_store_failures_total", "Instances refused or not stored, by reason", ["reason"])
 DUPLICATES = Counter("synthpacs_store_duplicates_total", "Re-sent instances, by outcome", ["outcome"])
-# The free-space watermark (service/dicom/watermark.py); refusals count as STORE_FAILURES reason "low_disk".
+# The free-space watermark (service/archive/watermark.py); refusals count as STORE_FAILURES reason "low_disk".
 FREE_BYTES = Gauge("synthpacs_store_free_bytes", "Free bytes on the store's file system (for unprivileged writers)")
 WATERMARK_BYTES = Gauge("synthpacs_store_min_free_bytes", "Free bytes below which new instances are refused (the watermark)")
 BELOW_WATERMARK = Gauge("synthpacs_store_below_watermark", "1 while new instances are refused for lack of disk space")

@@ -38,7 +38,7 @@ class Runtime:
     def store(self):
         """The process's one Store (and index), made on first use."""
         if self._store is None:
-            from service.dicom.store import Store
+            from service.archive.store import Store
 
             self._store = Store(self.cfg, self.home)
         return self._store
@@ -58,8 +58,8 @@ class Runtime:
         return self.add("dicom", scp)
 
     def add_outbox(self) -> Component:
-        """The outbox sender (service/dicom/outbox.py); its queue is ``self.outbox`` for GenerateStudy."""
-        from service.dicom.outbox import OutboxSender
+        """The outbox sender (service/synthetic/outbox.py); its queue is ``self.outbox`` for GenerateStudy."""
+        from service.synthetic.outbox import OutboxSender
 
         sender = OutboxSender(self.cfg, self.store)
         self.outbox = sender.outbox

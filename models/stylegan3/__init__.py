@@ -4,6 +4,7 @@ configs T and R, in plain PyTorch: no custom CUDA or C++ extension, nothing comp
 - :mod:`.filters`: Kaiser/jinc low-pass design, up/down-sampling, the filtered leaky ReLU
 - :mod:`.synthesis`, :mod:`.mapping`, :mod:`.generator`: the generator
 - :mod:`.discriminator`: StyleGAN2's residual discriminator
+- :mod:`.ada`: adaptive discriminator augmentation (Karras et al. 2020) for grayscale radiographs
 - :mod:`.losses`: non-saturating logistic loss, lazy R1, config R's blur of D's input
 - :mod:`.recipe`: the training recipe for the shared runner (``synthpacs train --arch stylegan3-t|r``)
 """

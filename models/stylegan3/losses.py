@@ -10,7 +10,7 @@
   kernel is NVlabs' exp2(-(x / sigma)^2) over |x| <= floor(3 sigma): a Gaussian of standard deviation
   sigma / sqrt(2 ln 2) = 0.85 sigma (8.5 px at the published sigma of 10), so ``blur_sigma=10`` here
   blurs as NVlabs' ``--blur-sigma`` does.
-- Images pass through ADA (:mod:`models.augment`) after the blur and before D, reals and fakes alike.
+- Images pass through ADA (:mod:`models.stylegan3.ada`) after the blur and before D, reals and fakes alike.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ R's blur of D input  sigma 10 fading over 200   paper Appendix D ("blur ... duri
 
 Every setting is a keyword of :class:`StyleGAN3Recipe` (``synthpacs train --set key=value``, JSON
 values), e.g. ``--set channel_base=16384``, ``--set 'augment={"xflip": true}'`` (ADA transforms, see
-:class:`models.augment.AugmentSpec`; x-flips are off by default because anatomy has laterality),
+:class:`models.stylegan3.ada.AugmentSpec`; x-flips are off by default because anatomy has laterality),
 ``--set ada=false --set augment_p=0`` (no augmentation), ``--set gamma=1``.
 
 Memory and speed: ``memory_budget`` (values per temporary signal, default 2**27) makes each synthesis
@@ -58,7 +58,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from models.augment import AdaController, AugmentPipe, AugmentSpec
+from models.stylegan3.ada import AdaController, AugmentPipe, AugmentSpec
 from models.stylegan3.discriminator import Discriminator
 from models.stylegan3.generator import DEFAULT_CHANNELS, Generator, magnitude_ema_beta_for
 from models.stylegan3.losses import StyleGAN3Loss, lazy_adam_params

@@ -3,10 +3,10 @@
 How an architecture plugs in
 ============================
 
-An architecture provides a :class:`~models.train.recipe.Recipe` subclass and registers it in
-:data:`~models.train.recipe.RECIPES` (architecture name -> ``"module:Class"``; the name is the one in
-:data:`models.registry.ARCHITECTURES`, so the exported generator can be rebuilt from its model card).
-DCGAN's recipe is :class:`models.train.dcgan.DCGANRecipe`; StyleGAN3's is expected at
+An architecture lives in its own folder (networks and recipe) and has one row in
+:data:`models.architectures.ARCHITECTURES`: its name, its generator class (so the exported generator can be
+rebuilt from its model card) and its :class:`~models.train.recipe.Recipe` subclass.
+DCGAN's recipe is :class:`models.dcgan.recipe.DCGANRecipe`; StyleGAN3's are
 ``models.stylegan3.recipe:StyleGAN3TRecipe`` / ``StyleGAN3RRecipe``.
 
 A recipe has four class attributes:
@@ -72,10 +72,10 @@ and :func:`models.train.export.export_run` writes a run's generator into a :clas
 The command line (``synthpacs train``, ``synthpacs models export``) is a thin layer over these.
 """
 
-from models.train.recipe import RECIPES, UNITS, Networks, Recipe, RecipeError, StepContext, make_recipe, recipe_class
+from models.train.recipe import UNITS, Networks, Recipe, RecipeError, StepContext, make_recipe, recipe_class
 from models.train.runner import MetricsFn, SnapshotInfo, TrainError, TrainOptions, TrainResult, resume, train
 
 __all__ = [
-    "RECIPES", "UNITS", "Networks", "Recipe", "RecipeError", "StepContext", "make_recipe", "recipe_class",
+    "UNITS", "Networks", "Recipe", "RecipeError", "StepContext", "make_recipe", "recipe_class",
     "MetricsFn", "SnapshotInfo", "TrainError", "TrainOptions", "TrainResult", "resume", "train",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from models.sampling import latents, to_uint
+from models.sampling import seeds_to_pixels
 
 PAD = 2  # pixels between cells
 BACKGROUND = 32  # dark gray between cells, so a black image border stays visible
@@ -52,16 +52,11 @@ def _save_png(array: np.ndarray, path: Path) -> Path:
 
 @torch.no_grad()
 def sample_images(G: torch.nn.Module, seeds: Sequence[int], device: torch.device | str = "cpu", batch: int = 32, psi: float = 1.0, c: torch.Tensor | None = None) -> np.ndarray:
-    """uint8 (N, H, W) images of the first channel for ``seeds``, generated batch by batch.
+    """uint8 (N, H, W) gray images for ``seeds`` (:func:`models.sampling.seeds_to_pixels`).
 
     ``c``: the (N, c_dim) condition vectors of a conditional generator, row i for ``seeds[i]``.
     """
-    out = []
-    for i in range(0, len(seeds), batch):
-        z = latents(list(seeds[i : i + batch]), G.z_dim, device=device)
-        cond = {"c": c[i : i + batch]} if c is not None else {}
-        out.append(to_uint(G(z, psi=psi, **cond), 8)[:, 0])
-    return np.concatenate(out) if out else np.zeros((0, G.resolution, G.resolution), np.uint8)
+    return seeds_to_pixels(G, seeds, psi, bits=8, batch_size=batch, device=device, c=c)
 
 
 def save_grid(images: np.ndarray, path: Path, cols: int | None = None) -> Path:

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import IO, Mapping
 
+from models.progress import is_terminal, write_line
+
 
 def format_duration(seconds: float) -> str:
     if seconds != seconds or seconds == float("inf"):
@@ -28,7 +30,7 @@ class Progress:
         self.total = float(total)
         self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = is_terminal(self.stream)
         self.interval = 0.5 if self.tty else float(interval)
         self.enabled = enabled
         self._last = float("-inf")
@@ -48,12 +50,7 @@ class Progress:
         ]
         if stats:
             parts.append(" ".join(f"{k} {v:.3g}" for k, v in stats.items()))
-        line = " | ".join(parts)
-        if self.tty:
-            self.stream.write("\r\x1b[K" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        write_line(self.stream, " | ".join(parts), tty=self.tty)
 
     def close(self) -> None:
         if self.enabled and self.tty:

@@ -18,14 +18,10 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping
 import torch
 from torch import nn
 
+from models.architectures import ARCHITECTURES, trainable
+
 UNITS = ("epoch", "kimg")
 
-# Architecture name (as in models.registry.ARCHITECTURES) -> "module:RecipeClass".
-RECIPES: dict[str, str] = {
-    "dcgan": "models.train.dcgan:DCGANRecipe",
-    "stylegan3-t": "models.stylegan3.recipe:StyleGAN3TRecipe",
-    "stylegan3-r": "models.stylegan3.recipe:StyleGAN3RRecipe",
-}
 
 
 class RecipeError(ValueError):
@@ -111,7 +107,7 @@ class Recipe:
     ``run.json`` and checkpoints and rebuilds the recipe from them on resume and export.
     """
 
-    arch: ClassVar[str] = ""  # name in models.registry.ARCHITECTURES
+    arch: ClassVar[str] = ""  # name in models.architectures.ARCHITECTURES
     unit: ClassVar[str] = "epoch"  # how training length and snapshots are counted by default: "epoch" or "kimg"
     uses_ema: ClassVar[bool] = False  # build() returns a G_ema, and G_ema is what is sampled and exported
     supports_amp: ClassVar[bool] = True  # the runner may autocast this recipe's forward passes on CUDA
@@ -175,10 +171,10 @@ class Recipe:
 
 def recipe_class(arch: str) -> type[Recipe]:
     """The recipe class registered for ``arch``, imported on demand."""
-    target = RECIPES.get(arch)
-    if target is None:
-        raise RecipeError(f"unknown architecture {arch!r}; known: {', '.join(sorted(RECIPES))}")
-    module_name, cls_name = target.split(":")
+    entry = ARCHITECTURES.get(arch)
+    if entry is None or not entry.recipe:
+        raise RecipeError(f"unknown architecture {arch!r}; known: {', '.join(trainable())}")
+    module_name, cls_name = entry.recipe.split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -1,4 +1,4 @@
-"""The folder of one training run, ``<home>/runs/<run-id>/`` (DESIGN.md "Data contracts")::
+"""The folder of one training run, ``<home>/runs/<run-id>/`` (ARCHITECTURE.md "Data contracts")::
 
     run.json                  what was asked for (architecture, dataset reference, options, recipe
                               hyper-parameters) and where it ran; written once when the run starts

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from models import registry
 from models.conditions import ConditionError, ConditionSpace, label as condition_label, vocabulary
 from models.datasets import DatasetError, DatasetVersion, ImageDataset, resolve_dataset
+from models.device import DeviceError, pick_device
 from models.hardware import cpu_name
 from models.train import checkpoint as ckpt
 from models.train import distributed as D
@@ -166,24 +167,6 @@ def resume(
     return Trainer(opts, Path(datasets_root), Path(runs_root), resume_dir=path, from_checkpoint=from_checkpoint, metrics_fn=metrics_fn, **kwargs).run()
 
 
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise TrainError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError(f"device {spec!r} asked for, but this torch build sees no CUDA GPU (use --device cpu)")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    elif dev.type != "cpu":
-        raise TrainError(f"device {spec!r} is not supported; use cpu or cuda")
-    return dev
-
-
 def hardware(device: torch.device, world_size: int) -> str:
     """One line naming what trained: GPU model and count, or CPU model and cores."""
     if device.type == "cuda":
@@ -282,7 +265,10 @@ class Trainer:
         o = self.opts
         self._validate()
         self.dist = D.env_info()
-        self.device = pick_device(o.device, self.dist.local_rank)
+        try:
+            self.device = pick_device(o.device, local_rank=self.dist.local_rank)
+        except DeviceError as exc:
+            raise TrainError(str(exc)) from None
         # The recipe checks the resolution before any data is read.
         if o.resolution is not None:
             self.recipe = self._make_recipe(o.resolution)

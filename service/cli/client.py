@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from models.seeds import MAX_SEED
 from service.cli.common import CommandError
 from service.cli.conditions import add_condition_options, given
 from service.inference.client import ENCODINGS, SUFFIXES, SynthesizerClient
@@ -162,8 +163,8 @@ def _study(args: argparse.Namespace) -> int:
     seeds = _seeds(args)
     if not seeds and args.count < 1:
         raise CommandError("give --count N or --seeds")
-    if any(not 0 <= s < 2**32 for s in seeds) or (args.first_seed is not None and not 0 <= args.first_seed < 2**32):
-        raise CommandError("seeds must be between 0 and 4294967295")
+    if any(not 0 <= s <= MAX_SEED for s in seeds) or (args.first_seed is not None and not 0 <= args.first_seed <= MAX_SEED):
+        raise CommandError(f"seeds must be between 0 and {MAX_SEED}")
     req = pb.GenerateStudyRequest(
         model=args.model, count=max(args.count, 0), seeds=seeds, bit_depth=args.bits, destination_ae_title=args.destination,
         series_description=args.series_description, request_id=args.request_id, **given(args),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
+from models.progress import write_line
 from service.config import Config, load_config
 from service.home import Home
 from service.logs import StderrStream, configure
@@ -44,3 +46,42 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
 
 def home_from(cfg: Config) -> Home:
     return Home.at(cfg.home_path)
+
+
+def config_to_stderr(args: argparse.Namespace) -> Config:
+    """The configuration for a command that prints its results on stdout: its log lines go to stderr."""
+    cfg = config_from_args(args)
+    configure(cfg.log.level, cfg.log.format, stream=StderrStream())
+    return cfg
+
+
+def human_size(n: int) -> str:
+    """Bytes in decimal units, as ``ls -h --si`` would print them."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def progress_printer(what: str, quiet: bool):
+    """A ``(done, total)`` callback that prints a files/s line on stderr at most once a second."""
+    import time
+
+    started, last = time.monotonic(), [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if quiet or (now - last[0] < 1.0 and done < total):
+            return
+        last[0] = now
+        rate = done / (now - started) if now > started else 0.0
+        eta = f", ETA {(total - done) / rate:.0f} s" if rate and done < total else ""
+        status_line(f"{what}: {done}/{total} files, {rate:.1f} files/s{eta}", done >= total)
+
+    return report
+
+
+def status_line(text: str, final: bool) -> None:
+    """One progress line on stderr: redrawn in place on a terminal, a new line in a log."""
+    write_line(sys.stderr, text, final)

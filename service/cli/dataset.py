@@ -220,7 +220,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _import_images(args: argparse.Namespace) -> int:
     from service.data.images_import import ImportImagesError, import_images, read_name_list
-    from service.dicom.store import Store
+    from service.archive.store import Store
 
     cfg = config_from_args(args)
     try:

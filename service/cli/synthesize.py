@@ -1,7 +1,6 @@
-"""``synthpacs synthesize`` (a synthetic study straight from a registry model, no gRPC) and
-``synthpacs outbox ls|retry`` (what is queued for the PACS, and sending it again).
+"""``synthpacs synthesize``: a synthetic study straight from a registry model, no gRPC.
 
-``synthesize`` uses the same writer as gRPC GenerateStudy (service/studies.py): one study, one series of
+``synthesize`` uses the same writer as gRPC GenerateStudy (service/synthetic/studies.py): one study, one series of
 synthetic Secondary Capture instances, stored in the archive and queued for the destination. With a
 destination it also sends them at once and waits up to ``--wait`` seconds; whatever is not delivered by
 then stays queued, and a running ``synthpacs serve`` (or the next ``synthesize``) delivers it.
@@ -14,9 +13,9 @@ import dataclasses
 import json
 import secrets
 import sys
-import time
 from typing import Any
 
+from models.seeds import MAX_SEED
 from service.cli.common import CommandError, add_command, config_from_args, home_from
 from service.cli.conditions import add_condition_options, checked
 
@@ -49,33 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_condition_options(syn)
     syn.set_defaults(func=_synthesize)
 
-    box = add_command(subparsers, "outbox", help="what is queued for DICOM destinations: ls, retry")
-    sub = box.add_subparsers(dest="outbox_command", metavar="ACTION")
-    sub.required = True
-    ls = add_command(sub, "ls", help="list queued, sent and failed sends, and the destinations' health")
-    ls.add_argument("--state", choices=("pending", "sending", "sent", "failed"), help="only this state")
-    ls.add_argument("--destination", help="only this destination AE title")
-    ls.add_argument("--study", help="only instances of this Study Instance UID")
-    ls.add_argument("--limit", type=int, default=50, help="rows to show (default 50; 0: all)")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(func=_ls)
-    retry = add_command(sub, "retry", help="make waiting and failed sends due now (a running serve sends them)")
-    retry.add_argument("--destination", help="only this destination AE title")
-    retry.add_argument("--id", dest="ids", type=int, action="append", help="only this outbox id (repeatable)")
-    retry.add_argument("--send", action="store_true", help="send them from this process now instead of leaving them to serve")
-    retry.add_argument("--wait", type=float, default=120.0, help="with --send: seconds to wait for delivery")
-    retry.set_defaults(func=_retry)
-
-
-# -- synthesize -------------------------------------------------------------------------------------------
-
 
 def _synthesize(args: argparse.Namespace) -> int:
     from models.registry import Registry, RegistryError
     from service.data.progress import Progress
-    from service.dicom.store import Store
-    from service.inference.device import DeviceError, pick_device
-    from service.studies import StudyRequestError, SyntheticStudyWriter, generate
+    from service.archive.store import Store
+    from models.device import DeviceError, pick_device
+    from service.synthetic.studies import StudyRequestError, SyntheticStudyWriter, generate
 
     cfg = config_from_args(args)
     if args.no_send:
@@ -85,13 +64,13 @@ def _synthesize(args: argparse.Namespace) -> int:
     if args.count > cfg.inference.max_count:
         raise CommandError(f"--count {args.count} is more than inference.max_count ({cfg.inference.max_count}) images in one study")
     first = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    if not 0 <= first <= 2**32 - args.count:
-        raise CommandError(f"--seed must leave room for {args.count} seeds in 0..{2**32 - 1}")
+    if not 0 <= first <= MAX_SEED + 1 - args.count:
+        raise CommandError(f"--seed must leave room for {args.count} seeds in 0..{MAX_SEED}")
     seeds = list(range(first, first + args.count))
     if args.batch_size < 1:
         raise CommandError("--batch-size must be at least 1")
     try:
-        device = pick_device(args.device or cfg.inference.device)
+        device = pick_device(args.device or cfg.inference.device, setting_name="inference.device", deterministic=True)
     except DeviceError as exc:
         raise CommandError(str(exc)) from None
     home = home_from(cfg)
@@ -121,7 +100,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         queued = [i.sop_instance_uid for i in outcome.instances if i.status == "queued"]
         delivery: dict[str, str] = {}
         if queued and args.wait > 0:
-            from service.dicom.outbox import OutboxSender
+            from service.synthetic.outbox import OutboxSender
 
             sender = OutboxSender(cfg, store, writer.outbox)
             sender.start()
@@ -168,91 +147,3 @@ def _print_outcome(report: dict[str, Any], wait: float) -> None:
     if pending:
         print(f"{len(pending)} instance(s) not delivered within {wait:g} s; they stay queued "
               "(`synthpacs outbox ls`; a running `synthpacs serve` keeps sending)", file=out)
-
-
-# -- outbox ---------------------------------------------------------------------------------------------
-
-
-def _open(args: argparse.Namespace):
-    from service.dicom.index import Index
-    from service.dicom.outbox import Outbox
-
-    cfg = config_from_args(args)
-    home = home_from(cfg)
-    index = Index(home.index_path)
-    return cfg, index, Outbox(cfg, index)
-
-
-def _ago(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds <= 0:
-        return "now"
-    if seconds < 120:
-        return f"in {seconds} s"
-    return f"in {seconds // 60} min"
-
-
-def _ls(args: argparse.Namespace) -> int:
-    cfg, index, box = _open(args)
-    try:
-        rows = box.items(state=args.state, destination=args.destination, study_uid=args.study, limit=args.limit or None)
-        counts = box.counts()
-        health = box.health()
-    finally:
-        index.close()
-    if args.json:
-        print(json.dumps({
-            "counts": counts,
-            "destinations": {d: dataclasses.asdict(h) for d, h in health.items()},
-            "items": [dataclasses.asdict(r) for r in rows],
-        }, indent=2))
-        return 0
-    configured = [p.ae_title for p in cfg.dicom.peers if p.port is not None]
-    for dest in sorted(set(configured) | set(counts) | set(health)):
-        h = health.get(dest)
-        state = "never checked" if h is None else ("up" if h.healthy else f"DOWN ({h.consecutive_failures} failed checks: {h.last_error})")
-        c = counts.get(dest, {})
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(c.items())) or "nothing queued"
-        where = "" if dest in configured else "  [not in dicom.peers]"
-        print(f"{dest}: {state}; {summary}{where}")
-    if not rows:
-        print("no outbox items match")
-        return 0
-    print(f"{'id':>6}  {'state':<8} {'destination':<16} {'tries':>5}  {'next':<10} sop instance uid / last error")
-    now = time.time()
-    for r in rows:
-        nxt = _ago(r.next_attempt_at - now) if r.state == "pending" else ""
-        line = f"{r.id:>6}  {r.state:<8} {r.destination:<16} {r.attempts:>5}  {nxt:<10} {r.sop_instance_uid}"
-        print(line)
-        if r.last_error and r.state != "sent":
-            print(f"{'':>6}  {r.last_error}")
-    return 0
-
-
-def _retry(args: argparse.Namespace) -> int:
-    cfg, index, box = _open(args)
-    try:
-        if args.destination and cfg.peer(args.destination) is None and args.destination not in box.counts():
-            raise CommandError(f"no destination {args.destination!r} in dicom.peers or in the outbox")
-        count = box.make_due(destination=args.destination, ids=args.ids)
-        uids = [r.sop_instance_uid for r in box.items(destination=args.destination) if args.ids is None or r.id in args.ids]
-    finally:
-        index.close()
-    print(f"{count} outbox item(s) due now")
-    if not args.send or count == 0:
-        return EXIT_OK
-    from service.dicom.outbox import OutboxSender
-    from service.dicom.store import Store
-
-    store = Store(cfg, home_from(cfg))
-    sender = OutboxSender(cfg, store)
-    try:
-        sender.start()
-        rows = sender.drain(args.wait, sop_instance_uids=uids, destination=args.destination)
-    finally:
-        sender.stop()
-        store.close()
-    waiting = [r for r in rows if r.state not in ("sent", "failed")]
-    failed = [r for r in rows if r.state == "failed"]
-    print(f"{sum(1 for r in rows if r.state == 'sent')} sent, {len(failed)} failed, {len(waiting)} still waiting")
-    return EXIT_INCOMPLETE if waiting or failed else EXIT_OK

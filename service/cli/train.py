@@ -39,7 +39,7 @@ def _hparam(text: str) -> tuple[str, Any]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from models.train.recipe import RECIPES
+    from models.architectures import trainable
 
     p = add_command(
         subparsers,
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     what = p.add_argument_group("what to train")
-    what.add_argument("--arch", choices=sorted(RECIPES), help="architecture (default dcgan)")
+    what.add_argument("--arch", choices=trainable(), help="architecture (default dcgan)")
     what.add_argument("--dataset", metavar="NAME[@vN]", help="dataset version (latest when no version is given)")
     what.add_argument("--resolution", type=int, help="image size; must match the dataset's (default: the dataset's)")
     what.add_argument("--set", dest="hparams", metavar="KEY=VALUE", type=_hparam, action="append", default=[], help="architecture hyper-parameter, JSON value (e.g. --set ema_beta=0.999 --set lr=0.0001); repeatable")

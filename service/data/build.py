@@ -29,13 +29,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from models.datasets import DatasetVersion, DatasetWriter, validate_name
+from service.archive.index import Index, InstanceRecord
 from service.config import Config
 from service.data.findings import read_findings
 from service.data.pixels import REASONS, PixelOptions
 from service.data.progress import Progress
 from service.data.sheet import SHEET_TILES, contact_sheet_png, sheet_indices, sheet_tile
 from service.data.worker import run_task, worker_init
-from service.dicom.index import Index, InstanceRecord
 from service.home import Home
 from service.logs import get_logger, uid_hash
 

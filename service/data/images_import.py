@@ -42,10 +42,10 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from service.archive.store import IMPLEMENTATION_CLASS_UID, Store, StoreError
 from service.data.findings import finding_word, record_findings
 from service.data.phantom import CR_IMAGE_STORAGE, DX_IMAGE_STORAGE_PRESENTATION
 from service.data.progress import Progress
-from service.dicom.store import IMPLEMENTATION_CLASS_UID, Store, StoreError
 from service.logs import get_logger, uid_hash
 
 log = get_logger("import")

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import TextIO
 
+from models.progress import is_terminal, write_line
+
 
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
@@ -25,7 +27,7 @@ class Progress:
         self.label = label
         self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = is_terminal(self.stream)
         self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
         self.enabled = enabled
         self.done = 0
@@ -68,8 +70,4 @@ class Progress:
         return final
 
     def _write(self, text: str, end: bool = False) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + text + ("\n" if end else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        write_line(self.stream, text, end, self.tty)

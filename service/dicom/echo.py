@@ -1,5 +1,8 @@
 """C-ECHO SCU (PS3.4 Annex A, Verification Service Class): is a DICOM peer there and does it accept us?
 
+The one C-ECHO of synthpacs: ``synthpacs echo`` calls :func:`echo`, and the outbox's health checks call it
+through :func:`service.dicom.scu.echo` with a configured peer.
+
 What a PACS administrator runs first, like dcmtk's ``echoscu``: it says whether the TCP connection, the
 association (our calling AE title, its called AE title) and the Verification service all work, and
 if not, which of them failed, in words. Over DICOM TLS (PS3.15 Annex B) it also says whether the TLS
@@ -12,11 +15,12 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from service.dicom.status import SUCCESS
+from service.archive.status import SUCCESS
 from service.dicom.tls import handshake_problem
 
 
@@ -35,10 +39,11 @@ class EchoResult:
 
 
 def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SYNTHPACS", timeout: float = 10.0, max_pdu: int = 16384,
-         tls: tuple[ssl.SSLContext, str] | None = None) -> EchoResult:
+         tls: tuple[ssl.SSLContext, str] | None = None, evt_handlers: Sequence[tuple[Any, Any]] = ()) -> EchoResult:
     """Open an association, send one C-ECHO, release. Raises :class:`EchoError` when any step fails.
 
     ``tls``: (client context, the name the peer's certificate must carry) for DICOM TLS.
+    ``evt_handlers``: further pynetdicom handlers for the association (the SCU's socket tuning).
     """
     _check_ae(called_ae, "called")
     _check_ae(calling_ae, "calling")
@@ -61,7 +66,7 @@ def echo(host: str, port: int, called_ae: str = "ANY-SCP", calling_ae: str = "SY
     ae.maximum_pdu_size = max_pdu
     answers: list = []
     started = time.perf_counter()
-    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_ACSE_RECV, lambda e: answers.append(e.primitive))],
+    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_ACSE_RECV, lambda e: answers.append(e.primitive)), *evt_handlers],
                          **({"tls_args": tls} if tls is not None else {}))
     try:
         if tls is not None and not assoc.is_established and not assoc.is_rejected:

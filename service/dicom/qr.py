@@ -4,7 +4,7 @@ Viewers find synthetic studies here, and received (de-identified) ones unless ``
 everything that is not synthetic. The index answers the queries:
 
 * C-FIND (C.4.1) at PATIENT (Patient Root only), STUDY, SERIES and IMAGE level, answered by the
-  protocol-free :class:`service.dicom.query.QueryEngine` (matching, levels, sequence keys, computed keys;
+  protocol-free :class:`service.archive.query.QueryEngine` (matching, levels, sequence keys, computed keys;
   its docstring says which rules). Every requested key comes back, with its value or empty.
 * C-GET (C.4.3) sends the matching instances back over the same association (the requestor takes the SCP
   role for their Storage SOP Classes, PS3.7 D.3.3.4); compressed instances the requestor did not accept
@@ -36,9 +36,9 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from service.archive import status
 from service.config import Config, ConfigError
-from service.dicom import status
-from service.dicom.query import (
+from service.archive.query import (
     IMAGE,
     LEVELS,
     PATIENT,
@@ -143,7 +143,7 @@ class QueryRetrieveSCP:
         QR_MATCHES.labels("find").inc(sent)
 
     def engine(self) -> QueryEngine:
-        """The protocol-free query engine over this SCP's store (service/dicom/query.py)."""
+        """The protocol-free query engine over this SCP's store (service/archive/query.py)."""
         return QueryEngine(self.index, self.store.root, self.cfg.dicom.ae_title, synthetic_only=self.cfg.qr.synthetic_only,
                            max_results=self.cfg.qr.max_results)
 

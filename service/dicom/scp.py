@@ -10,15 +10,15 @@ Built the pynetdicom way: a declaratively configured AE (contexts, timeouts, PDU
   pynetdicom does it, so a caller that never finishes its handshake holds up nobody else; with
   ``dicom.tls_require_client_cert`` a listed AE title must also present its own certificate;
 * TCP_NODELAY on every accepted socket: with Nagle and delayed ACK, each C-STORE response waits
-  40-80 ms on loopback (../shared/NOTES.md);
-* a front door (:mod:`service.dicom.frontdoor`): connections still negotiating are counted apart from
+  40-80 ms on loopback (ARCHITECTURE.md);
+* a front door (:mod:`service.dicom.fastpath.frontdoor`): connections still negotiating are counted apart from
   established associations and limited per host, must negotiate within ``dicom.negotiation_timeout``, and
   may not declare a PDU longer than allowed; ``dicom.max_associations`` counts established associations;
 * associations that carry only Storage and Verification (what a PACS or a modality opens) are served,
-  once established, straight from the socket by :class:`service.dicom.direct.DirectLoop` instead of
+  once established, straight from the socket by :class:`service.dicom.fastpath.direct.DirectLoop` instead of
   pynetdicom's two polling reactors; associations that also carry Query/Retrieve keep pynetdicom, with
-  shorter poll intervals while busy (:mod:`service.dicom.polling`) and PDUs read with a few large
-  ``recv_into`` calls instead of its 4 KB loop (:mod:`service.dicom.sockets`).
+  shorter poll intervals while busy (:mod:`service.dicom.fastpath.polling`) and PDUs read with a few large
+  ``recv_into`` calls instead of its 4 KB loop (:mod:`service.dicom.fastpath.sockets`).
 """
 
 from __future__ import annotations
@@ -41,15 +41,16 @@ from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
 from pynetdicom.transport import RequestHandler
 
 from service import metrics
+from service.archive import status
+from service.archive.store import Store, StoreError
+from service.archive.uids import InvalidUID, validate_uid
 from service.config import Config, DicomPeer
-from service.dicom import status
-from service.dicom.direct import DirectLoop, eligible
-from service.dicom.frontdoor import Admission, FrontDoorServer, PendingConnections, tls_handshake
-from service.dicom.polling import ResponsiveAssociation, ResponsiveDUL, responsive
-from service.dicom.sockets import large_reads
-from service.dicom.streaming import StreamingDIMSE, streaming
-from service.dicom.store import Store, StoreError
-from service.dicom.uids import InvalidUID, validate_uid
+from service.dicom import fastpath
+from service.dicom.fastpath.direct import DirectLoop, eligible
+from service.dicom.fastpath.frontdoor import Admission, FrontDoorServer, PendingConnections, tls_handshake
+from service.dicom.fastpath.polling import ResponsiveAssociation, ResponsiveDUL, responsive
+from service.dicom.fastpath.sockets import large_reads
+from service.dicom.fastpath.streaming import StreamingDIMSE, streaming
 from service.dicom.tls import certificate_matches, certificate_names, peer_certificate, server_context
 from service.logs import get_logger, where
 
@@ -235,7 +236,7 @@ def _end_streams(assoc: Any) -> None:
 
 @dataclass(frozen=True)
 class _Door:
-    """What the request handler needs to admit a connection (service/dicom/frontdoor.py)."""
+    """What the request handler needs to admit a connection (service/dicom/fastpath/frontdoor.py)."""
 
     pending: PendingConnections
     negotiation_timeout: float
@@ -246,7 +247,8 @@ class _Door:
 
 
 def _request_handler(allow_list: AllowList, store: Store | None, direct: Callable[[Any], DirectLoop] | None = None,
-                     door: _Door | None = None, max_associations: int = 0, max_dataset_bytes: int = 2 << 30) -> type[RequestHandler]:
+                     door: _Door | None = None, max_associations: int = 0, max_dataset_bytes: int = 2 << 30,
+                     fast_path: bool = True) -> type[RequestHandler]:
     class Handler(RequestHandler):
         admission: Admission | None = None
 
@@ -276,7 +278,8 @@ def _request_handler(allow_list: AllowList, store: Store | None, direct: Callabl
 
         def _create_association(self):  # type: ignore[override]
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assoc = large_reads(responsive(super()._create_association()), self.admission)
+            assoc = super()._create_association()
+            assoc = large_reads(responsive(assoc) if fast_path else assoc, self.admission)
             if self.admission is not None:
                 assoc.front_door = self.admission
                 # Waiting for the A-ASSOCIATE-RQ is bounded by what is left of the negotiation deadline;
@@ -345,6 +348,10 @@ class StorageSCP:
     def start(self) -> tuple[str, int]:
         d = self.cfg.dicom
         tls_context = server_context(self.cfg)  # before listening: a bad certificate file stops the start
+        fast = fastpath.enabled(d)
+        if d.fast_path and not fast:
+            log.warning("fast_path_off", reason=f"pynetdicom {fastpath.pynetdicom_version()} is outside the tested releases "
+                        f">={fastpath.PYNETDICOM_TESTED[0]},<{fastpath.PYNETDICOM_TESTED[1]}")
         door = _Door(PendingConnections(d.max_pending_per_host, d.max_pending), d.negotiation_timeout, d.acse_timeout,
                      d.network_timeout, d.max_pdu, d.tls_handshake_timeout)
         server = FrontDoorServer(
@@ -355,11 +362,12 @@ class StorageSCP:
             evt_handlers=self.handlers,
             request_handler=_request_handler(
                 AllowList.from_config(self.cfg),
-                self.store if d.stream_writes else None,
-                self._direct_loop if d.direct_receive else None,
+                self.store if d.stream_writes and fast else None,
+                self._direct_loop if d.direct_receive and fast else None,
                 door,
                 d.max_associations,
                 d.max_dataset_bytes,
+                fast,
             ),
             backlog=d.listen_backlog,
             pending=door.pending,

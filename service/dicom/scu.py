@@ -28,9 +28,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification
 
 from service.config import Config, DicomPeer
+from service.dicom.echo import EchoError
+from service.dicom.echo import echo as c_echo
 from service.dicom.tls import client_args, handshake_problem
 from service.logs import get_logger, uid_hash
 
@@ -137,30 +138,22 @@ class EchoResult:
 
 
 def echo(cfg: Config, peer: DicomPeer, timeout: float | None = None) -> EchoResult:
-    """C-ECHO (PS3.4 Annex A) to ``peer``: is it there and does it accept us?"""
+    """C-ECHO (PS3.4 Annex A) to a configured ``peer`` with our AE title, PDU size, TLS settings and socket
+    tuning: :func:`service.dicom.echo.echo`, its failure turned into a result the outbox records."""
     if peer.port is None:
         return EchoResult(False, 0.0, None, f"peer {peer.ae_title} has no port configured")
-    ae = make_ae(cfg)
-    if timeout is not None:
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
-    ae.add_requested_context(Verification)
     started = time.perf_counter()
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=TUNING_HANDLERS, **client_args(cfg, peer))
-    except Exception as exc:  # name resolution, socket and TLS errors surface here
-        return EchoResult(False, time.perf_counter() - started, None, f"cannot connect: {type(exc).__name__}: {exc}")
-    try:
-        if not assoc.is_established:
-            return EchoResult(False, time.perf_counter() - started, None, _why_not_established(assoc, peer, cfg, ae.connection_timeout))
-        rsp = assoc.send_c_echo()
-        code = int(rsp.Status) if rsp is not None and "Status" in rsp else None
-        ok = code == STATUS_SUCCESS
-        detail = "" if ok else ("no response" if code is None else f"status 0x{code:04X}")
-        return EchoResult(ok, time.perf_counter() - started, code, detail)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        ae.shutdown()
+        result = c_echo(peer.host, peer.port, called_ae=peer.ae_title, calling_ae=cfg.dicom.ae_title,
+                        timeout=timeout if timeout is not None else min(cfg.dicom.acse_timeout, 15.0),
+                        max_pdu=cfg.dicom.max_pdu, tls=client_args(cfg, peer).get("tls_args"), evt_handlers=TUNING_HANDLERS)
+    except EchoError as exc:
+        return EchoResult(False, time.perf_counter() - started, None, f"{where}: {exc}")
+    except Exception as exc:  # a TLS file that cannot be read, and the like
+        return EchoResult(False, time.perf_counter() - started, None, f"{where}: cannot connect: {type(exc).__name__}: {exc}")
+    detail = "" if result.ok else f"status 0x{result.status:04X}"
+    return EchoResult(result.ok, result.round_trip_ms / 1000, result.status, detail)
 
 
 def tcp_problem(host: str, port: int, timeout: float) -> str | None:

@@ -1,7 +1,7 @@
 """QIDO-RS, the search transaction (PS3.18 10.6), answered by the same engine as C-FIND.
 
 The query parameters become a C-FIND identifier (PS3.18 8.3.4: ``{attributeID}={value}`` with a keyword or
-a tag in hex, dotted paths into sequences, ``includefield``) that :class:`service.dicom.query.QueryEngine`
+a tag in hex, dotted paths into sequences, ``includefield``) that :class:`service.archive.query.QueryEngine`
 answers, so a QIDO-RS query and the same C-FIND match exactly the same entities with the same rules
 (wildcards, ranges, UID lists, sequence matching, Synthetic Data). What is QIDO's own:
 
@@ -27,8 +27,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from service.archive.query import ATTRIBUTES, COMPUTED, HEADER_LEVELS, IMAGE, RANK, SERIES, STUDY, UNIQUE_KEY, QueryEngine, element_text
 from service.config import Config
-from service.dicom.query import ATTRIBUTES, COMPUTED, HEADER_LEVELS, IMAGE, RANK, SERIES, STUDY, UNIQUE_KEY, QueryEngine, element_text
 from service.dicomweb import dicomjson
 from service.dicomweb.errors import BadRequest
 

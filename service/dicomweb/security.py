@@ -13,8 +13,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Awaitable, Callable
 
+from service.archive.uids import InvalidUID, validate_uid
 from service.config import Config, ConfigError
-from service.dicom.uids import InvalidUID, validate_uid
 from service.dicomweb.errors import BadRequest
 from service.inference.auth import check_token
 

@@ -1,6 +1,6 @@
 """STOW-RS, the store transaction (PS3.18 10.5): multipart/related application/dicom into the store.
 
-Each part goes through exactly the path a C-STORE takes (:meth:`service.dicom.store.Store.put_bytes`:
+Each part goes through exactly the path a C-STORE takes (:meth:`service.archive.store.Store.put_bytes`:
 validation, de-identification, the duplicate policy, a durable write and the index), so an instance
 stored over DICOMweb is indistinguishable from a received one except for its source (``dicomweb``), and
 every instance listed as stored is on disk, fsynced, before the response is sent.
@@ -33,8 +33,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from service.archive.store import StoreError
 from service.config import Config
-from service.dicom.store import StoreError
 from service.dicomweb import media
 from service.dicomweb.errors import BadRequest, UnsupportedMediaType
 from service.logs import get_logger, uid_hash

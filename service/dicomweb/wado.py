@@ -26,8 +26,8 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
+from service.archive.index import InstanceRecord
 from service.config import Config
-from service.dicom.index import InstanceRecord
 from service.dicomweb import dicomjson, media
 from service.dicomweb.errors import BadRequest, NotAcceptable, NotFound
 

@@ -2,7 +2,7 @@
 
 Pixels come from :func:`models.sampling.to_uint`, so an encoding never changes a value: PNG is lossless,
 raw is the array itself, and the DICOM encoding stores the same integers (PS3.3 A.8.1 Secondary Capture
-Image, written by :mod:`service.dicom.synthetic`).
+Image, written by :mod:`service.synthetic.sc_writer`).
 """
 
 from __future__ import annotations
@@ -80,12 +80,12 @@ def decode_raw(data: bytes, height: int, width: int, channels: int, bits: int) -
 
 class DicomEncoder:
     """Synthetic Secondary Capture instances for one Generate request: one study and series, one instance
-    per image, every synthetic marker of DESIGN.md set by :func:`service.dicom.synthetic.synthetic_image`
-    and the same provenance GenerateStudy records (:func:`service.studies.provenance_for`)."""
+    per image, every synthetic marker of ARCHITECTURE.md set by :func:`service.synthetic.sc_writer.synthetic_image`
+    and the same provenance GenerateStudy records (:func:`service.synthetic.studies.provenance_for`)."""
 
     def __init__(self, synthetic_cfg: Any, version: ModelVersion, psi: float, condition: dict[str, str] | None = None):
-        from service.dicom.synthetic import SyntheticSeries, synthetic_image
-        from service.studies import provenance_for
+        from service.synthetic.sc_writer import SyntheticSeries, synthetic_image
+        from service.synthetic.studies import provenance_for
 
         self._synthetic_image = synthetic_image
         self._provenance_for = provenance_for

@@ -14,13 +14,13 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from models.device import DeviceError, pick_device
 from models.registry import Registry
 from service.config import Config, ConfigError
 from service.home import Home
 from service.inference.auth import BearerTokenInterceptor
 from service.inference.batcher import DynamicBatcher
 from service.inference.cache import ModelCache
-from service.inference.device import DeviceError, pick_device
 from service.inference.servicer import SynthesizerServicer
 from service.logs import get_logger
 from synthpacs.v1 import synthesizer_pb2 as pb
@@ -59,10 +59,10 @@ def _read(path: str, setting: str) -> bytes:
 
 
 def default_study_writer(cfg: Config, store: Callable[[], Any], outbox: Callable[[], Any] | None = None) -> Callable[[], Any]:
-    """A factory for service/studies.py's writer over the process's store (and outbox, when it has one)."""
+    """A factory for service/synthetic/studies.py's writer over the process's store (and outbox, when it has one)."""
 
     def make() -> Any:
-        from service.studies import SyntheticStudyWriter
+        from service.synthetic.studies import SyntheticStudyWriter
 
         return SyntheticStudyWriter(cfg, store(), outbox() if outbox is not None else None)
 
@@ -74,7 +74,7 @@ class InferenceServer:
         self.cfg = cfg
         inf = cfg.inference
         try:
-            self.device = pick_device(inf.device)
+            self.device = pick_device(inf.device, setting_name="inference.device", deterministic=True)
         except DeviceError as exc:
             raise ConfigError(str(exc)) from None
         if inf.cpu_threads < 0 or inf.max_queue_delay_ms < 0 or inf.max_loaded_models < 1:

@@ -9,8 +9,11 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import CancelledError
+import contextlib
+import functools
+import inspect
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import grpc
 import numpy as np
@@ -23,7 +26,10 @@ from service.inference import metrics
 from service.inference.batcher import BatcherStopped, DynamicBatcher
 from service.inference.cache import AVAILABLE, FAILED, LOADING, READY, LoadedModel, ModelCache, ModelStatus, ModelUnavailable
 from service.inference.encode import DicomEncoder, EncodeError, Format, check_format, encode_png, encode_raw
-from service.inference.validate import InvalidRequest, check_condition, check_model_name, check_model_ref, check_psi, check_request_id, plan_seeds, shown
+from service.inference.validate import (
+    InvalidRequest, check_bit_depth, check_condition, check_destination, check_model_name, check_model_ref, check_psi, check_request_id,
+    check_series_description, plan_seeds,
+)
 from service.logs import get_logger
 from synthpacs.v1 import synthesizer_pb2 as pb
 from synthpacs.v1 import synthesizer_pb2_grpc as pb_grpc
@@ -76,15 +82,100 @@ def _failure(exc: BaseException, request_id: str) -> RpcFailure:
     return RpcFailure(grpc.StatusCode.INTERNAL, f"internal error (request_id {request_id}); the server log has the details")
 
 
-class SynthesizerServicer(pb_grpc.SynthesizerServicer):
-    """``study_writer`` makes the synthetic-study writer (service/studies.py) when GenerateStudy needs it."""
+class _Call:
+    """One RPC as the scaffolding sees it: its request id, the status code it ends with, and the fields of
+    its closing log line (``finished``: the event name, None for no line)."""
 
-    def __init__(self, cfg: Config, cache: ModelCache, batcher: DynamicBatcher, study_writer: Callable[[], Any] | None = None):
+    def __init__(self, request_id: str = "", finished: str | None = None):
+        self.request_id = request_id
+        self.code = grpc.StatusCode.OK
+        self.started = time.monotonic()
+        self.finished = finished
+        self.fields: dict[str, Any] = {}
+
+
+def rpc(method: str, *, request_id: bool = False, admitted: bool = False, finished: str | None = None) -> Callable:
+    """The scaffolding every Synthesizer method shares, around a method ``fn(self, request, context, call)``:
+
+    - ``request_id``: the client's ``request_id`` checked (a new one when absent; a bad one is
+      INVALID_ARGUMENT, still answered under a fresh id) and kept in ``call.request_id``;
+    - ``admitted``: the call counts against ``inference.max_inflight`` while it runs;
+    - any exception is answered as the status code :func:`_failure` maps it to;
+    - the request counter and latency histogram by method and code, and, with ``finished``, one closing log
+      line with the request id, the code, the seconds and whatever the method put in ``call.fields``.
+
+    Streaming methods (generator functions) keep all of it around the whole stream.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        def begin(request: Any) -> tuple[_Call, InvalidRequest | None]:
+            if not request_id:
+                return _Call(finished=finished), None
+            rid, bad = _request_id(request.request_id)
+            return _Call(rid, finished), bad
+
+        def end(self: "SynthesizerServicer", call: _Call, context: grpc.ServicerContext) -> None:
+            self._finish(method, call.started, call.code, context)
+            if call.finished:
+                log.info(call.finished, request_id=call.request_id, **call.fields, code=call.code.name,
+                         seconds=round(time.monotonic() - call.started, 4))
+
+        def fail(call: _Call, exc: Exception, context: grpc.ServicerContext) -> None:
+            failure = _failure(exc, call.request_id)
+            call.code = failure.code
+            context.abort(failure.code, str(failure))
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def stream(self: "SynthesizerServicer", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                call, bad = begin(request)
+                try:
+                    if bad is not None:
+                        raise bad
+                    with self._admitted() if admitted else contextlib.nullcontext():
+                        yield from fn(self, request, context, call)
+                except Exception as exc:
+                    fail(call, exc, context)
+                finally:
+                    end(self, call, context)
+
+            return stream
+
+        @functools.wraps(fn)
+        def unary(self: "SynthesizerServicer", request: Any, context: grpc.ServicerContext) -> Any:
+            call, bad = begin(request)
+            try:
+                if bad is not None:
+                    raise bad
+                with self._admitted() if admitted else contextlib.nullcontext():
+                    return fn(self, request, context, call)
+            except Exception as exc:
+                fail(call, exc, context)
+            finally:
+                end(self, call, context)
+
+        return unary
+
+    return wrap
+
+
+class StudyWriter(Protocol):
+    """What GenerateStudy needs of the synthetic study writer (:class:`service.synthetic.studies.SyntheticStudyWriter`)."""
+
+    def write_study(self, images: np.ndarray, seeds: list[int], psi: float, model: Any, *, destination: str | None = None,
+                    burn_in_label: bool | None = None, series_description: str | None = None,
+                    condition: dict[str, str] | None = None) -> Any: ...
+
+
+class SynthesizerServicer(pb_grpc.SynthesizerServicer):
+    """``study_writer`` makes the synthetic-study writer (service/synthetic/studies.py) when GenerateStudy needs it."""
+
+    def __init__(self, cfg: Config, cache: ModelCache, batcher: DynamicBatcher, study_writer: Callable[[], StudyWriter] | None = None):
         self.cfg = cfg
         self.cache = cache
         self.batcher = batcher
         self._study_writer_factory = study_writer
-        self._study_writer = None
+        self._study_writer: StudyWriter | None = None
         self._inflight = 0
         self._lock = threading.Lock()
 
@@ -118,73 +209,47 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
 
     # -- models -------------------------------------------------------------------------------------
 
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
-        started, code = time.monotonic(), grpc.StatusCode.OK
-        try:
-            if request.name:
-                check_model_name(request.name)
-            statuses = self.cache.statuses(all_versions=request.all_versions, name=request.name)
-            return pb.ListModelsResponse(models=[model_info(s) for s in statuses])
-        except Exception as exc:
-            failure = _failure(exc, "")
-            code = failure.code
-            context.abort(failure.code, str(failure))
-        finally:
-            self._finish("ListModels", started, code, context)
+    @rpc("ListModels")
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext, call: _Call) -> pb.ListModelsResponse:
+        if request.name:
+            check_model_name(request.name)
+        statuses = self.cache.statuses(all_versions=request.all_versions, name=request.name)
+        return pb.ListModelsResponse(models=[model_info(s) for s in statuses])
 
-    def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
-        started, code = time.monotonic(), grpc.StatusCode.OK
-        try:
-            return model_info(self.cache.status(check_model_ref(request.model)))
-        except Exception as exc:
-            failure = _failure(exc, "")
-            code = failure.code
-            context.abort(failure.code, str(failure))
-        finally:
-            self._finish("GetModel", started, code, context)
+    @rpc("GetModel")
+    def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext, call: _Call) -> pb.ModelInfo:
+        return model_info(self.cache.status(check_model_ref(request.model)))
 
     # -- generation ---------------------------------------------------------------------------------
 
-    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> Iterator[pb.GeneratedImage]:
-        started, code = time.monotonic(), grpc.StatusCode.OK
-        request_id, bad_id = _request_id(request.request_id)
-        sent, served_by = 0, request.model[:80]
-        try:
-            if bad_id is not None:
-                raise bad_id
-            with self._admitted():
-                ref = check_model_ref(request.model)
-                seeds = plan_seeds(request.count, request.seeds, request.first_seed if request.HasField("first_seed") else None, self.cfg.inference.max_count)
-                psi = check_psi(request.truncation_psi if request.HasField("truncation_psi") else None)
-                fmt = FORMATS.get(request.encoding)
-                if fmt is None:
-                    raise InvalidRequest(f"encoding {request.encoding} is not one of {', '.join(pb.Encoding.keys())}")
-                model = self.cache.get(ref)
-                served_by = model.ref
-                condition, c = _condition(model, request)
-                check_format(fmt, model.channels)
-                dicom = self._dicom_encoder(model, psi, condition) if fmt.kind == "dicom" else None
-                for index, seed, pixels in self._images(model, seeds, psi, context, fmt.bits, c):
-                    msg = pb.GeneratedImage(
-                        seed=seed, index=index, width=model.resolution, height=model.resolution, channels=model.channels,
-                        encoding=request.encoding or pb.ENCODING_PNG_8, model=model.ref, truncation_psi=psi, request_id=request_id,
-                        **condition,
-                    )
-                    if fmt.kind == "png":
-                        msg.data = encode_png(pixels)
-                    elif fmt.kind == "raw":
-                        msg.data = encode_raw(pixels)
-                    else:
-                        msg.data, msg.sop_instance_uid = dicom.encode(pixels, seed, index + 1)
-                    sent += 1
-                    yield msg
-        except Exception as exc:
-            failure = _failure(exc, request_id)
-            code = failure.code
-            context.abort(failure.code, str(failure))
-        finally:
-            self._finish("Generate", started, code, context)
-            log.info("generate_finished", request_id=request_id, model=served_by, images=sent, code=code.name, seconds=round(time.monotonic() - started, 4), peer=context.peer())
+    @rpc("Generate", request_id=True, admitted=True, finished="generate_finished")
+    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext, call: _Call) -> Iterator[pb.GeneratedImage]:
+        call.fields.update(model=request.model[:80], images=0, peer=context.peer())
+        ref = check_model_ref(request.model)
+        seeds = plan_seeds(request.count, request.seeds, request.first_seed if request.HasField("first_seed") else None, self.cfg.inference.max_count)
+        psi = check_psi(request.truncation_psi if request.HasField("truncation_psi") else None)
+        fmt = FORMATS.get(request.encoding)
+        if fmt is None:
+            raise InvalidRequest(f"encoding {request.encoding} is not one of {', '.join(pb.Encoding.keys())}")
+        model = self.cache.get(ref)
+        call.fields["model"] = model.ref
+        condition, c = _condition(model, request)
+        check_format(fmt, model.channels)
+        dicom = self._dicom_encoder(model, psi, condition) if fmt.kind == "dicom" else None
+        for index, seed, pixels in self._images(model, seeds, psi, context, fmt.bits, c):
+            msg = pb.GeneratedImage(
+                seed=seed, index=index, width=model.resolution, height=model.resolution, channels=model.channels,
+                encoding=request.encoding or pb.ENCODING_PNG_8, model=model.ref, truncation_psi=psi, request_id=call.request_id,
+                **condition,
+            )
+            if fmt.kind == "png":
+                msg.data = encode_png(pixels)
+            elif fmt.kind == "raw":
+                msg.data = encode_raw(pixels)
+            else:
+                msg.data, msg.sop_instance_uid = dicom.encode(pixels, seed, index + 1)
+            call.fields["images"] += 1
+            yield msg
 
     def _dicom_encoder(self, model: LoadedModel, psi: float, condition: dict[str, str]) -> DicomEncoder:
         try:
@@ -192,7 +257,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         except ImportError:
             raise RpcFailure(
                 grpc.StatusCode.UNIMPLEMENTED,
-                "DICOM encodings need the synthetic Secondary Capture writer (service/dicom/synthetic.py), which this installation lacks",
+                "DICOM encodings need the synthetic Secondary Capture writer (service/synthetic/sc_writer.py), which this installation lacks",
             ) from None
         except ValueError as exc:  # e.g. synthetic.uid_root that cannot make UIDs
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"cannot write synthetic DICOM with this server's settings: {exc}") from None
@@ -240,65 +305,45 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 refill()
             yield index, seeds[index], image
 
-    def GenerateStudy(self, request: pb.GenerateStudyRequest, context: grpc.ServicerContext) -> pb.GenerateStudyResponse:
-        started, code = time.monotonic(), grpc.StatusCode.OK
-        request_id, bad_id = _request_id(request.request_id)
+    @rpc("GenerateStudy", request_id=True, admitted=True, finished="study_finished")
+    def GenerateStudy(self, request: pb.GenerateStudyRequest, context: grpc.ServicerContext, call: _Call) -> pb.GenerateStudyResponse:
+        ref = check_model_ref(request.model)
+        seeds = plan_seeds(request.count, request.seeds, request.first_seed if request.HasField("first_seed") else None, self.cfg.inference.max_count)
+        psi = check_psi(request.truncation_psi if request.HasField("truncation_psi") else None)
+        bits = check_bit_depth(request.bit_depth)
+        destination = check_destination(request.destination_ae_title, self.cfg.dicom.peers)
+        series_description = check_series_description(request.series_description)
+        model = self.cache.get(ref)
+        condition, c = _condition(model, request)
+        if model.channels != 1:
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"synthetic radiographs are grayscale; {model.ref} makes {model.channels}-channel images")
+        writer = self._writer()
+        log.info("study_started", request_id=call.request_id, model=model.ref, count=len(seeds), psi=psi, bits=bits, destination=destination or None, peer=context.peer(), **condition)
+        images = []
+        for _index, _seed, pixels in self._images(model, seeds, psi, context, bits, c):
+            images.append(pixels[0])
+        if len(images) != len(seeds):
+            raise RpcFailure(grpc.StatusCode.CANCELLED, "the call was cancelled")
         try:
-            if bad_id is not None:
-                raise bad_id
-            with self._admitted():
-                ref = check_model_ref(request.model)
-                seeds = plan_seeds(request.count, request.seeds, request.first_seed if request.HasField("first_seed") else None, self.cfg.inference.max_count)
-                psi = check_psi(request.truncation_psi if request.HasField("truncation_psi") else None)
-                bits = request.bit_depth or 8
-                if bits not in (8, 16):
-                    raise InvalidRequest(f"bit_depth {request.bit_depth} is not supported; use 8 or 16")
-                destination = request.destination_ae_title.strip()
-                if destination:
-                    peer = self.cfg.peer(destination)
-                    if peer is None or peer.port is None:
-                        known = ", ".join(p.ae_title for p in self.cfg.dicom.peers if p.port is not None) or "none"
-                        raise InvalidRequest(f"destination_ae_title {shown(destination)} is not a configured DICOM peer with a port (dicom.peers; known: {known})")
-                if len(request.series_description) > 64:
-                    raise InvalidRequest("series_description is longer than 64 characters (LO, PS3.5 §6.2)")
-                model = self.cache.get(ref)
-                condition, c = _condition(model, request)
-                if model.channels != 1:
-                    raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"synthetic radiographs are grayscale; {model.ref} makes {model.channels}-channel images")
-                writer = self._writer()
-                log.info("study_started", request_id=request_id, model=model.ref, count=len(seeds), psi=psi, bits=bits, destination=destination or None, peer=context.peer(), **condition)
-                images = []
-                for _index, _seed, pixels in self._images(model, seeds, psi, context, bits, c):
-                    images.append(pixels[0])
-                if len(images) != len(seeds):
-                    raise RpcFailure(grpc.StatusCode.CANCELLED, "the call was cancelled")
-                try:
-                    outcome = writer.write_study(
-                        np.stack(images), seeds, psi, model.version, destination=destination or None,
-                        burn_in_label=request.burn_in_label if request.HasField("burn_in_label") else None,
-                        series_description=request.series_description or None, condition=condition,
-                    )
-                except ValueError as exc:
-                    raise InvalidRequest(str(exc)) from None
-                response = pb.GenerateStudyResponse(
-                    study_instance_uid=outcome.study_instance_uid, series_instance_uid=outcome.series_instance_uid,
-                    destination=outcome.destination or "", model=model.ref, truncation_psi=psi, request_id=request_id,
-                )
-                for inst in outcome.instances:
-                    response.instances.add(
-                        sop_instance_uid=inst.sop_instance_uid or "", seed=int(inst.seed),
-                        state=_INSTANCE_STATES.get(inst.status, pb.InstanceStatus.STATE_UNSPECIFIED), detail=inst.detail or "",
-                    )
-                return response
-        except Exception as exc:
-            failure = _failure(exc, request_id)
-            code = failure.code
-            context.abort(failure.code, str(failure))
-        finally:
-            self._finish("GenerateStudy", started, code, context)
-            log.info("study_finished", request_id=request_id, code=code.name, seconds=round(time.monotonic() - started, 4))
+            outcome = writer.write_study(
+                np.stack(images), seeds, psi, model.version, destination=destination or None,
+                burn_in_label=request.burn_in_label if request.HasField("burn_in_label") else None,
+                series_description=series_description or None, condition=condition,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        response = pb.GenerateStudyResponse(
+            study_instance_uid=outcome.study_instance_uid, series_instance_uid=outcome.series_instance_uid,
+            destination=outcome.destination or "", model=model.ref, truncation_psi=psi, request_id=call.request_id,
+        )
+        for inst in outcome.instances:
+            response.instances.add(
+                sop_instance_uid=inst.sop_instance_uid or "", seed=int(inst.seed),
+                state=_INSTANCE_STATES.get(inst.status, pb.InstanceStatus.STATE_UNSPECIFIED), detail=inst.detail or "",
+            )
+        return response
 
-    def _writer(self) -> Any:
+    def _writer(self) -> StudyWriter:
         with self._lock:
             if self._study_writer is None:
                 if self._study_writer_factory is None:
@@ -308,7 +353,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 except ImportError:
                     raise RpcFailure(
                         grpc.StatusCode.UNIMPLEMENTED,
-                        "GenerateStudy needs the synthetic study writer (service/studies.py), which this installation lacks",
+                        "GenerateStudy needs the synthetic study writer (service/synthetic/studies.py), which this installation lacks",
                     ) from None
             return self._study_writer
 

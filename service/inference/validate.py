@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 import secrets
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from models.registry import RegistryError, parse_ref, validate_name
-from models.sampling import MAX_SEED
+from models.seeds import MAX_SEED
 
 if TYPE_CHECKING:
     from models.conditions import ConditionSpace
@@ -132,3 +132,28 @@ def check_condition(space: "ConditionSpace | None", given: Mapping[str, str | No
         return space.normalize(asked)
     except ConditionError as exc:
         raise InvalidRequest(f"{model_ref}: {exc}") from None
+
+
+def check_bit_depth(bit_depth: int) -> int:
+    """GenerateStudy's ``bit_depth``: 8 or 16 (0, the proto default, is 8)."""
+    bits = bit_depth or 8
+    if bits not in (8, 16):
+        raise InvalidRequest(f"bit_depth {bit_depth} is not supported; use 8 or 16")
+    return bits
+
+
+def check_destination(destination: str, peers: Sequence[Any]) -> str:
+    """A study's ``destination_ae_title``: empty (the configured default) or a ``dicom.peers`` AE title with a port."""
+    destination = destination.strip()
+    peer = next((p for p in peers if p.ae_title == destination), None)
+    if destination and (peer is None or peer.port is None):
+        known = ", ".join(p.ae_title for p in peers if p.port is not None) or "none"
+        raise InvalidRequest(f"destination_ae_title {shown(destination)} is not a configured DICOM peer with a port (dicom.peers; known: {known})")
+    return destination
+
+
+def check_series_description(text: str) -> str:
+    """Series Description is LO: at most 64 characters (PS3.5 §6.2)."""
+    if len(text) > 64:
+        raise InvalidRequest("series_description is longer than 64 characters (LO, PS3.5 §6.2)")
+    return text

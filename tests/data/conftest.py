@@ -8,8 +8,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from service.archive.store import Store
 from service.data.phantom import phantom_dataset
-from service.dicom.store import Store
 from tests.helpers import make_config
 
 

@@ -11,10 +11,10 @@ import pydicom
 import pytest
 
 from models.datasets import PROVENANCE_FIELDS, ImageDataset, list_datasets, load_images
+from service.archive.store import Store
 from service.data.build import BuildError, Filters, build_dataset, options_from_config
 from service.data.phantom import phantom_dataset
 from service.data.pixels import PixelOptions
-from service.dicom.store import Store
 from tests.data.conftest import put_phantoms, rg
 from tests.helpers import make_config
 

@@ -35,7 +35,7 @@ def _write_images(folder, n=3, size=(120, 90)):
 
 @pytest.fixture
 def deid_off_store(tmp_path):
-    from service.dicom.store import Store
+    from service.archive.store import Store
 
     s = Store(make_config(tmp_path / "home", **{"deid.enabled": False}))
     yield s

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
+from service.archive.store import Store
 from service.data.phantom import phantom_dataset
-from service.dicom.store import Store
 from service.dicomweb.server import DicomwebServer
 from service.logs import configure
 from tests.helpers import make_config

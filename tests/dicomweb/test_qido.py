@@ -6,7 +6,7 @@ import pytest
 import requests
 from pydicom.dataset import Dataset
 
-from service.dicom.query import QueryEngine
+from service.archive.query import QueryEngine
 
 pytestmark = pytest.mark.integration
 

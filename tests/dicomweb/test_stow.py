@@ -9,8 +9,8 @@ import pydicom
 import pytest
 import requests
 
+from service.archive import status
 from service.data.phantom import phantom_dataset
-from service.dicom import status
 from service.dicomweb import media
 from tests.dicomweb.conftest import Service, part10
 from tests.helpers import make_config

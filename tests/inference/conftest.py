@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from models import registry as reg
+from models.architectures import Architecture
 from models.registry import Registry
 from service.inference.server import InferenceServer
 from synthpacs.v1 import synthesizer_pb2_grpc as pb_grpc
@@ -19,11 +20,11 @@ from tests.inference.nets import BrokenGenerator, CrashingGenerator, Gate, Gated
 
 @pytest.fixture(autouse=True)
 def _test_architectures(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setitem(reg.ARCHITECTURES, "test-tiny", "tests.inference.nets:TinyGenerator")
-    monkeypatch.setitem(reg.ARCHITECTURES, "test-slow", "tests.inference.nets:SlowGenerator")
-    monkeypatch.setitem(reg.ARCHITECTURES, "test-gated", "tests.inference.nets:GatedGenerator")
-    monkeypatch.setitem(reg.ARCHITECTURES, "test-broken", "tests.inference.nets:BrokenGenerator")
-    monkeypatch.setitem(reg.ARCHITECTURES, "test-crashing", "tests.inference.nets:CrashingGenerator")
+    monkeypatch.setitem(reg.ARCHITECTURES, "test-tiny", Architecture("tests.inference.nets:TinyGenerator"))
+    monkeypatch.setitem(reg.ARCHITECTURES, "test-slow", Architecture("tests.inference.nets:SlowGenerator"))
+    monkeypatch.setitem(reg.ARCHITECTURES, "test-gated", Architecture("tests.inference.nets:GatedGenerator"))
+    monkeypatch.setitem(reg.ARCHITECTURES, "test-broken", Architecture("tests.inference.nets:BrokenGenerator"))
+    monkeypatch.setitem(reg.ARCHITECTURES, "test-crashing", Architecture("tests.inference.nets:CrashingGenerator"))
     Gate.reset(open_=True)
     yield
     Gate.reset(open_=True)  # never leave a server thread waiting

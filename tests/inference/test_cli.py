@@ -65,7 +65,7 @@ def test_client_errors(start_server, export, tmp_path: Path, capsys, monkeypatch
 
 
 def _dcgan_home(home: Path) -> None:
-    dcgan = pytest.importorskip("models.dcgan", reason="the DCGAN architecture (models/dcgan.py) is not here")
+    dcgan = pytest.importorskip("models.dcgan", reason="the DCGAN architecture (models/dcgan/) is not here")
     net = dcgan.Generator(z_dim=16, resolution=64, base_channels=8, max_channels=32)
     Registry([home / "models"]).export(net, {"architecture": "dcgan"}, "small-dcgan")
 

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from models.registry import Registry
-from service.dicom.store import Store
+from service.archive.store import Store
 from service.home import Home
 from service.inference.encode import decode_raw
 from service.inference.server import InferenceServer, default_study_writer

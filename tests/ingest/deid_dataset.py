@@ -13,9 +13,9 @@ from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from service.archive import deid_table
+from service.archive.deid import table_action
 from service.config import DeidConfig
-from service.dicom import deid_table
-from service.dicom.deid import table_action
 
 MARK = "PHIMARK"
 MARK_UID_ROOT = "1.2.3.4.77777."

@@ -8,9 +8,9 @@ import shutil
 import pydicom
 import pytest
 
+from service.archive.index import Index
 from service.cli import main
 from service.data.phantom import phantom_dataset
-from service.dicom.index import Index
 from tests.helpers import free_port, make_config
 from tests.ingest.util import PHI, jpeg_as_dicom, phantom_files
 from tests.peers import RunningSCP

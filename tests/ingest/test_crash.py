@@ -9,9 +9,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from service.archive.deid import Deidentifier
+from service.archive.index import Index
 from service.data.phantom import phantom_dataset
-from service.dicom.deid import Deidentifier
-from service.dicom.index import Index
 from tests.ingest.util import SCPProcess, scu
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,12 +10,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from service.archive import deid_table
+from service.archive.deid import RETAINED_FOR_TRAINING, Deidentifier, coarse_age
+from service.archive.store import Store
+from service.archive.uids import is_valid_uid
 from service.config import DeidConfig
 from service.data.phantom import phantom_dataset
-from service.dicom import deid_table
-from service.dicom.deid import RETAINED_FOR_TRAINING, Deidentifier, coarse_age
-from service.dicom.store import Store
-from service.dicom.uids import is_valid_uid
 from tests.helpers import make_config
 from tests.ingest.util import PHI, part10, with_phi
 
@@ -257,7 +257,7 @@ def test_text_read_from_raw_bytes_is_what_pydicom_converts(implicit, charset, vr
     from pydicom.filereader import read_dataset
     from pydicom.filewriter import write_dataset
 
-    from service.dicom.deid import _str, _text_of
+    from service.archive.deid import _str, _text_of
 
     ds = Dataset()
     if charset:
@@ -275,7 +275,7 @@ def test_text_read_from_raw_bytes_is_what_pydicom_converts(implicit, charset, vr
 
 
 def test_the_plan_cache_is_bounded():
-    from service.dicom import deid as module
+    from service.archive import deid as module
 
     d = Deidentifier(b"k")
     for element in range(module._PLAN_CACHE_LIMIT + 500):

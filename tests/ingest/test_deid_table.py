@@ -15,10 +15,10 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
+from service.archive import deid_table
+from service.archive.deid import Deidentifier, standard_code_meaning, table_action
 from service.config import DeidConfig
 from service.data.phantom import phantom_dataset
-from service.dicom import deid_table
-from service.dicom.deid import Deidentifier, standard_code_meaning, table_action
 from tests.ingest.deid_dataset import MARK, markers, planted, table_vr
 from tests.ingest.util import part10
 
@@ -253,7 +253,7 @@ def test_times_move_with_modified_dates_and_stay_with_full_dates(encoding):
      ("2500", 1, ""), ("abc", 1, ""), ("", 1, "")],
 )
 def test_time_shift_keeps_the_precision_of_each_value(value, seconds, expected):
-    from service.dicom.deid import _shift_time
+    from service.archive.deid import _shift_time
 
     assert _shift_time(value, seconds) == expected
 
@@ -261,7 +261,7 @@ def test_time_shift_keeps_the_precision_of_each_value(value, seconds, expected):
 @pytest.mark.parametrize("encoding", ["dataset", "explicit", "implicit"])
 def test_dummy_binary_values_keep_their_length_and_say_nothing(encoding):
     # D on binary VRs (Flow Identifier OB, and a number through the same rule): zeros.
-    from service.dicom import deid as module
+    from service.archive import deid as module
 
     ds = phantom_dataset(16, 16)
     ds.add_new(0x00340002, "OB", b"PHIMARK!")  # Flow Identifier, D

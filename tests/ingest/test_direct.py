@@ -1,4 +1,4 @@
-"""service/dicom/direct.py: storage associations served straight from the socket, over the network.
+"""service/dicom/fastpath/direct.py: storage associations served straight from the socket, over the network.
 
 The loop must answer what pynetdicom would answer and end an association the way pynetdicom would:
 A-RELEASE-RP on release, A-ABORT on anything that cannot happen on an established storage association,
@@ -21,12 +21,12 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from structlog.testing import capture_logs
 
+from service.archive import status
+from service.archive.store import Store
 from service.data.phantom import CR_IMAGE_STORAGE, DX_IMAGE_STORAGE_PRESENTATION, phantom_dataset
-from service.dicom import status
-from service.dicom.direct import DirectLoop
+from service.dicom.fastpath.direct import DirectLoop
 from service.dicom.qr import QueryRetrieveSCP
 from service.dicom.scp import StorageSCP
-from service.dicom.store import Store
 from tests.helpers import make_config
 from tests.ingest.util import echo_ok, encode_body, scu, send
 
@@ -239,7 +239,7 @@ def test_a_bug_in_the_loop_aborts_only_that_association(server, monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("PATIENT^NAME must never reach a log line")
 
-    monkeypatch.setattr("service.dicom.direct.StreamingPut", broken)
+    monkeypatch.setattr("service.dicom.fastpath.direct.StreamingPut", broken)
     with capture_logs() as logs:
         assert send(server.port, [phantom_dataset(32, 32, seed=6)]) == [-1]  # aborted: no response
         assert _wait(lambda: any(e["event"] == "association_aborted" for e in logs))

@@ -13,11 +13,11 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from service.archive import status
+from service.archive.deid import Deidentifier
+from service.archive.encoded import EncodingError, encode_dataset, file_meta_bytes, parse_dataset, parse_file
+from service.archive.store import Store, StoreError
 from service.data.phantom import phantom_dataset
-from service.dicom import status
-from service.dicom.deid import Deidentifier
-from service.dicom.encoded import EncodingError, encode_dataset, file_meta_bytes, parse_dataset, parse_file
-from service.dicom.store import Store, StoreError
 from tests.helpers import make_config
 from tests.ingest.util import encode_body, part10
 

@@ -1,6 +1,6 @@
 """The listener's front door over the network: what a connection may cost before and after negotiation.
 
-Each case is an adversary on loopback (service/dicom/frontdoor.py): a PDU header declaring 1 GiB, before and
+Each case is an adversary on loopback (service/dicom/fastpath/frontdoor.py): a PDU header declaring 1 GiB, before and
 after negotiation, on the direct loop and on pynetdicom's path; half-open connections that never negotiate;
 a connection that sends nothing; a burst of associations. Every case ends with a listed peer served and
 ``store/.tmp`` empty.
@@ -20,10 +20,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from structlog.testing import capture_logs
 
+from service.archive import status
 from service.config import DicomPeer
 from service.data.phantom import CR_IMAGE_STORAGE, phantom_dataset
-from service.dicom import status
-from service.dicom.frontdoor import PendingConnections
+from service.dicom.fastpath.frontdoor import PendingConnections
 from tests.helpers import make_config, require_tool
 from tests.ingest.util import SCPProcess, assert_no_temp_files, echo_ok, phantom_files, scu, send
 from tests.peers import RunningSCP

@@ -17,8 +17,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from service.archive import status
 from service.data.phantom import phantom_dataset
-from service.dicom import status
 from tests.ingest.util import SCPProcess, chunked_sending, encode_body, send, write_raw_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("no_temp_left")]

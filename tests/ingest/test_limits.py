@@ -18,9 +18,9 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from structlog.testing import capture_logs
 
+from service.archive import status
+from service.archive.encoded import file_meta_bytes
 from service.data.phantom import CR_IMAGE_STORAGE, phantom_dataset
-from service.dicom import status
-from service.dicom.encoded import file_meta_bytes
 from tests.helpers import make_config
 from tests.ingest.test_direct import _Server, _context_id, _pdv_pdu, _wait
 from tests.ingest.util import SCPProcess, chunked_sending, encode_body, scu, send

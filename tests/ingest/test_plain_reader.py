@@ -20,10 +20,10 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from service.archive import encoded
+from service.archive.encoded import _INCOMPLETE, _UNSUPPORTED, _read_plain, _stop_at_pixels, parse_header
+from service.archive.store import Store, StoreError
 from service.data.phantom import phantom_dataset
-from service.dicom import encoded
-from service.dicom.encoded import _INCOMPLETE, _UNSUPPORTED, _read_plain, _stop_at_pixels, parse_header
-from service.dicom.store import Store, StoreError
 from tests.helpers import make_config
 
 

@@ -6,8 +6,8 @@ import json
 import os
 import time
 
+from service.archive.store import DURABLE_MARK, Store
 from service.data.phantom import phantom_dataset
-from service.dicom.store import DURABLE_MARK, Store
 from tests.helpers import make_config
 from tests.ingest.util import part10
 

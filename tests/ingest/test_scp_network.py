@@ -19,11 +19,11 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from structlog.testing import capture_logs
 
+from service.archive import status
 from service.config import DicomPeer
 from service.data.phantom import CR_IMAGE_STORAGE, phantom_dataset
-from service.dicom import status
 from service.dicom.echo import EchoError, echo
-from service.dicom.polling import ResponsiveAssociation, SUPPORTED
+from service.dicom.fastpath.polling import ResponsiveAssociation, SUPPORTED
 from tests.helpers import make_config, require_tool
 from tests.ingest.util import PHI, chunked_sending, echo_ok, encode_body, phantom_files, scu, send, storescu, with_phi, write_raw_file
 from tests.peers import RunningSCP

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from service.dicom.sockets import LargeReadSocket
+from service.dicom.fastpath.sockets import LargeReadSocket
 
 
 def _reader(sock: socket.socket) -> LargeReadSocket:

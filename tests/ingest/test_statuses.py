@@ -22,8 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from service.archive import status
 from service.data.phantom import CR_IMAGE_STORAGE, phantom_dataset
-from service.dicom import status
 from tests.helpers import make_config
 from tests.ingest.test_direct import _Server, _context_id
 from tests.ingest.util import encode_body, scu, send
@@ -142,7 +142,7 @@ def test_an_identical_resend_after_a_failed_checkpoint_on_a_full_disk_is_a_succe
             raise OSError(28, "No space left on device")
 
         # The periodic checkpoint is due and its durable mark cannot be written.
-        monkeypatch.setattr("service.dicom.store._write_small_file_durably", full_disk)
+        monkeypatch.setattr("service.archive.store._write_small_file_durably", full_disk)
         server.store._last_checkpoint = 0.0
         # Durable and indexed already: the re-send is answered success, not 0xA700.
         assert send(server.port, [ds]) == [status.SUCCESS]

@@ -9,9 +9,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from service.archive import status
+from service.archive.store import Store
 from service.data.phantom import phantom_dataset
-from service.dicom import status
-from service.dicom.store import Store
 from tests.helpers import make_config
 from tests.ingest.util import scu, send, with_phi
 from tests.peers import RunningSCP

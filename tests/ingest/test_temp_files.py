@@ -1,6 +1,6 @@
 """No temporary file outlives its association, whatever ends it, on both receive paths.
 
-A C-STORE's dataset is written to ``store/.tmp`` while it arrives (service/dicom/streaming.py). Half of a
+A C-STORE's dataset is written to ``store/.tmp`` while it arrives (service/dicom/fastpath/streaming.py). Half of a
 dataset is sent, its file is seen in ``store/.tmp``, then the association ends: released, aborted, closed
 without a word, by a protocol error, or by an exception while storing. Storage-only associations are served
 by the direct loop, those that also carry Query/Retrieve by pynetdicom; both must leave ``store/.tmp`` empty.
@@ -15,8 +15,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from structlog.testing import capture_logs
 
+from service.archive import status
 from service.data.phantom import CR_IMAGE_STORAGE, phantom_dataset
-from service.dicom import status
 from tests.helpers import make_config
 from tests.ingest.test_direct import _Server, _encoded, _store_fragments, _wait
 from tests.ingest.util import assert_no_temp_files, scu, send

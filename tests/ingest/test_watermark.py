@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from service.archive.watermark import Watermark, free_space
 from service.cli import main
-from service.dicom.watermark import Watermark, free_space
 from tests.helpers import make_config, require_tool
 from tests.ingest.util import echo_ok, phantom_files, storescu
 from tests.peers import RunningSCP

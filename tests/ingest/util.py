@@ -22,8 +22,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
+from service.archive.encoded import file_meta_bytes
 from service.data.phantom import CR_IMAGE_STORAGE, phantom_dataset
-from service.dicom.encoded import file_meta_bytes
 from tests.helpers import REPO, free_port
 
 # Patient data the PHI tests look for everywhere: none of it may survive de-identification or reach a log.

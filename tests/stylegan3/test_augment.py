@@ -1,4 +1,4 @@
-"""ADA for grayscale radiographs (models/augment.py): each transform does what it says, p = 0 is the
+"""ADA for grayscale radiographs (models/stylegan3/ada.py): each transform does what it says, p = 0 is the
 identity, gradients (and R1's second derivative) flow, and the controller moves p as the paper says."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from models.augment import AdaController, AugmentPipe, AugmentSpec, _rot, _shift, warp
+from models.stylegan3.ada import AdaController, AugmentPipe, AugmentSpec, _rot, _shift, warp
 
 ALL_OFF = {f: False for f in ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac", "brightness", "contrast")}
 

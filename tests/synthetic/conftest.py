@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from service.archive.store import Store
 from service.config import Config
-from service.dicom.store import Store
 from service.home import Home
 from service.logs import configure
 from tests.helpers import make_config
@@ -138,7 +138,7 @@ def write_synthetic_study(cfg: Config, store: Store, count: int = 3, bits: int =
     import numpy as np
 
     from models.registry import ModelVersion
-    from service.studies import SyntheticStudyWriter
+    from service.synthetic.studies import SyntheticStudyWriter
 
     rng = np.random.default_rng(count)
     images = rng.integers(0, 256, size=(count, size, size)).astype(np.uint8 if bits == 8 else np.uint16)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from service.archive.store import Store
 from service.cli import main
 from service.config import to_toml
-from service.dicom.store import Store
 from service.home import Home
 from tests.helpers import free_port, make_config
 from tests.synthetic.conftest import StoreSCP, export_tiny_dcgan

@@ -18,7 +18,7 @@ from PIL import Image
 from models.registry import Registry
 from service.home import Home
 from service.runtime import Runtime
-from service.studies import generate, regenerate
+from service.synthetic.studies import generate, regenerate
 from synthpacs.v1 import synthesizer_pb2 as pb
 from synthpacs.v1 import synthesizer_pb2_grpc as pb_grpc
 from tests.helpers import free_port
@@ -150,7 +150,7 @@ def test_synthesize_writes_the_condition_into_the_study(home, tmp_path):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout[done.stdout.index("{\n"):])  # the report follows the log lines
     assert report["condition"] == {"body_part": "HAND", "view": "LATERAL"}
-    from service.dicom.store import Store
+    from service.archive.store import Store
     from tests.helpers import make_config
 
     store = Store(make_config(home))

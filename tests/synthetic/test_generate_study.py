@@ -13,7 +13,7 @@ import pytest
 from models.registry import Registry
 from service.home import Home
 from service.runtime import Runtime
-from service.studies import regenerate
+from service.synthetic.studies import regenerate
 from synthpacs.v1 import synthesizer_pb2 as pb
 from synthpacs.v1 import synthesizer_pb2_grpc as pb_grpc
 from tests.helpers import free_port, require_tool

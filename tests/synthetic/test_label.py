@@ -11,11 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 
+from service.archive.store import Store
 from service.config import SyntheticConfig, load_config
-from service.dicom.store import Store
-from service.dicom.synthetic import LABEL_HEIGHT_FRACTION, burn_in_synthetic_label, label_box
 from service.home import Home
-from service.studies import StudyRequestError, SyntheticStudyWriter, generate, regenerate
+from service.synthetic.sc_writer import LABEL_HEIGHT_FRACTION, burn_in_synthetic_label, label_box
+from service.synthetic.studies import StudyRequestError, SyntheticStudyWriter, generate, regenerate
 from synthpacs.v1 import synthesizer_pb2 as pb
 from synthpacs.v1 import synthesizer_pb2_grpc as pb_grpc
 from tests.helpers import make_config

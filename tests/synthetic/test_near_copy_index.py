@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from models.registry import Registry
+from service.archive.store import Store
 from service.cli import main
 from service.data.phantom import phantom_image
-from service.dicom.store import Store
-from service.dicom.synthetic import Provenance
 from service.home import Home
 from service.near_copy_index import INDEX_FILE, NearCopyIndexError, build_index, describe, load_guard
-from service.studies import FAILED, REFUSED, STORED, SyntheticStudyWriter
+from service.synthetic.sc_writer import Provenance
+from service.synthetic.studies import FAILED, REFUSED, STORED, SyntheticStudyWriter
 from tests.helpers import make_config
 from tests.synthetic.conftest import export_tiny_dcgan
 

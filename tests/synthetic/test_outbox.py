@@ -7,10 +7,10 @@ import random
 import pydicom
 import pytest
 
+from service.archive.store import Store
 from service.config import ConfigError
-from service.dicom.outbox import Outbox, OutboxSender, backoff_delay
 from service.dicom.scu import echo, storage_contexts_for
-from service.dicom.store import Store
+from service.synthetic.outbox import Outbox, OutboxSender, backoff_delay
 from tests.helpers import free_port, make_config
 from tests.synthetic.conftest import StoreSCP, config_with_peers, wait_for, write_synthetic_study
 
@@ -373,4 +373,4 @@ def test_an_attempt_against_a_closed_port_says_connection_refused_and_names_the_
         sender.stop()
         store.index.close()
     dead = echo(cfg, cfg.peer("STORESCP"), timeout=5)
-    assert not dead.ok and dead.detail == f"STORESCP@127.0.0.1:{port}: connection refused (nothing listens on that port)"
+    assert not dead.ok and dead.detail == f"STORESCP@127.0.0.1:{port}: connection refused: nothing listens on 127.0.0.1:{port}"

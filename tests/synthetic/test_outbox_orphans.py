@@ -16,8 +16,8 @@ import socket
 import pydicom
 import pytest
 
-from service.dicom.outbox import Outbox, OutboxSender, owner_gone, process_token
-from service.dicom.store import Store
+from service.archive.store import Store
+from service.synthetic.outbox import Outbox, OutboxSender, owner_gone, process_token
 from tests.helpers import make_config
 from tests.ingest.util import SCPProcess
 from tests.synthetic.conftest import StoreSCP, wait_for, write_synthetic_study

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pydicom
 import pytest
 
-from service.dicom.outbox import OutboxSender
+from service.archive.store import Store
 from service.dicom.scu import echo
-from service.dicom.store import Store
+from service.synthetic.outbox import OutboxSender
 from tests.helpers import make_config
 from tests.synthetic.conftest import StoreSCP, write_synthetic_study
 from tests.tls_certs import make_pki

@@ -10,9 +10,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from service.archive.store import Store
 from service.data.phantom import phantom_dataset
 from service.dicom.qr import QueryRetrieveSCP, match_value
-from service.dicom.store import Store
 from tests.helpers import free_port, require_tool
 from tests.synthetic.conftest import RunningService, StoreSCP, config_with_peers, write_synthetic_study
 

@@ -11,10 +11,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from service.archive.query import sequence_answer, sequence_matches
+from service.archive.store import Store
 from service.data.phantom import phantom_dataset
 from service.dicom.qr import QueryRetrieveSCP
-from service.dicom.query import sequence_answer, sequence_matches
-from service.dicom.store import Store
 from tests.helpers import free_port, require_tool
 from tests.peers import start_orthanc
 from tests.synthetic.conftest import RunningService, config_with_peers, wait_for, write_synthetic_study

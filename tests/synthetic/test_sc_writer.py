@@ -1,4 +1,4 @@
-"""The synthetic Secondary Capture writer: every marker of DESIGN.md, dciodvfy, bad input."""
+"""The synthetic Secondary Capture writer: every marker of ARCHITECTURE.md, dciodvfy, bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from service.dicom.synthetic import (
+from service.synthetic.sc_writer import (
     Provenance,
     SyntheticSeries,
     SyntheticWriteError,

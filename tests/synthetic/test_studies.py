@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from models.sampling import latents, to_uint
-from service.dicom.outbox import Outbox
-from service.dicom.store import Store
-from service.studies import (
+from service.archive.store import Store
+from service.synthetic.outbox import Outbox
+from service.synthetic.studies import (
     QUEUED,
     REFUSED,
     STORED,
@@ -108,7 +108,7 @@ def test_provenance_regenerates_the_pixels_bit_for_bit(config, store, tiny_model
             x = g(latents([int(comments["seed"])], g.z_dim), psi=float(comments["psi"]))
         pixels = to_uint(x, bits=int(ds.BitsStored))[0, 0]
         if ds.BurnedInAnnotation == "YES":
-            from service.dicom.synthetic import burn_in_synthetic_label
+            from service.synthetic.sc_writer import burn_in_synthetic_label
 
             pixels = burn_in_synthetic_label(pixels)
         assert np.array_equal(pixels, ds.pixel_array)

@@ -13,8 +13,8 @@ from models import registry
 from models.conditions import ConditionError, ConditionSpace, space_of, vocabulary
 from models.datasets import ImageDataset, write_dataset
 from models.dcgan import Discriminator, Generator
+from models.dcgan.diffaugment import cutout, diff_augment, parse_policy, translation
 from models.train import checkpoint as ckpt
-from models.train.diffaugment import cutout, diff_augment, parse_policy, translation
 from models.train.export import export_run
 from models.train.runner import TrainError, resume, train
 from tests.train.conftest import blobs, options
@@ -205,7 +205,7 @@ def test_minibatch_std_lets_d_see_that_images_look_alike():
     varied = torch.rand(8, 1, 64, 64)
     with torch.no_grad():
         features = D.main[:-1](same)
-        from models.dcgan import _with_minibatch_std
+        from models.dcgan.networks import _with_minibatch_std
 
         assert torch.allclose(_with_minibatch_std(features)[:, -1], torch.full((8, 4, 4), 1e-4), atol=1e-6)
         assert _with_minibatch_std(D.main[:-1](varied))[:, -1].min() > 1e-3
@@ -237,7 +237,7 @@ def test_field_order_survives_cards_and_run_files_written_with_sorted_keys(home)
 
 def test_mode_seeking_penalty_is_the_reciprocal_of_image_over_latent_distance():
     """Mao et al. 2019 eq. 3: identical images for different latents cost 1/eps; distinct images cost less."""
-    from models.train.dcgan import mode_seeking_penalty
+    from models.dcgan.recipe import mode_seeking_penalty
 
     z1, z2 = torch.zeros(4, 8), torch.full((4, 8), 2.0)  # mean |z1 - z2| = 2
     x1, x2 = torch.zeros(4, 1, 4, 4), torch.full((4, 1, 4, 4), 0.5)  # mean |x1 - x2| = 0.5

@@ -8,9 +8,9 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from service.archive import status
+from service.archive.store import Store, StoreError
 from service.data.phantom import phantom_dataset
-from service.dicom import status
-from service.dicom.store import Store, StoreError
 from tests.helpers import make_config
 
 
@@ -168,7 +168,7 @@ def _reread(ds, implicit: bool) -> pydicom.Dataset:
 @pytest.mark.parametrize("implicit", [False, True])
 def test_index_fields_read_raw_give_what_pydicom_gives(implicit):
     """The store reads index fields from the raw elements (fast); each must equal pydicom's value."""
-    from service.dicom.store import _int, _text, _uid
+    from service.archive.store import _int, _text, _uid
 
     ds = phantom_dataset(48, 40)
     ds.SeriesNumber, ds.InstanceNumber = "  +12 ", "-3"
@@ -195,7 +195,7 @@ def test_index_fields_read_raw_give_what_pydicom_gives(implicit):
 
 def test_iso_2022_text_is_decoded_by_pydicom():
     """A value with ISO 2022 escape sequences is ASCII bytes but not ASCII text (PS3.5 §6.1.2.5.3)."""
-    from service.dicom.store import _text
+    from service.archive.store import _text
 
     ds = phantom_dataset(16, 16)
     ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]

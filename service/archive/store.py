@@ -10,7 +10,7 @@ it (PS3.4 B.2.3: success means the SCP has stored the instance). Anything that g
 Speed without giving up durability (measurements in bench/RESULTS.md):
 
 * only the header is parsed and re-encoded; the pixel data element is copied from the received bytes
-  (:mod:`service.dicom.encoded`), and the file is written with one ``writev``;
+  (:mod:`service.archive.encoded`), and the file is written with one ``writev``;
 * the files are the record: each is fsynced with its folder before the success status, but the index
   commits with SQLite ``synchronous=NORMAL`` in WAL mode (no fsync per commit; a process crash loses
   nothing, a power loss can lose the last commits). :meth:`Store.checkpoint` makes the index durable
@@ -42,9 +42,9 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from models.fileio import fsync_path, sha256_file
 from service import metrics
+from service.archive import status
 from service.config import Config
-from service.dicom import status
-from service.dicom.encoded import (
+from service.archive.encoded import (
     DATASET_TRAILING_PADDING,
     PIXEL_TAGS,
     EncodedInstance,
@@ -56,9 +56,9 @@ from service.dicom.encoded import (
     parse_dataset,
     parse_file,
 )
-from service.dicom.index import Index, InstanceRecord
-from service.dicom.uids import InvalidUID, validate_uid
-from service.dicom.watermark import Watermark
+from service.archive.index import Index, InstanceRecord
+from service.archive.uids import InvalidUID, validate_uid
+from service.archive.watermark import Watermark
 from service.home import Home
 from service.logs import get_logger, uid_hash
 
@@ -202,7 +202,7 @@ class Store:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.index = index or Index(self.home.index_path)
         if deidentifier is None and cfg.deid.enabled:
-            from service.dicom.deid import Deidentifier as _Deid
+            from service.archive.deid import Deidentifier as _Deid
 
             deidentifier = _Deid.from_config(cfg, self.home)
         self.deidentifier = deidentifier
@@ -307,13 +307,15 @@ class Store:
         return exc
 
     def _put(self, enc: EncodedInstance, source: str, source_ae: str, synthetic: bool) -> PutResult:
-        return self._commit(self._prepare(enc, synthetic), source, source_ae, synthetic)
+        return self._commit(self.prepare(enc, synthetic), source, source_ae, synthetic)
 
-    def _prepare(self, enc: EncodedInstance, synthetic: bool, pixels_later: bool = False) -> "Prepared":
+    def prepare(self, enc: EncodedInstance, synthetic: bool, pixels_later: bool = False) -> "Prepared":
         """Validate, de-identify and encode: everything before the first byte is written.
 
-        ``pixels_later``: ``enc`` is a header whose pixel data is still arriving (streaming.py); the
-        caller checks it with :meth:`_validate_pixels` once it is complete.
+        ``pixels_later``: ``enc`` is a header whose pixel data is still arriving (the receive fast path,
+        :mod:`service.dicom.fastpath.streaming`); the caller checks it with :meth:`validate_pixels` once it
+        is complete, writes the file itself and hands the result to the store's commit. Public so a writer
+        outside the store (the streaming receive, a DICOMweb STOW-RS later) runs exactly the store's checks.
         """
         low = self.watermark.room()
         if low is not None and self.index.get(_uid(enc.dataset, "SOPInstanceUID") or "") is None and (
@@ -624,7 +626,7 @@ class Store:
     def _validate(self, enc: EncodedInstance, pixels_later: bool = False) -> None:
         self._validate_header(enc)
         if not pixels_later:
-            self._validate_pixels(enc)
+            self.validate_pixels(enc)
 
     def _validate_header(self, enc: EncodedInstance) -> None:
         ds = enc.dataset
@@ -667,7 +669,8 @@ class Store:
                 raise StoreError(status.DATASET_MISMATCH, "image_attribute_zero",
                                  f"{keyword} is 0; an image needs at least 1 (PS3.3 C.7.6.3)")
 
-    def _validate_pixels(self, enc: EncodedInstance) -> None:
+    def validate_pixels(self, enc: EncodedInstance) -> None:
+        """Refuse (:class:`StoreError`) pixel data that does not fit the image attributes (PS3.3 C.7.6.3)."""
         ds = enc.dataset
         rows, cols, frames = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "NumberOfFrames") or 1
         if rows is None or cols is None:

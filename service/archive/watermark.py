@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.config import Config
-from service.metrics import BELOW_WATERMARK, FREE_BYTES, WATERMARK_BYTES
 from service.logs import get_logger
+from service.metrics import BELOW_WATERMARK, FREE_BYTES, WATERMARK_BYTES
 
 log = get_logger("store")
 

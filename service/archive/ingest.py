@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from service.dicom.store import Store, StoreError
+from service.archive.store import Store, StoreError
 from service.logs import get_logger, where
 
 log = get_logger("ingest")

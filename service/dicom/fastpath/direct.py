@@ -36,11 +36,11 @@ from typing import Any, Callable, Protocol
 
 from pynetdicom import evt
 
-from service.dicom.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
-from service.dicom.uids import InvalidUID, validate_uid
-from service.dicom.frontdoor import COMMAND_SET_LIMIT, INVALID_PARAMETER, REASON_NOT_SPECIFIED, UNEXPECTED_PDU, abort_pdu, pdu_limit
-from service.dicom.streaming import StreamingPut
-from service.dicom.store import Store
+from service.archive.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
+from service.archive.store import Store
+from service.archive.uids import InvalidUID, validate_uid
+from service.dicom.fastpath.frontdoor import COMMAND_SET_LIMIT, INVALID_PARAMETER, REASON_NOT_SPECIFIED, UNEXPECTED_PDU, abort_pdu, pdu_limit
+from service.dicom.fastpath.streaming import StreamingPut
 from service.logs import get_logger, where
 
 log = get_logger("scp")

@@ -32,9 +32,9 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
 
-from service.dicom.frontdoor import COMMAND_SET_LIMIT, QUERY_DATASET_LIMIT
-from service.dicom.encoded import DATASET_TRAILING_PADDING, EncodingError, parse_header, split_pixel_data
-from service.dicom.store import SYNCERS, Prepared, PutResult, Store, StoreError, _wait_quietly, fsync_and_close
+from service.archive.encoded import DATASET_TRAILING_PADDING, EncodingError, parse_header, split_pixel_data
+from service.archive.store import SYNCERS, Prepared, PutResult, Store, StoreError, _wait_quietly, fsync_and_close
+from service.dicom.fastpath.frontdoor import COMMAND_SET_LIMIT, QUERY_DATASET_LIMIT
 from service.logs import get_logger
 
 log = get_logger("store")
@@ -117,7 +117,7 @@ class StreamingPut:
         enc.fragments = 1  # the fragments are counted when the message is complete
         enc.pixel_length = split.pixel_length
         try:
-            self.prep = self.store._prepare(enc, synthetic=False, pixels_later=True)
+            self.prep = self.store.prepare(enc, synthetic=False, pixels_later=True)
         except StoreError as exc:
             self._step_aside(exc.reason)  # refused: the whole-dataset path answers and logs it, once
             return
@@ -212,7 +212,7 @@ class StreamingPut:
         if self.written_to > end:
             return None  # trailing padding was written (encapsulated): not what put_bytes stores
         tail.dataset = self.prep.dataset  # type: ignore[union-attr]
-        self.store._validate_pixels(tail)
+        self.store.validate_pixels(tail)
         self._write_until(data, end, past_pixels=True)
         fd, self.fd = self.fd, None
         if self.store.cfg.store.fsync:

@@ -1,7 +1,7 @@
 """Synthetic studies: generated images become one DICOM study, stored in the archive and queued for the PACS.
 
 This is the one writer behind gRPC ``GenerateStudy`` and ``synthpacs synthesize``. For N images it makes
-one study with one series of Secondary Capture instances (:mod:`service.dicom.synthetic`), a new
+one study with one series of Secondary Capture instances (:mod:`service.synthetic.sc_writer`), a new
 synthetic patient, stores every instance durably in the same store and index as received instances
 (flagged synthetic, never de-identified: there is nothing to remove), and queues them in the outbox for
 the destination. Images that the memorization guard finds too close to a training image are refused and
@@ -25,20 +25,20 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from prometheus_client import Counter
 
+from models.seeds import MAX_SEED
+from service.archive.store import Store, StoreError
 from service.config import Config
-from service.dicom.outbox import Outbox
-from service.dicom.store import Store, StoreError
-from service.dicom.synthetic import Provenance, SyntheticSeries, SyntheticWriteError, synthetic_image
 from service.logs import get_logger, uid_hash
+from service.synthetic.outbox import Outbox
+from service.synthetic.sc_writer import Provenance, SyntheticSeries, SyntheticWriteError, synthetic_image
 
 log = get_logger("studies")
 
 SYNTHETIC_INSTANCES = Counter("synthpacs_synthetic_instances_total", "Synthetic instances by outcome", ["status"])
 
 STORED, QUEUED, REFUSED, FAILED = "stored", "queued", "refused-near-copy", "failed"
-# Provenance near_copy_check values (service/dicom/synthetic.py).
+# Provenance near_copy_check values (service/synthetic/sc_writer.py).
 PASSED, NOT_RUN = "passed", "not-run"
-MAX_SEED = 2**32 - 1
 
 
 class StudyRequestError(ValueError):
@@ -328,24 +328,16 @@ def generate(net: Any, seeds: Sequence[int], psi: float = 1.0, bits: int = 8, ba
     import torch
 
     from models.conditions import ConditionError, space_of
-    from models.sampling import latents, to_uint
+    from models.sampling import seeds_to_pixels
 
     space = space_of(net)
     if space is None and condition:
         raise ConditionError(f"this model is unconditional: it takes no {', '.join(sorted(condition))}")
     vector = torch.from_numpy(space.encode(condition or {})) if space is not None else None
-    out = []
     seeds = list(seeds)
-    with torch.no_grad():
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start:start + batch_size]
-            z = latents(chunk, net.z_dim, device=device)
-            cond = {"c": vector.to(device).expand(len(chunk), -1)} if vector is not None else {}
-            x = net(z, psi=psi, **cond)
-            out.append(to_uint(x, bits=bits)[:, 0])
-            if progress is not None:
-                progress(min(start + batch_size, len(seeds)), len(seeds))
-    return np.concatenate(out) if out else np.zeros((0, 0, 0), np.uint8)
+    if not seeds:
+        return np.zeros((0, 0, 0), np.uint8)
+    return seeds_to_pixels(net, seeds, psi, bits=bits, batch_size=batch_size, device=device, c=vector, progress=progress)
 
 
 def regenerate(ds: Any, registry: Any, device: str = "cpu") -> np.ndarray:
@@ -356,7 +348,7 @@ def regenerate(ds: Any, registry: Any, device: str = "cpu") -> np.ndarray:
     when the instance has one. On the CPU the result equals the stored Pixel Data bit for bit.
     """
     from models.registry import RegistryError
-    from service.dicom.synthetic import burn_in_synthetic_label
+    from service.synthetic.sc_writer import burn_in_synthetic_label
 
     prov = Provenance.from_dataset(ds)
     net, mv = registry.load(prov.model_ref, device=device)

@@ -19,7 +19,7 @@ it, PS3.8 §9.3.2), so everything before that must hold against anyone who can r
   and is closed.
 
 :class:`Admission` is one connection's standing (its pending ticket, its deadline, its PDU limit); the
-socket reader (:mod:`service.dicom.sockets`) and the direct loop (:mod:`service.dicom.direct`) consult it.
+socket reader (:mod:`service.dicom.fastpath.sockets`) and the direct loop (:mod:`service.dicom.fastpath.direct`) consult it.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ peer closed the connection; timeouts and errors propagate the same way. Only ass
 use it (:func:`large_reads`).
 
 A buffer of the PDU's length is allocated only once that length has been checked against the connection's
-:class:`~service.dicom.frontdoor.Admission` (PS3.8 §9.3.1: pynetdicom's DUL reads the 6-byte header, then
-asks for the declared length): at most :data:`~service.dicom.frontdoor.ASSOCIATE_RQ_LIMIT` before the
+:class:`~service.dicom.fastpath.frontdoor.Admission` (PS3.8 §9.3.1: pynetdicom's DUL reads the 6-byte header, then
+asks for the declared length): at most :data:`~service.dicom.fastpath.frontdoor.ASSOCIATE_RQ_LIMIT` before the
 association is negotiated, the Maximum Length we advertised after. Beyond it the peer gets an A-ABORT and
 the connection is shut down. Every read before negotiation blocks at most until the negotiation deadline,
 every later one at most the network timeout, so no peer holds a reading thread forever.
@@ -24,7 +24,7 @@ import struct
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
-from service.dicom.frontdoor import INVALID_PARAMETER, Admission, abort_pdu
+from service.dicom.fastpath.frontdoor import INVALID_PARAMETER, Admission, abort_pdu
 from service.logs import get_logger
 
 log = get_logger("scp")

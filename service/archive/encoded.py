@@ -1,7 +1,7 @@
 """An encoded instance split into its parsed header and its pixel data bytes, kept exactly as received.
 
 Storing an instance needs its attributes (to validate, de-identify and index it) but never its pixel
-values: they are stored as received, no transcoding (DESIGN.md). Parsing stops before the top-level
+values: they are stored as received, no transcoding (ARCHITECTURE.md). Parsing stops before the top-level
 Pixel Data element (PS3.5 §7.1), whose bytes are then walked, not decoded: a defined length (native
 pixels, PS3.5 §A.4 does not apply) or an encapsulated sequence of items ending in a Sequence Delimitation
 Item (PS3.5 §A.4). The stored file is the re-encoded header followed by those same bytes, so the

@@ -80,7 +80,7 @@ def test_inference_is_batch_invariant_on_cpu(res):
     """The same seed gives bit-identical 8- and 16-bit pixels whatever batch it is generated in.
 
     oneDNN's transposed convolution differs in the last bit for some batch sizes (3, 5, 13 at 64 px);
-    models.dcgan routes eval-mode CPU inference through ATen's per-image kernel.
+    models.dcgan.networks routes eval-mode CPU inference through ATen's per-image kernel.
     """
     G = _warm(Generator(resolution=res, base_channels=8 if res == 64 else 4, max_channels=64))
     seeds = list(range(13))

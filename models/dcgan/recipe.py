@@ -12,9 +12,9 @@ An optional exponential moving average of G's weights (``ema_beta``, e.g. 0.999;
 exported; batch-norm running statistics are copied, not averaged. Off by default, as in the paper.
 
 ``conditions`` (``{field: [values]}``, filled in by the runner from the dataset's manifest) makes both
-networks conditional (:mod:`models.dcgan`): the minibatch's own labels condition D on the reals and G
+networks conditional (:mod:`models.dcgan.networks`): the minibatch's own labels condition D on the reals and G
 (and D) on the fakes, so fakes follow the training set's label frequencies. ``diffaugment`` (e.g.
-``"color,translation,cutout"``) applies DiffAugment (:mod:`models.train.diffaugment`) to every image D
+``"color,translation,cutout"``) applies DiffAugment (:mod:`models.dcgan.diffaugment`) to every image D
 sees, real or fake, in both updates.
 """
 
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.dcgan import Discriminator, Generator, UnsupportedResolution, check_resolution, init_weights
+from models.dcgan.networks import Discriminator, Generator, UnsupportedResolution, check_resolution, init_weights
 from models.conditions import ConditionError, ConditionSpace
-from models.train.diffaugment import diff_augment, parse_policy
+from models.dcgan.diffaugment import diff_augment, parse_policy
 from models.train.recipe import Networks, Recipe, RecipeError, StepContext
 
 

@@ -1,6 +1,6 @@
 """The outbox: a durable queue of outgoing C-STOREs in the index's SQLite file, and the sender that drains it.
 
-Delivery is at least once (DESIGN.md "Network contracts"). An instance is queued for a destination in
+Delivery is at least once (ARCHITECTURE.md "Network contracts"). An instance is queued for a destination in
 the same database as the store's index, so a queued send survives a crash or restart exactly like the
 instance does. A sender claims rows with a lease that names its process (host, pid and the process's
 start time, so a reused pid is not mistaken for it); a row whose sender died becomes claimable again when
@@ -36,8 +36,8 @@ from typing import Any, Iterable
 
 from prometheus_client import Counter, Gauge
 
+from service.archive.index import Index
 from service.config import Config, ConfigError
-from service.dicom.index import Index
 from service.logs import get_logger, uid_hash
 
 log = get_logger("outbox")

@@ -1,7 +1,7 @@
 """De-identification on ingest: the PS3.15 Annex E Basic Application Level Confidentiality Profile.
 
 Every attribute of PS3.15 Table E.1-1 is handled with its action, read from the generated table
-:mod:`service.dicom.deid_table` (652 attributes and the repeating groups; where it comes from and how
+:mod:`service.archive.deid_table` (652 attributes and the repeating groups; where it comes from and how
 to regenerate it is said there; tests/ingest/test_deid_table.py checks every row against Kitware's
 dicom-anonymizer and every action on a dataset that carries all of them). The table applies at every
 depth: an attribute inside a sequence item gets the same action as at top level.
@@ -45,7 +45,7 @@ Rules for what no row names, derived from the profile:
   are curves (50xx) and overlays (60xx, whose data and comments can spell names over the image), group
   lengths, and public attributes no dictionary knows (nobody can say they are safe);
 * every UI value that is not a class, transfer syntax or coding-scheme UID of the standard is remapped
-  with :func:`service.dicom.uids.keyed_uid` (the profile's "U", consistent per PS3.15 E.3.9: the same UID
+  with :func:`service.archive.uids.keyed_uid` (the profile's "U", consistent per PS3.15 E.3.9: the same UID
   maps to the same new UID, keyed by the configured secret);
 * every Person Name (PN) the table does not name is removed;
 * every other DA, DT or TM follows the longitudinal option above;
@@ -78,9 +78,9 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
+from service.archive import deid_table
+from service.archive.uids import keyed_uid
 from service.config import Config, DeidConfig
-from service.dicom import deid_table
-from service.dicom.uids import keyed_uid
 from service.home import Home
 
 # Attributes the training pipeline reads; none is in Table E.1-1, so the profile keeps them. Named here
@@ -127,7 +127,7 @@ _STUDY_ID = 0x00200010
 # StudyDate, AcquisitionDate, ContentDate, SeriesDate: the first present dates the patient's age.
 _REFERENCE_DATES = (0x00080020, 0x00080022, 0x00080023, 0x00080021)
 
-# Pseudonyms say what they are; the prefix avoids "SYN" (synthetic patients, DESIGN.md).
+# Pseudonyms say what they are; the prefix avoids "SYN" (synthetic patients, ARCHITECTURE.md).
 PSEUDONYM_ID_PREFIX = "ANON-"
 PSEUDONYM_NAME_FAMILY = "ANONYMOUS"
 

@@ -1,6 +1,6 @@
 """The synthetic Secondary Capture writer: generated pixels plus provenance in, a fully tagged SC Image out.
 
-A synthetic image must be unmistakable to every system and every person (DESIGN.md "What marks an
+A synthetic image must be unmistakable to every system and every person (ARCHITECTURE.md "What marks an
 instance synthetic"). Every instance this module builds carries all of these:
 
 * Synthetic Data (0008,001C) = ``YES`` (PS3.3 C.12.1, SOP Common Module);
@@ -66,8 +66,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from models.seeds import MAX_SEED
 from service import __version__
-from service.dicom.uids import InvalidUID, new_uid, validate_uid
+from service.archive.uids import InvalidUID, new_uid, validate_uid
 
 MANUFACTURER = "synthpacs"
 # Body Part Examined values (PS3.16 Annex L, CID 4031) of structures that are not paired: Laterality is
@@ -84,7 +85,6 @@ UNPAIRED_BODY_PARTS = frozenset({
 })
 SYNTHETIC_PREFIX = "SYNTHETIC"
 COMMENT_HEADER = "SYNTHETIC IMAGE, not a patient."
-MAX_SEED = 2**32 - 1
 NEAR_COPY_CHECK_VALUES = ("", "passed", "not-run")
 
 # Value Representation limits used below (PS3.5 Table 6.2-1).
@@ -128,7 +128,7 @@ class Provenance:
     # The condition of a conditional model as (field, value) pairs in CONDITION_KEYS order; () if none.
     condition: tuple[tuple[str, str], ...] = ()
     # Whether the memorization guard checked the image before it was written: "passed", or "not-run" where
-    # the operator let studies go out without the check (service/studies.py); "" for instances made before.
+    # the operator let studies go out without the check (service/synthetic/studies.py); "" for instances made before.
     near_copy_check: str = ""
 
     def __post_init__(self) -> None:
@@ -349,7 +349,7 @@ def synthetic_image(
         Draw ``SYNTHETIC`` into the top-left corner (:func:`burn_in_synthetic_label`) and set
         Burned In Annotation (0028,0301) to YES.
 
-    Returns a dataset with File Meta Information, ready for :meth:`service.dicom.store.Store.put`.
+    Returns a dataset with File Meta Information, ready for :meth:`service.archive.store.Store.put`.
     Raises :class:`SyntheticWriteError` naming the argument that is wrong.
     """
     pixels = _check_pixels(pixels)
@@ -413,7 +413,7 @@ def synthetic_image(
     except (TypeError, ValueError) as exc:
         raise SyntheticWriteError(f"the Secondary Capture image cannot be built: {exc}") from None
     ds: Dataset = sc
-    # The markers of DESIGN.md, over what highdicom wrote.
+    # The markers of ARCHITECTURE.md, over what highdicom wrote.
     ds.SyntheticData = "YES"
     ds.ConversionType = ConversionType.SYNTHETIC.value
     ds.ImageType = ["DERIVED", "SECONDARY"]

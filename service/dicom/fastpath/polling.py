@@ -5,7 +5,7 @@ pynetdicom runs each association as two polling loops: the DUL reactor (socket a
 complete DIMSE messages to our handlers) sleeps 1 ms on every pass. A C-STORE round trip crosses both
 loops twice, so on loopback those sleeps are a large share of an instance's time: a bare pynetdicom
 receiver of 512 x 512 16-bit instances measured ~280 img/s with them and ~400 img/s with 0.1 ms
-(bench/RESULTS.md, ../shared/NOTES.md).
+(bench/RESULTS.md, ARCHITECTURE.md).
 
 Both loops poll every :data:`FAST_POLL_S` while a PDU arrived within the last :data:`BUSY_WINDOW_S`, and
 fall back to pynetdicom's own 1 ms when the association is idle, so an idle association costs no more CPU
@@ -41,7 +41,7 @@ def _busy(dul: DULServiceProvider) -> bool:
 class ResponsiveDUL(DULServiceProvider):
     """The DUL reactor; its idle sleep is short while PDUs keep arriving (the idle timer restarts on each).
 
-    ``handed_off``: :mod:`service.dicom.direct` reads the socket itself once the association is
+    ``handed_off``: :mod:`service.dicom.fastpath.direct` reads the socket itself once the association is
     established; the reactor then only runs the state machine for what is sent through it (the
     A-ASSOCIATE-AC) and for the socket's closing, and idles at :data:`HANDED_OFF_POLL_S`.
     """
