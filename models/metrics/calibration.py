@@ -59,7 +59,7 @@ NOISE_SIGMA = 0.08  # of the intensity range
 QUALITY_METRICS: dict[str, tuple[str, str, str]] = {
     "hog_fd": ("Frechet distance", "lower", "HOG"),
     "hog_kid": ("KID", "lower", "HOG"),
-    "tstr_trtr_ratio": ("TSTR / TRTR accuracy", "higher", "body-part classifier"),
+    "tstr_trtr_ratio": ("TSTR / TRTR balanced accuracy", "higher", "body-part classifier"),
 }
 # Metrics reported but not ranked as quality, and why (what they measure instead).
 NOT_QUALITY: dict[str, str] = {

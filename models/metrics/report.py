@@ -184,7 +184,7 @@ def card_evaluation(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
     gen = evaluation.get("generated") or {}
     reference = f"{ref.get('ref', '?')} ({ref.get('count', '?')} images, {ref.get('role', '')})"
     quality = {k: m[k] for k in QUALITY_METRICS if isinstance(m.get(k), (int, float))}
-    for k in ("tstr_accuracy", "trtr_accuracy", "fid", "kid", "precision", "recall"):
+    for k in ("tstr_balanced_accuracy", "trtr_balanced_accuracy", "tstr_accuracy", "trtr_accuracy", "fid", "kid", "precision", "recall"):
         if isinstance(m.get(k), (int, float)):
             quality[k] = m[k]
     other = {k: {"value": m[k], "measures": why} for k, why in NOT_QUALITY.items() if isinstance(m.get(k), (int, float))}

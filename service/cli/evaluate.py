@@ -264,12 +264,12 @@ def results_table(results: dict[str, Any]) -> str:
             value = f"{_value(m[key])} +/- {_value(m.get(key + '_std'))}"
         how = f"{space}, {better} is better"
         if key == "tstr_trtr_ratio" and key in m:
-            how += f" (TSTR {_value(m.get('tstr_accuracy'), '{:.3f}')} / TRTR {_value(m.get('trtr_accuracy'), '{:.3f}')} accuracy on {ref})"
+            how += f" (TSTR {_value(m.get('tstr_balanced_accuracy'), '{:.3f}')} / TRTR {_value(m.get('trtr_balanced_accuracy'), '{:.3f}')} balanced accuracy on {ref})"
         rows.append((f"{label} [{space}]", value, how))
     for task in TSTR_TASKS[1:]:
         if f"{task}_tstr_trtr_ratio" in m:
             rows.append((f"TSTR / TRTR [{task} classifier]", _value(m[f"{task}_tstr_trtr_ratio"]),
-                         f"TSTR {_value(m.get(f'{task}_tstr_accuracy'), '{:.3f}')} / TRTR {_value(m.get(f'{task}_trtr_accuracy'), '{:.3f}')}"))
+                         f"TSTR {_value(m.get(f'{task}_tstr_balanced_accuracy'), '{:.3f}')} / TRTR {_value(m.get(f'{task}_trtr_balanced_accuracy'), '{:.3f}')} balanced accuracy"))
     for task, rates in (results.get("recognition_rates") or {}).items():
         what = task.replace("_", "-")
         rows.append((f"Recognized as requested [{what} classifier]", f"min {_value(min(rates.values()), '{:.3f}')}",

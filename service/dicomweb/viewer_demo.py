@@ -60,8 +60,8 @@ def demo_home(home: Path, count: int = 2) -> tuple[Any, str]:
     from models.registry import Registry
     from models.sampling import latents, to_uint
     from service.config import load_config
-    from service.dicom.store import Store
-    from service.studies import SyntheticStudyWriter
+    from service.archive.store import Store
+    from service.synthetic.studies import SyntheticStudyWriter
 
     cfg = load_config(path=None, env={}, overrides={
         "home": str(home), "log.level": "warning",
@@ -120,7 +120,7 @@ def in_namespace(home: Path, viewer_dir: str, study_uid: str, screenshot: Path, 
     import pydicom
 
     from service.config import load_config
-    from service.dicom.store import Store
+    from service.archive.store import Store
     from service.dicomweb.server import DicomwebServer
 
     cfg = load_config(path=None, env={}, overrides={

@@ -219,10 +219,10 @@ def test_tstr_trtr_against_a_held_out_labelled_set(tmp_path, capsys):
     u = data["utility"]["body_part"]
     assert u["classes"] == ["HAND", "LEG"] and u["n_test_real"] == 30 and u["n_generated"] == 16 and u["mode"].startswith("unconditional")
     m = data["metrics"]
-    assert m["tstr_trtr_ratio"] == pytest.approx(m["tstr_accuracy"] / m["trtr_accuracy"])
+    assert m["tstr_trtr_ratio"] == pytest.approx(m["tstr_balanced_accuracy"] / m["trtr_balanced_accuracy"])
     # One view only: that task cannot run, and says why.
     assert "fewer than two classes" in " ".join(data["utility"]["not_run"])
-    assert "TSTR / TRTR accuracy [body-part classifier]" in out and "on parts-heldout@v1" in out
+    assert "TSTR / TRTR balanced accuracy [body-part classifier]" in out and "on parts-heldout@v1" in out
 
 
 def test_a_run_that_measured_nothing_keeps_the_earlier_evaluation(world, capsys):
