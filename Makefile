@@ -93,7 +93,7 @@ $(VIEWER_DIR)/index.umd.js:
 # A synthetic study written by the bundled generator, shown by OHIF in headless Chromium (screenshot under
 # var/), then the service left running for a browser on this machine; Ctrl-C ends it.
 demo-viewer: deps venv viewer
-	$(BIN)/python -m service.dicomweb.viewer_demo --viewer-dir $(VIEWER_DIR)
+	$(BIN)/python -m service.viewer_demo --viewer-dir $(VIEWER_DIR)
 
 # Regenerate the committed gRPC stubs after editing proto/synthpacs/v1/*.proto.
 proto: venv

@@ -6,7 +6,7 @@ and no websocket library is needed. Only a few commands are used (Target.attachT
 Page.navigate, Runtime.evaluate, Page.captureScreenshot, Emulation.setDeviceMetricsOverride).
 
 Chromium may open connections of its own (updates, safe browsing, fonts); callers run it inside a
-network namespace that has only loopback (``unshare -n``, see :mod:`service.dicomweb.viewer_demo`), and
+network namespace that has only loopback (``unshare -n``, see :mod:`service.viewer_demo`), and
 the switches below turn off what can be turned off. ``--no-sandbox`` because the check runs as root in
 containers, where Chromium's own sandbox cannot start; the page it opens is this server's viewer only.
 """

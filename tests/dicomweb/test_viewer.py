@@ -3,7 +3,7 @@
 The routes are tested over HTTP with a stand-in bundle file; the end-to-end check runs headless Chromium
 (Debian ``chromium``) with the real bundle (``make viewer``) inside a network namespace that holds only
 loopback, opens the study list, clicks the synthetic study, and waits for its image in the viewport
-(service/dicomweb/viewer_demo.py). It skips, saying why, where Chromium, the bundle or ``unshare`` is absent.
+(service/viewer_demo.py). It skips, saying why, where Chromium, the bundle or ``unshare`` is absent.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _can_unshare() -> bool:
 
 def test_headless_chromium_opens_the_synthetic_study_in_ohif(tmp_path):
     from service.dicomweb.browser import find_chromium
-    from service.dicomweb.viewer_demo import demo_home, isolated_check
+    from service.viewer_demo import demo_home, isolated_check
 
     if find_chromium() is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")

@@ -1,6 +1,6 @@
 """A synthetic study in OHIF Viewer, seen by headless Chromium: the check behind ``make demo-viewer``.
 
-``python -m service.dicomweb.viewer_demo --viewer-dir var/viewer`` writes a synthetic study (the bundled
+``python -m service.viewer_demo --viewer-dir var/viewer`` writes a synthetic study (the bundled
 demo generator's images, through the same writer as every synthetic study) into a demo home, then:
 
 1. in a network namespace that holds only loopback (``unshare -n``, then ``ip link set lo up``), starts
@@ -147,7 +147,7 @@ def isolated_check(home: Path, viewer_dir: str, study_uid: str, screenshot: Path
             raise RuntimeError(f"{tool} is not installed (Debian: util-linux, iproute2)")
     cmd = [
         "unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
-        sys.executable, "-m", "service.dicomweb.viewer_demo", "--in-namespace", "--home", str(home),
+        sys.executable, "-m", "service.viewer_demo", "--in-namespace", "--home", str(home),
         "--viewer-dir", viewer_dir, "--study", study_uid, "--screenshot", str(screenshot),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[2])
@@ -158,7 +158,7 @@ def isolated_check(home: Path, viewer_dir: str, study_uid: str, screenshot: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.dicomweb.viewer_demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m service.viewer_demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--viewer-dir", required=True, help="the folder `make viewer` filled (dicomweb.viewer_dir)")
     parser.add_argument("--home", type=Path, default=Path("var/demo-viewer"), help="the demo's home folder")
     parser.add_argument("--screenshot", type=Path, help="where the PNG goes (default: <home>/viewer-screenshot.png)")
