@@ -9,6 +9,9 @@ cost of a 6 MB radiograph does not depend on its pixels beyond one copy to disk.
 
 Anything at top level after the pixel data (Data Set Trailing Padding, rare vendor elements) is reported,
 so the store can keep it (no de-identification) or fall back to a full parse (de-identification).
+
+Element headers, items and delimiters are read by :mod:`.elements`, the archive's one reader of encoded
+elements, which the pixel pipeline's reader (:mod:`.pixel_header`) walks files with too.
 """
 
 from __future__ import annotations
@@ -27,24 +30,25 @@ from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
+from pydicom.valuerep import STANDARD_VR
 
-# Top-level elements that hold pixel values: Float, Double Float and (plain) Pixel Data (PS3.3 C.7.6.3).
-PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+from service.archive.elements import (
+    LONG_VRS,
+    PIXEL_TAGS,
+    UNDEFINED_LENGTH,
+    VR_SHAPED,
+    EncodingError,
+    TruncatedElement,
+    element_header,
+    walk_elements,
+    walk_fragments,
+)
+
 DATASET_TRAILING_PADDING = 0xFFFCFFFC
-_ITEM = 0xFFFEE000
-_SEQUENCE_DELIMITER = 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
-# Explicit VR encodings with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
-_LONG_VRS = frozenset(vr.encode("ascii") for vr in EXPLICIT_VR_LENGTH_32)
-# The VRs of PS3.5 Table 6.2-1 as they are encoded, with their text and header size (explicit VR).
-_VR_CODES = {vr.encode("ascii"): (str(vr), 12 if vr in EXPLICIT_VR_LENGTH_32 else 8) for vr in STANDARD_VR}
+# The VRs of PS3.5 Table 6.2-1 as they are encoded, with their text (explicit VR).
+_VR_NAMES = {vr.encode("ascii"): str(vr) for vr in STANDARD_VR}
 _CHARACTER_SET = 0x00080005
 _INCOMPLETE, _UNSUPPORTED = "incomplete", "unsupported"
-
-
-class EncodingError(ValueError):
-    """The bytes are not a DICOM dataset we can store; the message says what is wrong, never a value."""
 
 
 class TooLarge(EncodingError):
@@ -105,7 +109,6 @@ class EncodedInstance:
         return self.pixel_element is not None and self.pixel_length is None
 
 
-_IMPLICIT_HEADER, _EXPLICIT_HEADER, _U32 = struct.Struct("<HHL"), struct.Struct("<HH2sH"), struct.Struct("<L")
 _FIRST_READ = 64 * 1024
 
 
@@ -216,47 +219,36 @@ def _read_plain_bytes(data: bytes, implicit: bool) -> tuple[Dataset, int] | str:
     end = len(data)
     if end >= 6:
         # pydicom's read_dataset switches encoding when the first VR field says the other one.
-        looks_explicit = 0x40 < data[4] < 0x5B and 0x40 < data[5] < 0x5B
-        if looks_explicit == implicit:
+        if (data[4:6] in VR_SHAPED) == implicit:
             return _UNSUPPORTED
-    elements: dict = {}
-    unpack_implicit, unpack_explicit, unpack_u32 = _IMPLICIT_HEADER.unpack_from, _EXPLICIT_HEADER.unpack_from, _U32.unpack_from
-    vr_codes, pixel_tags, make = _VR_CODES, PIXEL_TAGS, tuple.__new__
-    pos = 0
-    while True:
-        if pos + 8 > end:
-            return _INCOMPLETE
-        if implicit:
-            group, number, length = unpack_implicit(data, pos)
-        else:
-            group, number, code, length = unpack_explicit(data, pos)
-        tag = (group << 16) | number
-        if tag in pixel_tags:
-            break
-        if implicit:
-            vr, start = None, pos + 8
-        else:
-            known = vr_codes.get(code)
-            if known is None:
+    found: dict = {}
+    vr_names, pixel_tags, make = _VR_NAMES, PIXEL_TAGS, tuple.__new__
+    pos = 0  # where the element being read starts
+    try:
+        for tag, code, length, start in walk_elements(data, 0, implicit):
+            if tag in pixel_tags:
+                break
+            if implicit:
+                vr = None
+            else:
+                vr = vr_names.get(code)
+                if vr is None:
+                    return _UNSUPPORTED
+            if tag >> 16 == 0xFFFE or length == UNDEFINED_LENGTH:
                 return _UNSUPPORTED
-            vr, header = known
-            start = pos + header
-            if header == 12:
-                if start > end:
-                    return _INCOMPLETE
-                length = unpack_u32(data, pos + 8)[0]
-        if group == 0xFFFE or length == _UNDEFINED:
-            return _UNSUPPORTED
-        pos = start + length
-        if pos > end:
+            pos = start + length  # a value cut short: the walk raises TruncatedElement at the next step
+            key = BaseTag(tag)
+            value = data[start:pos] if length else empty_value_for_VR(vr, raw=True)
+            found[key] = make(RawDataElement, (key, vr, length, value, start, implicit, True, True, False))
+        else:
+            return _INCOMPLETE  # the bytes end before any pixel data element
+    except TruncatedElement as cut:
+        if cut.tag not in pixel_tags:  # a pixel data element whose header is cut still ends the header
             return _INCOMPLETE
-        key = BaseTag(tag)
-        value = data[start:pos] if length else empty_value_for_VR(vr, raw=True)
-        elements[key] = make(RawDataElement, (key, vr, length, value, start, implicit, True, True, False))
-    ds = Dataset(elements)
+    ds = Dataset(found)
     encoding: str | list[str] = default_encoding
-    if _CHARACTER_SET in elements:
-        encoding = convert_encodings(convert_raw_data_element(elements[BaseTag(_CHARACTER_SET)]).value)
+    if _CHARACTER_SET in found:
+        encoding = convert_encodings(convert_raw_data_element(found[BaseTag(_CHARACTER_SET)]).value)
     ds.set_original_encoding(implicit, True, encoding)
     return ds, pos
 
@@ -303,14 +295,13 @@ def parse_header(data: bytes | memoryview, transfer_syntax: str) -> HeaderSplit 
         offset = fp.tell()
     if offset >= len(view):
         return None
-    u16, u32 = ("<H", "<L") if tsyntax.is_little_endian else (">H", ">L")
     try:
-        tag, value_start, length = _element_header(view, offset, tsyntax.is_implicit_VR, u16, u32)
-    except EncodingError:
+        tag, _vr, length, value_start = element_header(view, offset, tsyntax.is_implicit_VR, tsyntax.is_little_endian)
+    except TruncatedElement:
         return None
     if tag not in PIXEL_TAGS:
         raise EncodingError("parsing stopped at an element that is not pixel data")
-    return HeaderSplit(EncodedInstance(ds, tsyntax), offset, value_start - offset, None if length == _UNDEFINED else length)
+    return HeaderSplit(EncodedInstance(ds, tsyntax), offset, value_start - offset, None if length == UNDEFINED_LENGTH else length)
 
 
 def split_pixel_data(data: bytes | memoryview, transfer_syntax: str, offset: int) -> EncodedInstance:
@@ -322,7 +313,7 @@ def _check_lengths(ds: Dataset) -> None:
     """pydicom keeps a value cut short by the end of the data without a word: refuse it here."""
     for tag in ds.keys():
         elem = ds.get_item(tag)
-        if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED and len(elem.value or b"") < elem.length:
+        if isinstance(elem, RawDataElement) and elem.length != UNDEFINED_LENGTH and len(elem.value or b"") < elem.length:
             raise EncodingError(f"the dataset is truncated inside element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
 
 
@@ -332,13 +323,12 @@ def _split(ds: Dataset, tsyntax: UID, data: bytes | memoryview, offset: int) -> 
     if offset >= len(view):
         return EncodedInstance(ds, tsyntax)
     implicit, little = tsyntax.is_implicit_VR, tsyntax.is_little_endian
-    u16, u32 = ("<H", "<L") if little else (">H", ">L")
-    tag, value_start, length = _element_header(view, offset, implicit, u16, u32)
+    tag, _vr, length, value_start = element_header(view, offset, implicit, little)
     if tag not in PIXEL_TAGS:
         raise EncodingError("parsing stopped at an element that is not pixel data")
     fragments = 0
-    if length == _UNDEFINED:
-        end, fragments = _walk_items(view, value_start, u32)
+    if length == UNDEFINED_LENGTH:
+        end, fragments = walk_fragments(view, value_start, little)
         pixel_length = None
     else:
         end = value_start + length
@@ -348,8 +338,8 @@ def _split(ds: Dataset, tsyntax: UID, data: bytes | memoryview, offset: int) -> 
     trailing_tags = []
     pos = end
     while pos < len(view):
-        t, vstart, vlen = _element_header(view, pos, implicit, u16, u32)
-        if vlen == _UNDEFINED:
+        t, _vr, vlen, vstart = element_header(view, pos, implicit, little)
+        if vlen == UNDEFINED_LENGTH:
             raise EncodingError("an element of undefined length follows the pixel data")
         pos = vstart + vlen
         if pos > len(view):
@@ -358,42 +348,6 @@ def _split(ds: Dataset, tsyntax: UID, data: bytes | memoryview, offset: int) -> 
     return EncodedInstance(
         ds, tsyntax, view[offset:end], tag, pixel_length, fragments, view[end:], tuple(trailing_tags)
     )
-
-
-def _element_header(view: memoryview, pos: int, implicit: bool, u16: str, u32: str) -> tuple[int, int, int]:
-    """(tag, where the value starts, value length) of the element at ``pos`` (PS3.5 §7.1.1-7.1.2)."""
-    if pos + 8 > len(view):
-        raise EncodingError("the dataset ends inside an element header")
-    group, elem = struct.unpack_from(u16 + u16[-1], view, pos)
-    tag = (group << 16) | elem
-    if implicit or group == 0xFFFE:
-        return tag, pos + 8, struct.unpack_from(u32, view, pos + 4)[0]
-    vr = bytes(view[pos + 4 : pos + 6])
-    if vr in _LONG_VRS:
-        if pos + 12 > len(view):
-            raise EncodingError("the dataset ends inside an element header")
-        return tag, pos + 12, struct.unpack_from(u32, view, pos + 8)[0]
-    return tag, pos + 8, struct.unpack_from(u16, view, pos + 6)[0]
-
-
-def _walk_items(view: memoryview, pos: int, u32: str) -> tuple[int, int]:
-    """Walk encapsulated pixel data: Basic Offset Table item, fragments, delimiter (PS3.5 §A.4)."""
-    items = 0
-    fmt = u32[0] + "HHL"
-    while True:
-        if pos + 8 > len(view):
-            raise EncodingError("encapsulated Pixel Data is truncated (no Sequence Delimitation Item)")
-        group, elem, length = struct.unpack_from(fmt, view, pos)
-        tag = (group << 16) | elem
-        pos += 8
-        if tag == _SEQUENCE_DELIMITER:
-            return pos, max(items - 1, 0)  # the first item is the Basic Offset Table
-        if tag != _ITEM or length == _UNDEFINED:
-            raise EncodingError("encapsulated Pixel Data holds something other than items")
-        pos += length
-        if pos > len(view):
-            raise EncodingError("an encapsulated Pixel Data fragment is truncated")
-        items += 1
 
 
 def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str, implementation_uid: str, implementation_version: str) -> bytes:
@@ -425,7 +379,7 @@ def encode_dataset(ds: Dataset, transfer_syntax: UID) -> bytes:
             isinstance(elem, RawDataElement)
             and elem.is_implicit_VR == implicit
             and elem.is_little_endian == little
-            and elem.length != _UNDEFINED
+            and elem.length != UNDEFINED_LENGTH
             and (implicit or elem.VR)
         ):
             value = elem.value or b""
@@ -433,7 +387,7 @@ def encode_dataset(ds: Dataset, transfer_syntax: UID) -> bytes:
                 out.append(tag_and_length(tag >> 16, tag & 0xFFFF, len(value)))
             else:
                 vr = elem.VR.encode("ascii")
-                pack = tag_vr_long if vr in _LONG_VRS else tag_vr_length
+                pack = tag_vr_long if vr in LONG_VRS else tag_vr_length
                 out.append(pack(tag >> 16, tag & 0xFFFF, vr, len(value)))
             out.append(value)
         elif elem.VR == "UI" and isinstance(elem.value, str) and len(elem.value) < 0xFFFF:
@@ -458,7 +412,7 @@ def _tag_of(elem) -> int:
 
 def _explicit_le(tag: int, vr: bytes, value: bytes) -> bytes:
     head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return head + b"\x00\x00" + struct.pack("<L", len(value)) + value
     return head + struct.pack("<H", len(value)) + value
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from service.data.header_reader import read_header
+from service.archive.pixel_header import read_header
 from service.data.pixels import REASONS, PixelOptions, SkipImage, prepare
 
 

@@ -1,4 +1,4 @@
-"""service/data/header_reader.py: the one-pass reader gives what pydicom gives, or steps aside.
+"""service/archive/pixel_header.py: the one-pass reader gives what pydicom gives, or steps aside.
 
 Every file it accepts must come out of the pipeline exactly as it does through pydicom (image and
 info); every file outside its plain case must be left to pydicom (None), never misread.
@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 
-from service.data.header_reader import HeaderDataset, read_header
+from service.archive.pixel_header import HeaderDataset, read_header
 from service.data.phantom import phantom_dataset
 from service.data.pixels import PixelOptions, SkipImage, prepare
 from service.data.worker import process_file

@@ -4,7 +4,8 @@ pydicom builds a full :class:`pydicom.Dataset` (every element, lazily converted 
 ``__getitem__``); on a 400 x 450 radiograph that costs as much as decoding and resizing the pixels.
 The pipeline reads only the Image Pixel, Modality LUT, VOI LUT and Presentation LUT attributes listed in
 :data:`_WANTED` and the Pixel Data, so for the common case it walks the encoded elements once
-(PS3.5 §7.1: tag, VR, length; §7.5: items and delimiters of nested sequences) and keeps those.
+with the archive's element reader (:mod:`.elements`; PS3.5 §7.1: tag, VR, length; §7.5: items and
+delimiters of nested sequences) and keeps those.
 
 The common case is a Part 10 file (PS3.10 §7.1: preamble, ``DICM``, explicit VR little endian File
 Meta Information) in implicit or explicit VR little endian, single frame, MONOCHROME1/2, 8 or 16 bits
@@ -13,7 +14,7 @@ have to read through pydicom (Modality or VOI LUT Sequence, functional groups, f
 For anything else, and for any element that is not exactly as expected (a length that runs past the
 end, a value of the wrong VR or multiplicity, text that is not ASCII), :func:`read_header` returns
 None and the caller reads the file with pydicom. Whatever it accepts gives the same values as pydicom,
-so both paths produce the same image and the same dataset content hash (tests/data/test_header_reader.py).
+so both paths produce the same image and the same dataset content hash (tests/data/test_pixel_header.py).
 """
 
 from __future__ import annotations
@@ -23,14 +24,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from service.archive.elements import PIXEL_DATA, UNDEFINED_LENGTH, VR_SHAPED, EncodingError, walk_elements
+
 _NATIVE_LE = {"1.2.840.10008.1.2": False, "1.2.840.10008.1.2.1": True}  # transfer syntax -> explicit VR
-# Explicit VR encodings with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_PIXEL_DATA = 0x7FE00010
 _TRANSFER_SYNTAX = 0x00020010
-_MAX_DEPTH = 16
 
 # tag -> (keyword, accepted VRs in explicit files, kind of value)
 _WANTED: dict[int, tuple[str, tuple[bytes, ...], str]] = {
@@ -63,9 +60,6 @@ _NEEDS_PYDICOM = frozenset({
 
 _U16 = struct.Struct("<H")
 _I16 = struct.Struct("<h")
-_U32 = struct.Struct("<I")
-_TAG_LEN = struct.Struct("<HHI")  # group, element, 4-byte length (implicit VR; items and delimiters)
-_TAG_VR_LEN16 = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length (explicit VR, short form)
 
 
 class _NotPlain(Exception):
@@ -101,7 +95,7 @@ def read_header(data: bytes | memoryview) -> HeaderDataset | None:
     """The pipeline's attributes and Pixel Data of a plain file, or None when pydicom must read it."""
     try:
         return _read(memoryview(data))
-    except (_NotPlain, struct.error, UnicodeDecodeError, ValueError, IndexError):
+    except (_NotPlain, EncodingError, struct.error, UnicodeDecodeError, ValueError, IndexError):
         return None
 
 
@@ -114,30 +108,23 @@ def _read(buf: memoryview) -> HeaderDataset:
         raise _NotPlain
     values: dict[str, Any] = {}
     pixel_data: memoryview | None = None
-    end = len(buf)
-    while pos < end:
-        tag, vr, length, pos = _element_header(buf, pos, explicit)
-        if tag in _NEEDS_PYDICOM:
-            raise _NotPlain
-        if length == _UNDEFINED:
-            if tag == _PIXEL_DATA or not (vr in (b"SQ", b"UN") or not explicit):
-                raise _NotPlain  # encapsulated pixel data, or an undefined length pydicom must judge
-            pos = _skip_sequence(buf, pos, explicit and vr == b"SQ", 0)
-            continue
-        if pos + length > end:
-            raise _NotPlain
-        if tag == _PIXEL_DATA:
-            pixel_data = buf[pos : pos + length]
+    # A sequence of undefined length is walked over by the reader; its VR is checked here first.
+    for tag, vr, length, start in walk_elements(buf, pos, not explicit):
+        if tag in _NEEDS_PYDICOM or (vr and vr not in VR_SHAPED):
+            raise _NotPlain  # a VR field that is no VR: the file is not what its transfer syntax says
+        if tag == PIXEL_DATA:
+            if length == UNDEFINED_LENGTH or start + length > len(buf):
+                raise _NotPlain  # encapsulated or truncated pixel data
+            pixel_data = buf[start : start + length]
             break
         wanted = _WANTED.get(tag)
-        if wanted is not None:
+        if wanted is not None and length != UNDEFINED_LENGTH:
             keyword, vrs, kind = wanted
             if explicit and vr not in vrs:
                 raise _NotPlain
-            value = _value(buf[pos : pos + length], vr if explicit else b"", kind)
+            value = _value(buf[start : start + length], vr, kind)
             if value is not None:
                 values[keyword] = value
-        pos += length
     if pixel_data is None:
         raise _NotPlain  # no Pixel Data: pydicom gives the reason
     _check_plain(values)
@@ -147,65 +134,17 @@ def _read(buf: memoryview) -> HeaderDataset:
 def _read_meta(buf: memoryview, pos: int) -> tuple[int, str]:
     """File Meta Information (group 0002, always explicit VR little endian): its end and the syntax."""
     syntax = None
-    while pos + 8 <= len(buf):
-        group = _U16.unpack_from(buf, pos)[0]
-        if group != 0x0002:
+    for tag, _vr, length, start in walk_elements(buf, pos, False):
+        if tag >> 16 != 0x0002:
             break
-        tag, _vr, length, pos = _element_header(buf, pos, True)
-        if length == _UNDEFINED or pos + length > len(buf):
+        if length == UNDEFINED_LENGTH or start + length > len(buf):
             raise _NotPlain
         if tag == _TRANSFER_SYNTAX:
-            syntax = bytes(buf[pos : pos + length]).decode("ascii").rstrip("\0 ")
-        pos += length
+            syntax = bytes(buf[start : start + length]).decode("ascii").rstrip("\0 ")
+        pos = start + length
     if syntax is None:
         raise _NotPlain
     return pos, syntax
-
-
-def _element_header(buf: memoryview, pos: int, explicit: bool) -> tuple[int, bytes, int, int]:
-    """(tag, VR or b"", value length, position of the value) of the element at ``pos``."""
-    if not explicit:
-        group, element, length = _TAG_LEN.unpack_from(buf, pos)
-        return (group << 16) | element, b"", length, pos + 8
-    group, element, vr, length = _TAG_VR_LEN16.unpack_from(buf, pos)
-    tag = (group << 16) | element
-    if group == 0xFFFE:  # an item or delimiter has no VR (PS3.5 §7.5)
-        return tag, b"", _U32.unpack_from(buf, pos + 4)[0], pos + 8
-    if vr in _LONG_VRS:
-        return tag, vr, _U32.unpack_from(buf, pos + 8)[0], pos + 12
-    if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
-        raise _NotPlain  # not a VR: the file is not what its transfer syntax says
-    return tag, vr, length, pos + 8
-
-
-def _skip_sequence(buf: memoryview, pos: int, explicit: bool, depth: int) -> int:
-    """Position after a sequence of undefined length starting at ``pos`` (its first item)."""
-    if depth > _MAX_DEPTH:
-        raise _NotPlain
-    while True:
-        group, element, length = _TAG_LEN.unpack_from(buf, pos)
-        tag, pos = (group << 16) | element, pos + 8
-        if tag == _SEQUENCE_END:
-            return pos
-        if tag != _ITEM:
-            raise _NotPlain
-        if length != _UNDEFINED:
-            if pos + length > len(buf):
-                raise _NotPlain
-            pos += length
-            continue
-        while True:  # an item of undefined length: its elements, up to the item delimiter
-            tag, vr, length, pos = _element_header(buf, pos, explicit)
-            if tag == _ITEM_END:
-                break
-            if length == _UNDEFINED:
-                if explicit and vr not in (b"SQ", b"UN"):
-                    raise _NotPlain
-                pos = _skip_sequence(buf, pos, explicit and vr == b"SQ", depth + 1)
-            elif pos + length > len(buf):
-                raise _NotPlain
-            else:
-                pos += length
 
 
 def _value(raw: memoryview, vr: bytes, kind: str) -> Any:
