@@ -12,6 +12,7 @@ import threading
 from typing import Any, Protocol
 
 from service import metrics
+from service.archive.writer_lock import WriterLock
 from service.config import Config
 from service.home import Home
 from service.logs import get_logger
@@ -29,6 +30,9 @@ class Runtime:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.home = Home.at(cfg.home_path)
+        # Every component may write the index (C-STORE, STOW-RS, outbox rows, GenerateStudy, which opens the
+        # store only at its first call): a second host is refused now, before anything listens.
+        self._host_lock = WriterLock.acquire(self.home.store_dir)
         self.components: list[tuple[str, Component]] = []
         self._stopped = threading.Event()
         self._store = None
@@ -105,6 +109,7 @@ class Runtime:
                 log.exception("stop_failed", part=name)
         if self._store is not None:
             self._store.close()  # checkpoints the index first (store.py: the durable mark)
+        self._host_lock.release()
         log.info("stopped")
 
     def run_until_signalled(self) -> None:
