@@ -117,7 +117,10 @@ class StoreConfig:
     # "keep" answers success and keeps the first copy (logged), "replace" stores the new one,
     # "reject" answers failure 0xA900-class (duplicate) and keeps the first.
     duplicate_policy: str = "keep"
-    # Index database; empty means SQLite at <home>/store/index.sqlite.
+    # Index database. Only empty is accepted today: the index is SQLite at <home>/store/index.sqlite, for
+    # processes on one host (a lock in <home>/store/.writers refuses another host). A PostgreSQL index
+    # (postgresql://...) for several hosts is planned (issue 20); until it exists a URL here is refused
+    # rather than silently ignored.
     index_url: str = ""
     # Largest frame we accept, in pixels (rows x columns); guards against headers claiming 65535 x 65535.
     max_pixels: int = 50_000_000
@@ -577,6 +580,7 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"dicom.peers lists AE title {peer.ae_title!r} twice")
         seen.add(peer.ae_title)
     _validate_tls(cfg)
+    _validate_index_url(cfg)
     if cfg.store.min_free_bytes < 0 or not 0 <= cfg.store.min_free_percent < 100:
         raise ConfigError("store.min_free_bytes must be >= 0 and store.min_free_percent 0-99.9")
     dest = cfg.outbox.default_destination
@@ -592,6 +596,23 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"dicomweb.root {cfg.dicomweb.root!r} must start with '/'")
     if cfg.inference.max_batch < 1 or cfg.inference.max_count < 1 or cfg.inference.max_inflight < 1:
         raise ConfigError("inference.max_batch, max_count and max_inflight must be at least 1")
+
+
+def _validate_index_url(cfg: Config) -> None:
+    """A setting must work or not exist: no index backend reads store.index_url yet, so a URL is refused.
+
+    Only the URL's scheme is named in the message: the rest may carry a password.
+    """
+    url = cfg.store.index_url.strip()
+    if not url:
+        return
+    scheme = url.split("://", 1)[0] + "://..." if "://" in url else "a value"
+    raise ConfigError(
+        f"store.index_url is set ({scheme}), but this version keeps its index in SQLite inside the home folder "
+        f"({Path(cfg.home) / 'store' / 'index.sqlite'}) and reads no other index; a PostgreSQL index is planned "
+        "(issue 20). Leave store.index_url empty (unset SYNTHPACS_STORE_INDEX_URL). Several hosts must not share "
+        "one SQLite index: run the processes that write one home folder on one host."
+    )
 
 
 def _validate_tls(cfg: Config) -> None:

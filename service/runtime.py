@@ -12,6 +12,7 @@ import threading
 from typing import Any, Protocol
 
 from service import metrics
+from service.archive.writer_lock import WriterLock
 from service.config import Config
 from service.home import Home
 from service.logs import get_logger
@@ -29,6 +30,7 @@ class Runtime:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.home = Home.at(cfg.home_path)
+        self._host_lock: WriterLock | None = None
         self.components: list[tuple[str, Component]] = []
         self._stopped = threading.Event()
         self._store = None
@@ -80,6 +82,10 @@ class Runtime:
         return self.add("dicomweb", DicomwebServer(self.cfg, self.store))
 
     def start(self) -> None:
+        if self.components:
+            # Every component may write the index (C-STORE, STOW-RS, outbox rows, GenerateStudy, which opens
+            # the store only at its first call): a second host is refused now, before anything listens.
+            self._host_lock = WriterLock.acquire(self.home.store_dir)
         if self.cfg.metrics.enabled:
             bind, port = metrics.serve_metrics(self.cfg.metrics.bind, self.cfg.metrics.port)
             log.info("metrics_listening", bind=bind, port=port, path="/metrics")
@@ -91,8 +97,11 @@ class Runtime:
         except BaseException:
             for _name, component in reversed(started):
                 component.stop()
+            if self._host_lock is not None:
+                self._host_lock.release()
             raise
-        log.info("started", home=str(self.home.root), components=[n for n, _ in self.components])
+        names = [n for n, _ in self.components] + (["metrics"] if self.cfg.metrics.enabled else [])
+        log.info("started", home=str(self.home.root), components=names)
 
     def stop(self) -> None:
         if self._stopped.is_set():
@@ -105,6 +114,8 @@ class Runtime:
                 log.exception("stop_failed", part=name)
         if self._store is not None:
             self._store.close()  # checkpoints the index first (store.py: the durable mark)
+        if self._host_lock is not None:
+            self._host_lock.release()
         log.info("stopped")
 
     def run_until_signalled(self) -> None:

@@ -6,7 +6,8 @@ is synthetic or excluded from training. The files are the record; the index can 
 (:meth:`Store.recover`, ``synthpacs store verify --repair``).
 
 One writer connection guarded by a lock serves every thread of a process; readers get a connection of
-their own per thread, which WAL lets run beside the writer and beside other processes (the CLI).
+their own per thread, which WAL lets run beside the writer and beside other processes (the CLI) of the
+same host; a process on another host is refused before it opens the file (writer_lock.py).
 
 Commits use ``synchronous=NORMAL`` in WAL mode: a commit is safe from a crash of the process (the WAL
 is in the operating system's cache) but not from a power loss until the next :meth:`Index.checkpoint`,
@@ -22,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
+
+from service.archive.writer_lock import WriterLock
 
 SCHEMA_VERSION = 1
 
@@ -154,18 +157,28 @@ JOIN patients p ON p.patient_id = st.patient_id
 class Index:
     """SQLite index of the store. Safe to share between threads; other processes may open it too."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, host: str | None = None):
+        """Open (or make) the index at ``path``; WriterLockError where another host uses it (writer_lock.py).
+
+        ``host``: the name this process counts as (default: the host name).
+        """
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Before SQLite touches the file: a second host must not even open it (WAL over a network filesystem).
+        self._host_lock = WriterLock.acquire(self.path.parent, host)
         self._write_lock = threading.Lock()
         self._local = threading.local()
-        self._writer = self._connect()
-        with self._write_lock:
-            self._writer.executescript(_SCHEMA)
-            self._writer.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            self._writer.commit()
+        try:
+            self._writer = self._connect()
+            with self._write_lock:
+                self._writer.executescript(_SCHEMA)
+                self._writer.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+                self._writer.commit()
+        except BaseException:
+            self._host_lock.release()
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
@@ -220,6 +233,7 @@ class Index:
         if conn is not None:
             conn.close()
             self._local.conn = None
+        self._host_lock.release()
 
     # -- instances -------------------------------------------------------------------------------
 
