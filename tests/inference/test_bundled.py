@@ -39,3 +39,28 @@ def test_default_preload_serves_the_bundled_demo_model(home: Path) -> None:
         assert pixels.std() > 0  # a trained generator makes an image, not a flat field
     finally:
         server.stop(grace=1.0)
+
+
+@pytest.mark.skipif(not (BUNDLED_ROOT / "demo-cdcgan").is_dir(), reason="the bundled conditional model models/bundled/demo-cdcgan is not committed")
+def test_the_bundled_conditional_model_is_served_on_demand_per_body_part(home: Path) -> None:
+    """Not preloaded: the first request loads it. Each body part gives its own image for the same seed, and a
+    body part it was not trained on is INVALID_ARGUMENT naming the ones it knows."""
+    import grpc
+
+    cfg = make_config(home, **{"inference.reload_interval_s": 0, "inference.preload": ()})
+    server = InferenceServer(cfg, registry=Registry.with_bundled(home / "models"))
+    server.start()
+    try:
+        with SynthesizerClient(server.address, timeout=120) as client:
+            by_part = {part: list(client.generate("demo-cdcgan", seeds=[7], body_part=part))[0].data
+                       for part in ("HAND", "HIP", "LEG", "SHOULDER")}
+            with pytest.raises(grpc.RpcError) as refused:
+                list(client.generate("demo-cdcgan", seeds=[7], body_part="SKULL"))
+        assert len(set(by_part.values())) == 4
+        for data in by_part.values():
+            pixels = np.array(Image.open(io.BytesIO(data)))
+            assert pixels.shape == (64, 64) and pixels.std() > 0
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "HAND" in refused.value.details() and "SHOULDER" in refused.value.details()
+    finally:
+        server.stop(grace=1.0)
