@@ -187,11 +187,9 @@ def resolve_dataset(root: Path, ref: str | os.PathLike[str]) -> DatasetVersion:
         names = sorted({d.name for d in list_datasets(root)})
         have = ", ".join(names) if names else "none yet (build one with `synthpacs dataset build NAME`)"
         raise DatasetNotFound(f"no dataset named {name!r} in {root}; datasets: {have}")
-    if version is None:
-        return found[-1]
-    for d in found:
-        if d.version == version:
-            return d
+    picked = versioned.pick_version(found, version, lambda d: d.version)
+    if picked is not None:
+        return picked
     raise DatasetNotFound(f"dataset {name!r} has no version {version}; versions: {', '.join(f'v{d.version}' for d in found)}")
 
 

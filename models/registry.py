@@ -224,11 +224,9 @@ class Registry:
         if not versions:
             known = ", ".join(self.names()) or "none"
             raise ModelNotFound(f"no model named {name!r} in the registry (known: {known})")
-        if version is None:
-            return versions[-1]
-        for v in versions:
-            if v.version == version:
-                return v
+        picked = versioned.pick_version(versions, version, lambda v: v.version)
+        if picked is not None:
+            return picked
         raise ModelNotFound(f"model {name!r} has no version {version} (versions: {', '.join(str(v.version) for v in versions)})")
 
     def load(self, ref: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, ModelVersion]:

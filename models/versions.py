@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]*)$")
@@ -49,3 +52,11 @@ def version_folders(folder: Path) -> list[tuple[int, Path]]:
 def next_version(folder: Path) -> int:
     """The number the next version written into ``folder`` gets."""
     return 1 + max((v for v, _p in version_folders(folder)), default=0)
+
+
+def pick_version(found: Sequence[T], version: int | None, number: Callable[[T], int]) -> T | None:
+    """The version asked for among ``found`` (oldest first): the latest for None, else the one whose
+    ``number`` is ``version``; None when there is no such version (the caller names what exists)."""
+    if version is None:
+        return found[-1] if found else None
+    return next((item for item in found if number(item) == version), None)
