@@ -129,7 +129,7 @@ def train_classifier(images, labels: Sequence[str], classes: Sequence[str], seed
     weight = (counts.sum() / (len(classes) * counts))
     steps_per_epoch = max(1, sum(1 for a, b in batches(x.shape[0], batch_size) if b - a >= 2))
     epochs = max(int(epochs), math.ceil(MIN_STEPS / steps_per_epoch))
-    p = Progress(f"training {label}", epochs, progress)
+    p = Progress(f"training {label}", epochs, progress, unit="epochs")
     net.train()
     for _ in range(epochs):
         order = torch.randperm(x.shape[0], generator=gen)
