@@ -20,6 +20,7 @@ answers, so a QIDO-RS query and the same C-FIND match exactly the same entities 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -79,6 +80,7 @@ class Answer:
     warnings: list[str] = field(default_factory=list)
 
 
+@lru_cache(maxsize=4096)
 def _tag_of(attribute_id: str) -> int:
     text = attribute_id.strip()
     if len(text) == 8 and all(c in "0123456789abcdefABCDEF" for c in text):
@@ -89,6 +91,7 @@ def _tag_of(attribute_id: str) -> int:
     return tag
 
 
+@lru_cache(maxsize=4096)
 def _vr_of(tag: int, attribute_id: str) -> str:
     try:
         vr = dictionary_VR(tag)
@@ -204,21 +207,13 @@ class Qido:
         if server_max is not None and (limit is None or limit > server_max):
             limit = server_max
         # Computed keys of a higher level (Number of Study Related Instances in an all-series search) are
-        # answered per entity at their own level, as the row of a lower level does not hold them.
-        lifted: dict[str, list[str]] = {}
-        for keyword, lvl in COMPUTED.items():
-            tag = tag_for_keyword(keyword)
-            if tag in ident and RANK[lvl] < RANK[search.level]:
-                if element_text(ident[tag]) not in ("", "*"):
-                    continue  # a matching key: the engine decides (it matches it at every level)
-                lifted.setdefault(lvl, []).append(keyword)
-                del ident[tag]
+        # answered by the engine for the entity of their own level that holds the match (one aggregate query
+        # per entity, cached for the search), as C-FIND answers them.
         # Modality asked for as a return key of a study search is answered with the study's modalities, as
         # Orthanc's DICOMweb plugin answers it; C-FIND answers it empty (a key of a lower level). Viewers
         # ask for it (OHIF Viewer 2's study list sends includefield=00081030,00080060 and fails on an empty one).
         modality = tag_for_keyword("Modality")
         study_modality = search.level == STUDY and modality in ident and element_text(ident[modality]) in ("", "*")
-        cache: dict[tuple[str, str], Dataset] = {}
         skipped = 0
         for ds in engine.iter_find(ident, search.level):
             if skipped < control["offset"]:
@@ -231,27 +226,11 @@ class Qido:
             for keyword in _DIMSE_ONLY:
                 if keyword not in asked and keyword in ds:
                     del ds[keyword]
-            for lvl, keywords in lifted.items():
-                uid = str(ds.get(UNIQUE_KEY[lvl], ""))
-                if (lvl, uid) not in cache:
-                    cache[(lvl, uid)] = self._computed(lvl, uid, keywords)
-                for keyword in keywords:
-                    setattr(ds, keyword, cache[(lvl, uid)].get(keyword))
             if study_modality and ds.get("ModalitiesInStudy"):
                 ds.Modality = ds.ModalitiesInStudy
             ds.RetrieveURL = retrieve_url(base_url, search.level, ds)
             answer.matches.append(dicomjson.to_json(ds))
         return answer
-
-
-    def _computed(self, level: str, uid: str, keywords: list[str]) -> Dataset:
-        ident = Dataset()
-        setattr(ident, UNIQUE_KEY[level], uid)
-        for keyword in keywords:
-            setattr(ident, keyword, None)
-        engine = QueryEngine(self.store.index, self.store.root, self.cfg.dicom.ae_title, synthetic_only=self.cfg.qr.synthetic_only)
-        found = engine.find(ident, level) if uid else []
-        return found[0] if found else Dataset()
 
 
 def retrieve_url(base_url: str, level: str, ds: Dataset) -> str:

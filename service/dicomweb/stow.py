@@ -31,6 +31,7 @@ from typing import Any
 import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
 from pydicom.sequence import Sequence
 
 from service.archive.store import StoreError
@@ -86,11 +87,21 @@ def _uids_of(data: Any) -> tuple[str | None, str | None, str | None]:
             str(ds.get("StudyInstanceUID", "")) or None)
 
 
+def _past_sop_instance_uid(tag: int, _vr: str | None, _length: int) -> bool:
+    return tag > 0x00080018
+
+
 def _sop_uid_of(mm: mmap.mmap, part: media.Part) -> str | None:
-    """The SOP Instance UID a part declares (its header only), to keep repeats of one instance in order."""
+    """The SOP Instance UID a part declares, to keep repeats of one instance in order.
+
+    Only the File Meta Information and the dataset up to SOP Instance UID (0008,0018) are read: this runs
+    for every part before any is stored, and the store parses each part whole anyway."""
     data = memoryview(mm)[part.start:part.end]
     try:
-        return _uids_of(data)[1]
+        ds = read_partial(io.BytesIO(data), stop_when=_past_sop_instance_uid)
+        return str(ds.get("SOPInstanceUID", "")) or None
+    except Exception:
+        return None
     finally:
         try:
             data.release()
