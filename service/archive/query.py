@@ -46,6 +46,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from service.archive.header_cache import HEADERS
 from service.archive.index import INSTANCE_VIEW
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
@@ -498,7 +499,7 @@ class QueryEngine:
         ds = cache.get(path)
         if ds is None:
             try:
-                ds = pydicom.dcmread(self.store_root / path, stop_before_pixels=True)
+                ds = HEADERS.get(self.store_root / path)  # shared, read-only: callers copy what they answer
             except Exception:  # a damaged file answers with empty values, it does not end the query
                 ds = Dataset()
             if len(cache) > 256:

@@ -143,9 +143,23 @@ def _all_keys(level: str) -> list[str]:
     return keys + ["SyntheticData", "InstanceAvailability", "TimezoneOffsetFromUTC"]
 
 
+@lru_cache(maxsize=None)
+def _default_keys(search: Search) -> dict[int, DataElement]:
+    """The empty return keys every search of ``search`` starts from (its default attributes and unique keys).
+
+    Built once: an identifier is a new Dataset over a copy of this dict, and its elements are never changed
+    in place (a key of the request replaces the element; a sequence key here has no item to change)."""
+    ds = Dataset()
+    for keyword in [k for lvl in search.defaults_from for k in _DEFAULTS[lvl]]:
+        _put(ds, [keyword], None)
+    for lvl in (STUDY, SERIES, IMAGE):
+        if RANK[lvl] <= RANK[search.level]:
+            _put(ds, [UNIQUE_KEY[lvl]], None)
+    return {elem.tag: elem for elem in ds}
+
+
 def build_identifier(search: Search, path_uids: dict[str, str], params: Iterable[tuple[str, str]]) -> tuple[Dataset, dict[str, Any]]:
     """The C-FIND identifier for a QIDO-RS request, and the request's control parameters."""
-    ident = Dataset()
     control: dict[str, Any] = {"includefield": [], "limit": None, "offset": 0, "fuzzy": False}
     matching: dict[str, list[str]] = {}
     for name, value in params:
@@ -166,11 +180,7 @@ def build_identifier(search: Search, path_uids: dict[str, str], params: Iterable
             control["fuzzy"] = value.strip().lower() == "true"
         else:
             matching.setdefault(key, []).append(value)
-    for keyword in [k for lvl in search.defaults_from for k in _DEFAULTS[lvl]]:
-        _put(ident, [keyword], None)
-    for lvl in (STUDY, SERIES, IMAGE):
-        if RANK[lvl] <= RANK[search.level]:
-            _put(ident, [UNIQUE_KEY[lvl]], None)
+    ident = Dataset(dict(_default_keys(search)))
     for field_id in control["includefield"]:
         if field_id.lower() == "all":
             for keyword in _all_keys(search.level):
