@@ -1,8 +1,10 @@
 """The DICOMweb application: Starlette routes for QIDO-RS, WADO-RS, STOW-RS and the capabilities.
 
 Every resource lives under ``dicomweb.root`` (``/dicom-web``). Endpoints that read the store are plain
-functions that Starlette runs in its thread pool (SQLite and file reads block); STOW-RS reads the body
-asynchronously into a file and stores from a worker thread. Responses with instances stream from disk.
+functions that Starlette runs in its thread pool (SQLite and file reads block), except the retrieval of one
+small instance as stored, which is one indexed lookup and one read (``INLINE_BYTES``) done on the event
+loop; STOW-RS reads the body asynchronously into a file and stores from a worker thread. Responses with
+instances stream from disk.
 
 The middleware, outermost first: CORS (when ``dicomweb.cors_origins`` is set), metrics (every response,
 401s included), bearer tokens. No URL, query or body is logged: they hold UIDs and patients' names.
@@ -31,6 +33,11 @@ log = get_logger("dicomweb")
 _JSON_TYPES = (media.DICOM_JSON, "application/json")
 # Instances whose files add up to at most this many bytes are answered in one body rather than streamed.
 SMALL_BODY = 8 << 20
+# A single instance of at most this many bytes, sent as stored, is looked up and read on the event loop
+# itself: the hop to a worker thread and back cost more server CPU than the lookup and the read (0.85 ->
+# 0.60 ms per 0.5 MB instance on this 2-core machine). The loop waits for at most one indexed lookup and
+# one read of this size; everything larger, series, studies and transcoding run in worker threads.
+INLINE_BYTES = 1 << 20
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
@@ -168,11 +175,32 @@ def create_app(cfg: Config, store: Any) -> Starlette:
         uids = _uids(request)
         return retriever.records(uids["StudyInstanceUID"], uids.get("SeriesInstanceUID"), uids.get("SOPInstanceUID"))
 
-    def retrieve(request: Request) -> Response:
-        single = "instance" in request.path_params
+    async def retrieve(request: Request) -> Response:
+        if "instance" not in request.path_params:
+            return await run_in_threadpool(retrieve_in_thread, request, None)
         accept = _accept(request)
-        records = _records(request)
-        plan = wado.negotiate_instances(accept, {r.transfer_syntax_uid for r in records}, single)
+        (rec,) = _records(request)  # one indexed lookup by SOP Instance UID
+        plan = wado.negotiate_instances(accept, {rec.transfer_syntax_uid}, True)
+        if rec.size > INLINE_BYTES or plan.transfer_syntax not in ("*", rec.transfer_syntax_uid):
+            return await run_in_threadpool(retrieve_in_thread, request, (accept, [rec], plan))
+        # A small instance sent as stored: one read into the body, here on the event loop, costs less than
+        # the hop to a worker thread and back (INLINE_BYTES).
+        content_type = f"{media.DICOM}; transfer-syntax={rec.transfer_syntax_uid}"
+        if not plan.multipart:
+            return Response(wado.read_body(store.path_of(rec)), media_type=content_type)
+        boundary = media.new_boundary()
+        head = media.part_header(boundary, content_type, instance_url(request)(rec))
+        body = wado.read_body(store.path_of(rec), head, media.close_delimiter(boundary))
+        return Response(body, media_type=media.multipart_content_type(media.DICOM, boundary))
+
+    def retrieve_in_thread(request: Request, found: tuple | None) -> Response:
+        single = "instance" in request.path_params
+        if found is None:
+            accept = _accept(request)
+            records = _records(request)
+            plan = wado.negotiate_instances(accept, {r.transfer_syntax_uid for r in records}, single)
+        else:
+            accept, records, plan = found
         parts = retriever.instance_parts(records, plan, instance_url(request))
         # Up to SMALL_BODY bytes are read here, in this worker thread, and sent as one body; larger answers
         # stream (each step of a streaming body is another worker-thread hop, milliseconds on a busy machine).

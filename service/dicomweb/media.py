@@ -116,6 +116,11 @@ def part_header(boundary: str, content_type: str, location: str | None = None) -
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
+def close_delimiter(boundary: str) -> bytes:
+    """What ends a multipart body after its last part (RFC 2046 §5.1.1)."""
+    return f"\r\n--{boundary}--\r\n".encode("ascii")
+
+
 def multipart_stream(boundary: str, parts: Iterable[tuple[str, Iterable[bytes], str | None]]) -> Iterator[bytes]:
     """Bytes of a multipart/related body, part by part: each part is (content type, chunks, location)."""
     first = True
@@ -123,7 +128,7 @@ def multipart_stream(boundary: str, parts: Iterable[tuple[str, Iterable[bytes], 
         yield (b"" if first else b"\r\n") + part_header(boundary, content_type, location)
         first = False
         yield from chunks
-    yield (b"" if first else b"\r\n") + f"--{boundary}--\r\n".encode("ascii")
+    yield close_delimiter(boundary)[0 if not first else 2:]
 
 
 def coalesce(chunks: Iterable[bytes], size: int = 1 << 20) -> Iterator[bytes]:
