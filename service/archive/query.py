@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -523,6 +525,10 @@ class QueryEngine:
             value = self._value(kw, elem.VR, level, row, headers)
             if isinstance(value, pydicom.DataElement):
                 ds.add(copy.deepcopy(value))
+                continue
+            known = _dictionary_entry(kw)
+            if known is not None and known[0] not in ds:
+                ds[known[0]] = pydicom.DataElement(known[0], known[1], value)  # what setattr does, without its lookups
             else:
                 setattr(ds, kw, value)
         ds.QueryRetrieveLevel = level
@@ -581,6 +587,13 @@ _SYNTHETIC_ENTITIES = {
     SERIES: "v.series_uid IN (SELECT series_uid FROM instances WHERE synthetic = 1)",
     IMAGE: "v.synthetic = 1",
 }
+
+
+@functools.lru_cache(maxsize=1024)
+def _dictionary_entry(keyword: str) -> tuple[int, str] | None:
+    """(tag, dictionary VR) of a keyword, as ``Dataset.__setattr__`` finds them; None for any other name."""
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else (tag, dictionary_VR(tag))
 
 
 def _synthetic_condition(level: str, synthetic: bool) -> str:
