@@ -2,8 +2,8 @@
 
 Every resource lives under ``dicomweb.root`` (``/dicom-web``). Endpoints that read the store are plain
 functions that Starlette runs in its thread pool (SQLite and file reads block), except the retrieval of one
-small instance as stored, which is one indexed lookup and one read (``INLINE_BYTES``) done on the event
-loop; STOW-RS reads the body asynchronously into a file and stores from a worker thread. Responses with
+small instance as stored, which is one indexed lookup and one read (``INLINE_BYTES``), and a search for
+one entity by its UID, which are done on the event loop; STOW-RS reads the body asynchronously into a file and stores from a worker thread. Responses with
 instances stream from disk.
 
 The middleware, outermost first: CORS (when ``dicomweb.cors_origins`` is set), metrics (every response,
@@ -13,7 +13,7 @@ The middleware, outermost first: CORS (when ``dicomweb.cors_origins`` is set), m
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -161,11 +161,18 @@ def create_app(cfg: Config, store: Any) -> Starlette:
 
     # -- QIDO-RS --
 
-    def search_endpoint(search: qido.Search) -> Callable[[Request], Response]:
-        def endpoint(request: Request) -> Response:
+    def search_endpoint(search: qido.Search) -> Callable[[Request], Awaitable[Response]]:
+        def answer_search(request: Request) -> Response:
             ctype = _json_type(request)
             answer = searcher.search(search, _uids(request), request.query_params.multi_items(), base_url(request))
             return Response(dicomjson.dump(answer.matches), media_type=ctype, headers=_warn({}, answer.warnings))
+
+        async def endpoint(request: Request) -> Response:
+            # A search for one entity by its UID is answered on the event loop, as one small instance is
+            # retrieved (INLINE_BYTES); every other search runs in a worker thread.
+            if qido.at_most_one_match(search, request.query_params.multi_items()):
+                return answer_search(request)
+            return await run_in_threadpool(answer_search, request)
 
         return endpoint
 

@@ -198,6 +198,23 @@ def build_identifier(search: Search, path_uids: dict[str, str], params: Iterable
     return ident, control
 
 
+def at_most_one_match(search: Search, params: Iterable[tuple[str, str]]) -> bool:
+    """Can this search match one entity at most? Its level's unique key (SOP Instance UID for instances...)
+    is given once, as one UID without wildcards or a list: one indexed lookup and at most one stored header."""
+    unique_tag = tag_for_keyword(UNIQUE_KEY[search.level])
+    values = []
+    for name, value in params:
+        if name.strip().lower() in _CONTROL:
+            continue
+        try:
+            tag = _tag_of(name.split(".")[0])
+        except BadRequest:
+            return False  # answered (400) by the search itself
+        if tag == unique_tag:
+            values.append(value)
+    return len(values) == 1 and bool(values[0].strip()) and not any(c in values[0] for c in "*?,\\")
+
+
 class Qido:
     """QIDO-RS over one store, with the configuration's visibility and limits."""
 
@@ -254,4 +271,4 @@ def retrieve_url(base_url: str, level: str, ds: Dataset) -> str:
 
 
 __all__ = ["ALL_INSTANCES", "ALL_SERIES", "STUDIES", "STUDY_INSTANCES", "STUDY_SERIES", "SERIES_INSTANCES", "Answer", "Qido",
-           "Search", "build_identifier", "retrieve_url"]
+           "Search", "at_most_one_match", "build_identifier", "retrieve_url"]
