@@ -285,7 +285,7 @@ def create_app(cfg: Config, store: Any) -> Starlette:
                 raise BadRequest("Content-Length is not a number") from None
             if length > web.max_body_bytes:
                 raise PayloadTooLarge(f"the body declares {length} bytes; this server takes at most {web.max_body_bytes} (dicomweb.max_body_bytes)")
-        spool = await run_in_threadpool(storer.new_spool)
+        spool = storer.new_spool()  # one mkstemp, as cheap as the writes of the body below, made here too
         try:
             received = 0
             with open(spool, "wb") as fh:
@@ -315,7 +315,17 @@ def create_app(cfg: Config, store: Any) -> Starlette:
     study_path = "/studies/{study}"
     series_path = study_path + "/series/{series}"
     instance_path = series_path + "/instances/{instance}"
+    # Paths of different routes never match the same URL, so the order only decides how many patterns a
+    # request is tried against: the per-instance resources, the most requested, come first.
     routes = [
+        Route(instance_path, retrieve, methods=["GET"]),
+        Route(instance_path + "/metadata", metadata, methods=["GET"]),
+        Route(instance_path + "/bulk/{tag}", bulk, methods=["GET"]),
+        Route(instance_path + "/rendered", rendered_endpoint, methods=["GET"]),
+        Route(instance_path + "/thumbnail", thumbnail_endpoint, methods=["GET"]),
+        Route(instance_path + "/frames/{frames}", frames, methods=["GET"]),
+        Route(instance_path + "/frames/{frame}/rendered", rendered_endpoint, methods=["GET"]),
+        Route(instance_path + "/frames/{frame}/thumbnail", thumbnail_endpoint, methods=["GET"]),
         Route("/", capabilities_endpoint, methods=["GET", "OPTIONS"]),
         Route("/studies", search_endpoint(qido.STUDIES), methods=["GET"]),
         Route("/studies", store_endpoint, methods=["POST"]),
@@ -331,14 +341,6 @@ def create_app(cfg: Config, store: Any) -> Starlette:
         Route(series_path + "/instances", search_endpoint(qido.SERIES_INSTANCES), methods=["GET"]),
         Route(series_path + "/metadata", metadata, methods=["GET"]),
         Route(series_path + "/thumbnail", thumbnail_endpoint, methods=["GET"]),
-        Route(instance_path, retrieve, methods=["GET"]),
-        Route(instance_path + "/metadata", metadata, methods=["GET"]),
-        Route(instance_path + "/bulk/{tag}", bulk, methods=["GET"]),
-        Route(instance_path + "/rendered", rendered_endpoint, methods=["GET"]),
-        Route(instance_path + "/thumbnail", thumbnail_endpoint, methods=["GET"]),
-        Route(instance_path + "/frames/{frames}", frames, methods=["GET"]),
-        Route(instance_path + "/frames/{frame}/rendered", rendered_endpoint, methods=["GET"]),
-        Route(instance_path + "/frames/{frame}/thumbnail", thumbnail_endpoint, methods=["GET"]),
     ]
 
     async def http_error(_request: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ import mmap
 import re
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable, Iterator
 
 MULTIPART_RELATED = "multipart/related"
@@ -95,9 +96,15 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     """The Accept header's ranges, best first (q descending, then as written); ``*/*`` when absent."""
     if not header or not header.strip():
         return [MediaRange("*/*")]
+    return list(_parse_accept(header))
+
+
+@lru_cache(maxsize=256)
+def _parse_accept(header: str) -> tuple[MediaRange, ...]:
+    # A client sends the same few Accept headers again and again; the ranges are never changed by callers.
     ranges = [parse_media_type(part) for part in _split_header_list(header)]
     ranges = [r for r in ranges if r.q > 0]
-    return sorted(ranges, key=lambda r: -r.q)
+    return tuple(sorted(ranges, key=lambda r: -r.q))
 
 
 def new_boundary() -> str:
