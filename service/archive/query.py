@@ -37,15 +37,18 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from service.archive.header_cache import HEADERS
 from service.archive.index import INSTANCE_VIEW
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
@@ -498,7 +501,7 @@ class QueryEngine:
         ds = cache.get(path)
         if ds is None:
             try:
-                ds = pydicom.dcmread(self.store_root / path, stop_before_pixels=True)
+                ds = HEADERS.get(self.store_root / path)  # shared, read-only: callers copy what they answer
             except Exception:  # a damaged file answers with empty values, it does not end the query
                 ds = Dataset()
             if len(cache) > 256:
@@ -522,6 +525,10 @@ class QueryEngine:
             value = self._value(kw, elem.VR, level, row, headers)
             if isinstance(value, pydicom.DataElement):
                 ds.add(copy.deepcopy(value))
+                continue
+            known = _dictionary_entry(kw)
+            if known is not None and known[0] not in ds:
+                ds[known[0]] = pydicom.DataElement(known[0], known[1], value)  # what setattr does, without its lookups
             else:
                 setattr(ds, kw, value)
         ds.QueryRetrieveLevel = level
@@ -580,6 +587,13 @@ _SYNTHETIC_ENTITIES = {
     SERIES: "v.series_uid IN (SELECT series_uid FROM instances WHERE synthetic = 1)",
     IMAGE: "v.synthetic = 1",
 }
+
+
+@functools.lru_cache(maxsize=1024)
+def _dictionary_entry(keyword: str) -> tuple[int, str] | None:
+    """(tag, dictionary VR) of a keyword, as ``Dataset.__setattr__`` finds them; None for any other name."""
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else (tag, dictionary_VR(tag))
 
 
 def _synthetic_condition(level: str, synthetic: bool) -> str:

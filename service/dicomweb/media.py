@@ -11,6 +11,7 @@ import mmap
 import re
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable, Iterator
 
 MULTIPART_RELATED = "multipart/related"
@@ -95,9 +96,15 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     """The Accept header's ranges, best first (q descending, then as written); ``*/*`` when absent."""
     if not header or not header.strip():
         return [MediaRange("*/*")]
+    return list(_parse_accept(header))
+
+
+@lru_cache(maxsize=256)
+def _parse_accept(header: str) -> tuple[MediaRange, ...]:
+    # A client sends the same few Accept headers again and again; the ranges are never changed by callers.
     ranges = [parse_media_type(part) for part in _split_header_list(header)]
     ranges = [r for r in ranges if r.q > 0]
-    return sorted(ranges, key=lambda r: -r.q)
+    return tuple(sorted(ranges, key=lambda r: -r.q))
 
 
 def new_boundary() -> str:
@@ -116,6 +123,11 @@ def part_header(boundary: str, content_type: str, location: str | None = None) -
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
+def close_delimiter(boundary: str) -> bytes:
+    """What ends a multipart body after its last part (RFC 2046 §5.1.1)."""
+    return f"\r\n--{boundary}--\r\n".encode("ascii")
+
+
 def multipart_stream(boundary: str, parts: Iterable[tuple[str, Iterable[bytes], str | None]]) -> Iterator[bytes]:
     """Bytes of a multipart/related body, part by part: each part is (content type, chunks, location)."""
     first = True
@@ -123,7 +135,7 @@ def multipart_stream(boundary: str, parts: Iterable[tuple[str, Iterable[bytes], 
         yield (b"" if first else b"\r\n") + part_header(boundary, content_type, location)
         first = False
         yield from chunks
-    yield (b"" if first else b"\r\n") + f"--{boundary}--\r\n".encode("ascii")
+    yield close_delimiter(boundary)[0 if not first else 2:]
 
 
 def coalesce(chunks: Iterable[bytes], size: int = 1 << 20) -> Iterator[bytes]:

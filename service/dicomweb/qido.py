@@ -20,6 +20,7 @@ answers, so a QIDO-RS query and the same C-FIND match exactly the same entities 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -79,6 +80,7 @@ class Answer:
     warnings: list[str] = field(default_factory=list)
 
 
+@lru_cache(maxsize=4096)
 def _tag_of(attribute_id: str) -> int:
     text = attribute_id.strip()
     if len(text) == 8 and all(c in "0123456789abcdefABCDEF" for c in text):
@@ -89,6 +91,7 @@ def _tag_of(attribute_id: str) -> int:
     return tag
 
 
+@lru_cache(maxsize=4096)
 def _vr_of(tag: int, attribute_id: str) -> str:
     try:
         vr = dictionary_VR(tag)
@@ -140,9 +143,23 @@ def _all_keys(level: str) -> list[str]:
     return keys + ["SyntheticData", "InstanceAvailability", "TimezoneOffsetFromUTC"]
 
 
+@lru_cache(maxsize=None)
+def _default_keys(search: Search) -> dict[int, DataElement]:
+    """The empty return keys every search of ``search`` starts from (its default attributes and unique keys).
+
+    Built once: an identifier is a new Dataset over a copy of this dict, and its elements are never changed
+    in place (a key of the request replaces the element; a sequence key here has no item to change)."""
+    ds = Dataset()
+    for keyword in [k for lvl in search.defaults_from for k in _DEFAULTS[lvl]]:
+        _put(ds, [keyword], None)
+    for lvl in (STUDY, SERIES, IMAGE):
+        if RANK[lvl] <= RANK[search.level]:
+            _put(ds, [UNIQUE_KEY[lvl]], None)
+    return {elem.tag: elem for elem in ds}
+
+
 def build_identifier(search: Search, path_uids: dict[str, str], params: Iterable[tuple[str, str]]) -> tuple[Dataset, dict[str, Any]]:
     """The C-FIND identifier for a QIDO-RS request, and the request's control parameters."""
-    ident = Dataset()
     control: dict[str, Any] = {"includefield": [], "limit": None, "offset": 0, "fuzzy": False}
     matching: dict[str, list[str]] = {}
     for name, value in params:
@@ -163,11 +180,7 @@ def build_identifier(search: Search, path_uids: dict[str, str], params: Iterable
             control["fuzzy"] = value.strip().lower() == "true"
         else:
             matching.setdefault(key, []).append(value)
-    for keyword in [k for lvl in search.defaults_from for k in _DEFAULTS[lvl]]:
-        _put(ident, [keyword], None)
-    for lvl in (STUDY, SERIES, IMAGE):
-        if RANK[lvl] <= RANK[search.level]:
-            _put(ident, [UNIQUE_KEY[lvl]], None)
+    ident = Dataset(dict(_default_keys(search)))
     for field_id in control["includefield"]:
         if field_id.lower() == "all":
             for keyword in _all_keys(search.level):
@@ -183,6 +196,23 @@ def build_identifier(search: Search, path_uids: dict[str, str], params: Iterable
     for keyword, uid in path_uids.items():
         _put(ident, [keyword], uid)
     return ident, control
+
+
+def at_most_one_match(search: Search, params: Iterable[tuple[str, str]]) -> bool:
+    """Can this search match one entity at most? Its level's unique key (SOP Instance UID for instances...)
+    is given once, as one UID without wildcards or a list: one indexed lookup and at most one stored header."""
+    unique_tag = tag_for_keyword(UNIQUE_KEY[search.level])
+    values = []
+    for name, value in params:
+        if name.strip().lower() in _CONTROL:
+            continue
+        try:
+            tag = _tag_of(name.split(".")[0])
+        except BadRequest:
+            return False  # answered (400) by the search itself
+        if tag == unique_tag:
+            values.append(value)
+    return len(values) == 1 and bool(values[0].strip()) and not any(c in values[0] for c in "*?,\\")
 
 
 class Qido:
@@ -204,21 +234,13 @@ class Qido:
         if server_max is not None and (limit is None or limit > server_max):
             limit = server_max
         # Computed keys of a higher level (Number of Study Related Instances in an all-series search) are
-        # answered per entity at their own level, as the row of a lower level does not hold them.
-        lifted: dict[str, list[str]] = {}
-        for keyword, lvl in COMPUTED.items():
-            tag = tag_for_keyword(keyword)
-            if tag in ident and RANK[lvl] < RANK[search.level]:
-                if element_text(ident[tag]) not in ("", "*"):
-                    continue  # a matching key: the engine decides (it matches it at every level)
-                lifted.setdefault(lvl, []).append(keyword)
-                del ident[tag]
+        # answered by the engine for the entity of their own level that holds the match (one aggregate query
+        # per entity, cached for the search), as C-FIND answers them.
         # Modality asked for as a return key of a study search is answered with the study's modalities, as
         # Orthanc's DICOMweb plugin answers it; C-FIND answers it empty (a key of a lower level). Viewers
         # ask for it (OHIF Viewer 2's study list sends includefield=00081030,00080060 and fails on an empty one).
         modality = tag_for_keyword("Modality")
         study_modality = search.level == STUDY and modality in ident and element_text(ident[modality]) in ("", "*")
-        cache: dict[tuple[str, str], Dataset] = {}
         skipped = 0
         for ds in engine.iter_find(ident, search.level):
             if skipped < control["offset"]:
@@ -231,27 +253,11 @@ class Qido:
             for keyword in _DIMSE_ONLY:
                 if keyword not in asked and keyword in ds:
                     del ds[keyword]
-            for lvl, keywords in lifted.items():
-                uid = str(ds.get(UNIQUE_KEY[lvl], ""))
-                if (lvl, uid) not in cache:
-                    cache[(lvl, uid)] = self._computed(lvl, uid, keywords)
-                for keyword in keywords:
-                    setattr(ds, keyword, cache[(lvl, uid)].get(keyword))
             if study_modality and ds.get("ModalitiesInStudy"):
                 ds.Modality = ds.ModalitiesInStudy
             ds.RetrieveURL = retrieve_url(base_url, search.level, ds)
             answer.matches.append(dicomjson.to_json(ds))
         return answer
-
-
-    def _computed(self, level: str, uid: str, keywords: list[str]) -> Dataset:
-        ident = Dataset()
-        setattr(ident, UNIQUE_KEY[level], uid)
-        for keyword in keywords:
-            setattr(ident, keyword, None)
-        engine = QueryEngine(self.store.index, self.store.root, self.cfg.dicom.ae_title, synthetic_only=self.cfg.qr.synthetic_only)
-        found = engine.find(ident, level) if uid else []
-        return found[0] if found else Dataset()
 
 
 def retrieve_url(base_url: str, level: str, ds: Dataset) -> str:
@@ -265,4 +271,4 @@ def retrieve_url(base_url: str, level: str, ds: Dataset) -> str:
 
 
 __all__ = ["ALL_INSTANCES", "ALL_SERIES", "STUDIES", "STUDY_INSTANCES", "STUDY_SERIES", "SERIES_INSTANCES", "Answer", "Qido",
-           "Search", "build_identifier", "retrieve_url"]
+           "Search", "at_most_one_match", "build_identifier", "retrieve_url"]

@@ -33,6 +33,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from service.archive.elements import EncodingError, walk_elements
 from service.archive.store import StoreError
 from service.config import Config
 from service.dicomweb import media
@@ -86,11 +87,57 @@ def _uids_of(data: Any) -> tuple[str | None, str | None, str | None]:
             str(ds.get("StudyInstanceUID", "")) or None)
 
 
+_IMPLICIT_VR_LITTLE = "1.2.840.10008.1.2"
+_EXPLICIT_VR_BIG = "1.2.840.10008.1.2.2"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_SOP_INSTANCE_UID = 0x00080018
+
+
+def _text(value: memoryview) -> str:
+    return bytes(value).strip(b"\x00 ").decode("ascii")
+
+
+def _scanned_sop_uid(data: memoryview) -> str | None:
+    """SOP Instance UID (0008,0018) read from the encoded elements in place (PS3.10 §7.1, PS3.5 §7.1).
+
+    The File Meta Information (explicit VR little endian) gives the transfer syntax; the dataset is walked
+    up to (0008,0018). Raises EncodingError/ValueError wherever the bytes do not read plainly that way (a
+    deflated dataset, a VR field that is not one, no SOP Instance UID), and the caller asks pydicom instead."""
+    if len(data) < 132 or bytes(data[128:132]) != b"DICM":
+        raise EncodingError("no Part 10 preamble")
+    syntax, pos = None, None
+    for tag, _vr, length, start in walk_elements(data, 132, implicit=False):
+        if tag >> 16 != 0x0002:
+            break
+        if tag == 0x00020010:
+            syntax = _text(data[start:start + length])
+        pos = start + length
+    if syntax is None or pos is None or syntax == _DEFLATED:
+        raise EncodingError("no transfer syntax, or a deflated dataset")
+    implicit, little = syntax == _IMPLICIT_VR_LITTLE, syntax != _EXPLICIT_VR_BIG
+    for tag, vr, length, start in walk_elements(data, pos, implicit=implicit, little=little):
+        if not implicit and not (vr.isalpha() and vr.isupper()):
+            raise EncodingError("not explicit VR as declared")  # pydicom reads such files as implicit VR
+        if tag == _SOP_INSTANCE_UID:
+            if start + length > len(data):
+                raise EncodingError("truncated")
+            return _text(data[start:start + length]) or None
+        if tag > _SOP_INSTANCE_UID:
+            break
+    raise EncodingError("no SOP Instance UID")
+
+
 def _sop_uid_of(mm: mmap.mmap, part: media.Part) -> str | None:
-    """The SOP Instance UID a part declares (its header only), to keep repeats of one instance in order."""
+    """The SOP Instance UID a part declares, to keep repeats of one instance in order.
+
+    Read from the part's bytes in place (this runs for every part before any is stored, and the store
+    parses each part whole anyway); pydicom's reading where that does not work."""
     data = memoryview(mm)[part.start:part.end]
     try:
-        return _uids_of(data)[1]
+        try:
+            return _scanned_sop_uid(data)
+        except (EncodingError, ValueError, UnicodeDecodeError):
+            return _uids_of(data)[1]
     finally:
         try:
             data.release()

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -55,6 +56,23 @@ def _file_chunks(path: Any) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             yield chunk
+
+
+def read_body(path: Any, head: bytes = b"", tail: bytes = b"") -> memoryview:
+    """``head``, the file's bytes and ``tail`` in one buffer, the file read straight into it (no other copy)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        buf = bytearray(len(head) + size + len(tail))
+        view = memoryview(buf)
+        view[: len(head)] = head
+        pos = len(head)
+        while pos < len(head) + size:
+            got = fh.readinto(view[pos: len(head) + size])
+            if not got:
+                break  # the file became shorter while read: send what it holds
+            pos += got
+        view[pos: pos + len(tail)] = tail
+        return view[: pos + len(tail)]
 
 
 def transcode(path: Any, target: str) -> bytes:

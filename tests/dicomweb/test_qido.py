@@ -7,6 +7,7 @@ import requests
 from pydicom.dataset import Dataset
 
 from service.archive.query import QueryEngine
+from service.dicomweb import qido
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +145,21 @@ def test_wrong_accept_is_406(service):
     r = requests.get(f"{service.url}/studies", headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
     assert r.status_code == 406
     assert requests.get(f"{service.url}/studies", headers={"Accept": "application/json"}).headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("search_name, params, expected", [
+    ("ALL_INSTANCES", [("SOPInstanceUID", "1.2.3")], True),
+    ("ALL_INSTANCES", [("00080018", "1.2.3"), ("includefield", "all"), ("limit", "1")], True),
+    ("STUDIES", [("StudyInstanceUID", "1.2.3"), ("PatientID", "P1")], True),
+    ("ALL_INSTANCES", [("SOPInstanceUID", "1.2.3,1.2.4")], False),  # a UID list
+    ("ALL_INSTANCES", [("SOPInstanceUID", "1.2.3\\1.2.4")], False),
+    ("ALL_INSTANCES", [("SOPInstanceUID", "1.2.3"), ("SOPInstanceUID", "1.2.4")], False),
+    ("ALL_INSTANCES", [("SOPInstanceUID", "1.2.*")], False),
+    ("ALL_INSTANCES", [("SOPInstanceUID", "")], False),
+    ("STUDIES", [("SOPInstanceUID", "1.2.3")], False),  # not the unique key of the study level
+    ("STUDY_SERIES", [], False),
+    ("STUDIES", [("NoSuchKeyword", "x"), ("StudyInstanceUID", "1.2.3")], False),  # left to the search's 400
+])
+def test_searches_for_one_entity_by_uid_are_recognised(search_name, params, expected):
+    """These are answered on the event loop (service/dicomweb/app.py); anything else in a worker thread."""
+    assert qido.at_most_one_match(getattr(qido, search_name), params) is expected

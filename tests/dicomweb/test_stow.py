@@ -198,3 +198,35 @@ def test_a_chunked_body_over_the_limit_is_refused_and_removed(plain):
     assert r.status_code == 413
     assert _count(plain) == 0 and _tmp_files(plain) == []
     assert requests.get(plain.url + "/studies").status_code == 200
+
+
+def _pydicom_sop_uid(data: bytes) -> str | None:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:
+        return None
+    return str(ds.get("SOPInstanceUID", "")) or None
+
+
+@pytest.mark.parametrize("name", [
+    "CT_small.dcm",  # explicit VR little endian
+    "MR_small_implicit.dcm",  # implicit VR little endian
+    "MR_small_bigendian.dcm",  # explicit VR big endian
+    "image_dfl.dcm",  # deflated: read by pydicom
+    "SC_rgb_jpeg.dcm",  # declares explicit VR, is implicit: read by pydicom, as the store reads it
+    "JPEG2000.dcm",
+])
+@pytest.mark.parametrize("cut", [None, 100, 140, 400])
+def test_the_uid_that_orders_repeats_is_the_one_pydicom_reads(name, cut):
+    """The pre-scan of a request's parts reads SOP Instance UID in place; it must agree with pydicom's
+    reading of the same bytes, whole or cut short (None where pydicom finds none)."""
+    import warnings
+
+    from pydicom.data import get_testdata_file
+
+    from service.dicomweb.stow import _sop_uid_of
+
+    data = open(get_testdata_file(name), "rb").read()[:cut]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _sop_uid_of(data, media.Part({}, 0, len(data))) == _pydicom_sop_uid(data)

@@ -43,6 +43,27 @@ def test_instances_come_byte_identical_from_disk(service):
     assert single.content == _stored_bytes(service, b.SOPInstanceUID)
 
 
+@pytest.mark.parametrize("inline_bytes", [1 << 20, 0], ids=["read-on-the-event-loop", "read-in-a-worker-thread"])
+def test_a_single_instance_is_the_stored_file_whichever_thread_reads_it(service, monkeypatch, inline_bytes):
+    from service.dicomweb import app
+
+    monkeypatch.setattr(app, "INLINE_BYTES", inline_bytes)
+    a = service.studies["a"]
+    stored = _stored_bytes(service, a.SOPInstanceUID)
+    r = requests.get(_url(service, a), headers={"Accept": ANY_SYNTAX})
+    assert r.status_code == 200
+    ((headers, body),) = parts_of(r)
+    assert body == stored
+    assert headers["content-type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    assert headers["content-location"] == _url(service, a)
+    assert r.content.endswith(b"--\r\n") and int(r.headers["content-length"]) == len(r.content)
+    single = requests.get(_url(service, a), headers={"Accept": "application/dicom"})
+    assert single.status_code == 200 and single.content == stored
+    assert single.headers["content-type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    assert requests.get(_url(service, a)[:-1] + "9", headers={"Accept": ANY_SYNTAX}).status_code == 404
+    assert requests.get(_url(service, a), headers={"Accept": "image/png"}).status_code == 406
+
+
 def test_dicomweb_client_retrieves_study_series_and_instance(service):
     client = service.client()
     syn = service.studies["synthetic"]
