@@ -178,3 +178,19 @@ def test_sqlite_stays_the_default_beside_a_postgresql_server(home, pg_url):
     assert (home / "store" / "index.sqlite").is_file()
     with psycopg.connect(pg_url) as conn:  # nothing was written to the server
         assert conn.execute("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
+
+
+def test_a_dataset_build_reads_one_snapshot_of_a_postgresql_index(pg_config):
+    from service.data.build import build_dataset
+    from tests.data.conftest import put_phantoms
+
+    store = Store(pg_config)
+    try:
+        put_phantoms(store)
+        result = build_dataset(pg_config, "hands", index=store.index, workers=1, progress=False)
+        assert result.candidates == 5
+        assert result.version.count + sum(result.skipped.values()) == 5
+        # The snapshot's connection went back to the pool: the next reads and writes go on.
+        assert store.put(_study(1)[0], source="import").outcome == "stored"
+    finally:
+        store.close()
