@@ -91,12 +91,14 @@ class PostgresServer:
         return ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--clear-groups", *argv]
 
     def start(self) -> "PostgresServer":
-        subprocess.run(
-            self._as_user([str(self.bin / "initdb"), "-D", str(self.data), "-U", "synthpacs", "--auth=trust",
-                           "--encoding=UTF8", "--locale=C", "--no-sync"]),
-            check=True, capture_output=True, cwd=self.dir, timeout=120,
-        )
-        log = open(self.dir / "postgres.log", "wb")
+        """Make the cluster (the first time) and start the server; again after :meth:`stop_server`."""
+        if not self.data.exists():
+            subprocess.run(
+                self._as_user([str(self.bin / "initdb"), "-D", str(self.data), "-U", "synthpacs", "--auth=trust",
+                               "--encoding=UTF8", "--locale=C", "--no-sync"]),
+                check=True, capture_output=True, cwd=self.dir, timeout=120,
+            )
+        log = open(self.dir / "postgres.log", "ab")
         # fsync stays on: the tests check the durability contract, not a shortcut of it.
         self.proc = subprocess.Popen(
             self._as_user([str(self.bin / "postgres"), "-D", str(self.data), "-h", "127.0.0.1", "-p", str(self.port),
@@ -148,6 +150,12 @@ class PostgresServer:
             return ""
 
     def stop(self) -> None:
+        """Stop the server and remove its cluster."""
+        self.stop_server()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stop_server(self) -> None:
+        """Stop the server and keep its cluster (an outage; :meth:`start` brings it back with its data)."""
         if self.proc is not None and self.proc.poll() is None:
             # SIGINT: PostgreSQL's "fast" shutdown (ends sessions, checkpoints, exits).
             self.proc.send_signal(signal.SIGINT)
@@ -157,4 +165,3 @@ class PostgresServer:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -386,9 +386,18 @@ class _Pool:
                 with self._lock:
                     self._idle.append(conn)
             else:
+                if conn.closed:
+                    # The server dropped it (a restart, a failover): the idle ones went the same way.
+                    self._discard_idle()
                 self._discard(conn)
         finally:
             self._slots.release()
+
+    def _discard_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
 
     def _discard(self, conn: Any) -> None:
         with self._lock:
@@ -443,11 +452,17 @@ class _PgReader:
                 self._pool.put(pinned)
         if pinned is not None:
             return PgConnection(pinned).execute(sql, params)
-        conn = self._pool.get()
-        try:
-            return PgConnection(conn).execute(sql, params)
-        finally:
-            self._pool.put(conn)
+        for attempt in (1, 2):
+            conn = self._pool.get()
+            try:
+                return PgConnection(conn).execute(sql, params)
+            except IndexUnavailable:
+                # A pooled connection the server dropped meanwhile: a read is safe to run again, once.
+                if attempt == 2 or not conn.closed:
+                    raise
+            finally:
+                self._pool.put(conn)
+        raise AssertionError("unreachable")
 
 
 class PostgresBackend:
@@ -495,16 +510,37 @@ class PostgresBackend:
     @contextmanager
     def write(self) -> Iterator[PgConnection]:
         """One transaction on a pooled connection, committed when the block ends (durable at COMMIT)."""
-        psycopg = self._psycopg
-        conn = self._pool.get()
+        conn = self._begin()
+        done = False
         try:
-            try:
-                with conn.transaction():
-                    yield PgConnection(conn)
-            except psycopg.Error as exc:
-                raise _translate_error(exc) from exc
+            yield PgConnection(conn)
+            done = True
         finally:
-            self._pool.put(conn)
+            try:
+                if done:
+                    PgConnection(conn).execute("COMMIT")
+                else:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except Exception:  # a broken connection: the server rolled back already
+                        pass
+            finally:
+                self._pool.put(conn)
+
+    def _begin(self) -> Any:
+        """A pooled connection in a new transaction. A pooled connection the server dropped meanwhile (a
+        restart, a failover) fails at BEGIN, before anything was written: then once more on a new one."""
+        psycopg = self._psycopg
+        for attempt in (1, 2):
+            conn = self._pool.get()
+            try:
+                conn.execute("BEGIN")
+                return conn
+            except psycopg.Error as exc:
+                self._pool.put(conn)  # dropped by the pool when broken
+                if attempt == 2 or not conn.closed:
+                    raise _translate_error(exc) from exc
+        raise AssertionError("unreachable")
 
     def checkpoint(self) -> bool:
         return True  # every COMMIT already waited for the server's WAL flush
