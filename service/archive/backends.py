@@ -579,8 +579,11 @@ class PostgresBackend:
             f"SELECT pid, EXTRACT(EPOCH FROM backend_start)::text FROM pg_stat_activity WHERE pid IN ({', '.join('?' for _ in pids)})",
             pids,
         ).fetchall()
+        # backend_start is hidden (NULL) for another role's sessions unless ours may read all statistics:
+        # such a session counts as alive, so a live sender is never robbed; its lease ends by itself.
         alive = {(r[0], r[1]) for r in rows}
-        return {token for token, key in wanted.items() if key not in alive}
+        hidden = {r[0] for r in rows if r[1] is None}
+        return {token for token, (pid, start) in wanted.items() if (pid, start) not in alive and pid not in hidden}
 
     def close(self) -> None:
         with self._session_lock:

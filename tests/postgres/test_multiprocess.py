@@ -3,16 +3,19 @@
 Eight associations spread over both; the same study sent to both at once (one copy stored, both senders
 get success); a SIGKILL of one SCP in mid-stream; then every acknowledged instance is in the index with
 its file and sha256, and once ``store verify --repair`` has indexed what the killed process had written but
-not acknowledged, the index equals the files.
+not acknowledged, the index equals the files. Two outbox workers share the queue and deliver every item to
+Orthanc though one of them is killed in mid-stream.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -127,3 +130,63 @@ def test_two_scp_processes_on_one_postgresql_index(tmp_path, pg_url):
     again = subprocess.run([sys.executable, "-m", "service", "store", "verify", "--json"], env=cli_env,
                            capture_output=True, text=True, timeout=300, cwd=REPO)
     assert json.loads(again.stdout) == {"missing": [], "corrupt": [], "orphans": []}
+
+
+class _OutboxWorker:
+    """``synthpacs serve --components outbox`` as a process of its own."""
+
+    def __init__(self, home: Path, env: dict[str, str], n: int):
+        self.log_path = home.parent / f"outbox-{n}.log"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--home", str(home), "--components", "outbox",
+                                      "--log-level", "debug"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                     env=dict(os.environ, SYNTHPACS_METRICS_ENABLED="false", **env))
+        log.close()
+        started = wait_for(lambda: self.proc.poll() is not None or "outbox_started" in self.log(), timeout=120)
+        assert started and self.proc.poll() is None, self.log()[-3000:]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def test_two_outbox_workers_deliver_every_item_to_orthanc_though_one_is_killed(tmp_path, pg_url):
+    from service.archive.store import Store
+    from service.synthetic.outbox import Outbox
+    from tests.helpers import make_config
+    from tests.peers import start_orthanc
+
+    orthanc = start_orthanc(tmp_path / "orthanc")
+    home = tmp_path / "home"
+    home.mkdir()
+    peers = [{"ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    env = {"SYNTHPACS_STORE_INDEX_URL": pg_url, "SYNTHPACS_DICOM_PEERS": json.dumps(peers), "SYNTHPACS_OUTBOX_BATCH_SIZE": "4",
+           "SYNTHPACS_OUTBOX_HEALTH_INTERVAL_S": "0"}
+    cfg = make_config(home, **{"store.index_url": pg_url, "dicom.peers": peers, "deid.enabled": False})
+    store = Store(cfg)
+    workers: list[_OutboxWorker] = []
+    try:
+        uids = [store.put(ds, source="import").record.sop_instance_uid for ds in _study(80, size=32)]
+        outbox = Outbox(cfg, store.index)
+        workers = [_OutboxWorker(home, env, n) for n in range(2)]
+        outbox.enqueue(uids, orthanc.ae_title)
+        assert wait_for(lambda: len(orthanc.instances()) >= 5, timeout=120), workers[0].log()[-3000:]
+        workers[0].stop(signal.SIGKILL)
+        done = wait_for(lambda: all(r.state == "sent" for r in outbox.items(sop_instance_uids=uids)), timeout=180, interval=0.5)
+        assert done, [r.state for r in outbox.items(sop_instance_uids=uids)]
+        # Every item delivered; a re-send of one the killed worker had sent unmarked is the same instance to Orthanc.
+        assert len(orthanc.instances()) == len(uids)
+        assert {orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.instances()} == set(uids)
+    finally:
+        for w in workers:
+            w.stop()
+        store.close()
+        orthanc.stop()
