@@ -150,15 +150,15 @@ class PostgresServer:
             return ""
 
     def stop(self) -> None:
-        """Stop the server and remove its cluster."""
-        self.stop_server()
+        """Stop the server and remove its cluster (SIGQUIT, "immediate": no checkpoint of a cluster we delete)."""
+        self.stop_server(signal.SIGQUIT)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def stop_server(self) -> None:
-        """Stop the server and keep its cluster (an outage; :meth:`start` brings it back with its data)."""
+    def stop_server(self, how: int = signal.SIGINT) -> None:
+        """Stop the server and keep its cluster (an outage; :meth:`start` brings it back with its data).
+        SIGINT is PostgreSQL's "fast" shutdown: it ends the sessions, checkpoints and exits."""
         if self.proc is not None and self.proc.poll() is None:
-            # SIGINT: PostgreSQL's "fast" shutdown (ends sessions, checkpoints, exits).
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(how)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -30,13 +30,9 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
-from urllib.parse import urlsplit
 
 from service.archive.writer_lock import WriterLock
 from service.config import redact_url
-
-POSTGRES_SCHEMES = ("postgresql", "postgres")
-
 
 class IndexDatabaseError(Exception):
     """An error of the PostgreSQL index (the SQLite index raises :class:`sqlite3.Error`)."""
@@ -52,10 +48,6 @@ class IndexUnavailable(IndexDatabaseError):
 
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, IndexDatabaseError)
 INTEGRITY_ERRORS: tuple[type[BaseException], ...] = (sqlite3.IntegrityError, IndexIntegrityError)
-
-
-def is_postgres_url(url: str) -> bool:
-    return urlsplit(url.strip()).scheme in POSTGRES_SCHEMES
 
 
 # -- dialects -------------------------------------------------------------------------------------------
@@ -555,15 +547,25 @@ class PostgresBackend:
         """``pg:<backend pid>:<backend start>`` of a connection this process keeps open for its life.
 
         The server ends that session when the process dies (its socket closes), so other processes, on any
-        host, can tell from ``pg_stat_activity`` that whatever this token leases is orphaned.
+        host, can tell from ``pg_stat_activity`` that whatever this token leases is orphaned. Each call
+        checks the session (one round trip) and opens a new one where the old one ended.
         """
         with self._session_lock:
-            if self._session is None or self._session.closed:
-                self._session = self._connect()
-            row = PgConnection(self._session).execute(
-                "SELECT pg_backend_pid(), EXTRACT(EPOCH FROM backend_start)::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-            ).fetchone()
-        return f"pg:{row[0]}:{row[1]}"
+            for attempt in (1, 2):
+                if self._session is None or self._session.closed:
+                    self._session = self._connect()
+                try:
+                    row = PgConnection(self._session).execute(
+                        "SELECT pg_backend_pid(), EXTRACT(EPOCH FROM backend_start)::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                    ).fetchone()
+                    return f"pg:{row[0]}:{row[1]}"
+                except IndexUnavailable:
+                    # The session ended under us (a server restart, a terminated backend): a new one.
+                    if attempt == 2:
+                        raise
+                    self._session.close()
+                    self._session = None
+        raise AssertionError("unreachable")
 
     def sessions_gone(self, tokens: Sequence[str]) -> set[str]:
         """The ``session_token()`` values whose session has ended."""

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 from service.archive import migrations
 from service.archive.backends import (
     DATABASE_ERRORS, INTEGRITY_ERRORS, IndexDatabaseError, IndexIntegrityError, IndexUnavailable, PostgresBackend, SQLiteBackend,
-    is_postgres_url,
 )
 
 if TYPE_CHECKING:
@@ -244,11 +243,7 @@ def open_index(cfg: "Config", home: "Home") -> Index:
     return Index(home.index_path)
 
 
-def uses_postgres(cfg: "Config") -> bool:
-    return is_postgres_url(cfg.store.index_url) if cfg.store.index_url.strip() else False
-
-
 __all__ = [
     "DATABASE_ERRORS", "INTEGRITY_ERRORS", "INSTANCE_VIEW", "Index", "IndexDatabaseError", "IndexIntegrityError", "IndexUnavailable",
-    "InstanceRecord", "SCHEMA_VERSION", "open_index", "record_from_row", "uses_postgres",
+    "InstanceRecord", "SCHEMA_VERSION", "open_index", "record_from_row",
 ]

@@ -168,11 +168,17 @@ class Outbox:
         self.lease_s = lease_s if lease_s is not None else max(120.0, 4 * cfg.dicom.dimse_timeout)
         self.changed = threading.Event()
         _check_config(cfg)
-        # Who holds a 'sending' row's lease: "host pid start-time" (process_token()), and with PostgreSQL the
-        # session this process keeps open ("pg:pid:start"), which ends when the process dies, on any host.
-        session = index.backend.session_token()
-        self.owner = process_token() + (f" {session}" if session else "")
+        self._process = process_token()
         # The tables are the index's schema (service/archive/migrations.py, version 2), made when it opened.
+
+    @property
+    def owner(self) -> str:
+        """Who holds a 'sending' row's lease: "host pid start-time" (process_token()), and with PostgreSQL
+        the session this process keeps open ("pg:pid:start"), which ends when the process dies, on any host.
+        Asked at each claim: after a server restart the process leases under its new session, not under
+        the ended one that every other sender would take its rows from."""
+        session = self.index.backend.session_token()
+        return f"{self._process} {session}" if session else self._process
 
     # -- queueing ------------------------------------------------------------------------------------
 
@@ -262,9 +268,10 @@ class Outbox:
                 (destination, now, now, limit),
             ).fetchall()
             if rows:
+                owner = self.owner
                 conn.executemany(
                     "UPDATE outbox SET state = 'sending', lease_until = ?, lease_owner = ?, updated_at = ? WHERE id = ?",
-                    [(now + self.lease_s, self.owner, _now_iso(), r["id"]) for r in rows],
+                    [(now + self.lease_s, owner, _now_iso(), r["id"]) for r in rows],
                 )
         return [
             Claimed(r["id"], r["sop_instance_uid"], r["destination"], r["attempts"], r["path"] or "", r["sop_class_uid"] or "", r["transfer_syntax_uid"] or "")

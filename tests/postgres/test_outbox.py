@@ -162,3 +162,26 @@ def test_the_same_instance_queued_by_two_processes_at_once_is_one_row(home, pg_u
     finally:
         for i in indexes:
             i.close()
+
+
+def test_a_sender_whose_session_ended_leases_under_a_new_one(home, pg_url):
+    """After a server restart (here: its session terminated) a live sender must not look dead to the others."""
+    import psycopg
+
+    cfg = _cfg(home, pg_url)
+    a_index, b_index = Index(url=pg_url), Index(url=pg_url)
+    try:
+        a, b = Outbox(cfg, a_index), Outbox(cfg, b_index)
+        a.enqueue([generate_uid() for _ in range(4)], "P")
+        before = a.owner
+        pid = int(before.split(" ")[3].split(":")[1])
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert wait_for(lambda: b_index.backend.sessions_gone([before.split(" ")[3]]), timeout=30)
+        claimed = a.claim("P", 4)
+        assert len(claimed) == 4 and a.owner != before
+        assert b.release_orphans() == 0  # a's rows are leased under its live session
+        assert {r.state for r in b.items()} == {"sending"}
+    finally:
+        a_index.close()
+        b_index.close()
