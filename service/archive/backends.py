@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 from service.archive.writer_lock import WriterLock
 from service.config import redact_url
 
+
 class IndexDatabaseError(Exception):
     """An error of the PostgreSQL index (the SQLite index raises :class:`sqlite3.Error`)."""
 
@@ -434,8 +435,13 @@ class _PgReader:
             if pinned is not None:
                 raise IndexDatabaseError("a read transaction is already open on this thread")
             conn = self._pool.get()
+            try:
+                result = PgConnection(conn).execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            except BaseException:
+                self._pool.put(conn)
+                raise
             self._local.conn = conn
-            return PgConnection(conn).execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            return result
         if word in ("COMMIT", "ROLLBACK", "END") and pinned is not None:
             self._local.conn = None
             try:
