@@ -194,3 +194,20 @@ def test_a_dataset_build_reads_one_snapshot_of_a_postgresql_index(pg_config):
         assert store.put(_study(1)[0], source="import").outcome == "stored"
     finally:
         store.close()
+
+
+def test_store_ls_lists_every_level_from_postgresql(home, pg_config, pg_url):
+    store = Store(pg_config)
+    try:
+        records = [store.put(ds, source="import").record for ds in _study(3, modality="DX")]
+    finally:
+        store.close()
+    for level, key, count in (("study", "study_uid", 1), ("series", "series_uid", 1), ("instance", "sop_instance_uid", 3)):
+        result = _cli(["store", "ls", "--level", level, "--json"], home, pg_url)
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        assert len(rows) == count, rows
+        if level == "study":
+            assert rows[0]["modalities"] == "DX" and rows[0]["instances"] == 3 and rows[0]["bytes"] == sum(r.size for r in records)
+        if level == "series":
+            assert rows[0][key] == records[0].series_uid and rows[0]["modality"] == "DX"
