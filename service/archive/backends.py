@@ -88,6 +88,11 @@ class Dialect:
         transactions hold. SQLite's write transaction (BEGIN IMMEDIATE) already excludes every other writer."""
         return ""
 
+    def one_statement(self, statements: Sequence[str]) -> str | None:
+        """The INSERTs ``statements`` (in order, their parameters concatenated) as one statement, where the
+        engine can run them so (PostgreSQL's data-modifying WITH); None: run them one by one."""
+        return None
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -118,6 +123,12 @@ class PostgresDialect(Dialect):
 
     def lock_rows(self, alias: str) -> str:
         return f" FOR UPDATE OF {alias} SKIP LOCKED"
+
+    def one_statement(self, statements: Sequence[str]) -> str | None:
+        # One round trip and one commit instead of BEGIN, each INSERT and COMMIT. Foreign keys are checked
+        # at the end of the statement, when the parents inserted by the WITH parts are there.
+        *parents, last = statements
+        return "WITH " + ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(parents)) + " " + last
 
 
 SQLITE = Dialect()
@@ -539,6 +550,24 @@ class PostgresBackend:
                 if attempt == 2 or not conn.closed:
                     raise _translate_error(exc) from exc
         raise AssertionError("unreachable")
+
+    def execute_write(self, sql: str, params: Sequence[Any]) -> None:
+        """One statement as a transaction of its own (autocommit): durable when it returns.
+
+        On a pooled connection the server dropped, the statement runs once more on a new one; it must be
+        safe to run twice (Index.add's is: a second run of a committed insert is a conflict, which the store
+        answers as the identical instance it is).
+        """
+        for attempt in (1, 2):
+            conn = self._pool.get()
+            try:
+                PgConnection(conn).execute(sql, params)
+                return
+            except IndexUnavailable:
+                if attempt == 2 or not conn.closed:
+                    raise
+            finally:
+                self._pool.put(conn)
 
     def checkpoint(self) -> bool:
         return True  # every COMMIT already waited for the server's WAL flush

@@ -96,6 +96,7 @@ _INSTANCE_COLS = (
     "synthetic", "excluded_from_training", "exclusion_reason",
 )
 _RECORD_FIELDS = {f.name for f in fields(InstanceRecord)}
+_ADD_COLS = (_PATIENT_COLS, _STUDY_COLS, _SERIES_COLS, _INSTANCE_COLS)
 
 # The joined view that reads every instance with its parents' attributes.
 INSTANCE_VIEW = """
@@ -139,6 +140,10 @@ class Index:
                 replace: self.dialect.insert("instances", _INSTANCE_COLS, "sop_instance_uid", "replace" if replace else "")
                 for replace in (False, True)
             }
+            # PostgreSQL: the four INSERTs as one statement, one round trip and one commit per instance.
+            self._one_statement = {
+                replace: self.dialect.one_statement([*self._add_sql, self._instance_sql[replace]]) for replace in (False, True)
+            }
         except BaseException:
             self.backend.close()
             raise
@@ -175,6 +180,10 @@ class Index:
         row = dict(vars(rec))  # dataclasses.asdict deep-copies every field: ~10x slower here
         row["synthetic"] = int(rec.synthetic)
         row["excluded_from_training"] = int(rec.excluded_from_training)
+        one = self._one_statement[replace]
+        if one is not None:
+            self.backend.execute_write(one, tuple(row[c] for cols in _ADD_COLS for c in cols))
+            return
         patients, studies, series = self._add_sql
         with self.backend.write() as conn:
             conn.execute(patients, tuple(row[c] for c in _PATIENT_COLS))
