@@ -1,6 +1,7 @@
 # synthpacs: `make run` starts the service on embedded defaults, `make test` passes the whole suite.
 # Both set up everything they need: Debian packages for the real DICOM peers (dcmtk, Orthanc and its
-# DICOMweb plugin, dicom3tools), a virtual environment with the CPU build of PyTorch, and the project.
+# DICOMweb plugin, dicom3tools) and PostgreSQL (the server the PostgreSQL index tests start), a virtual
+# environment with the CPU build of PyTorch, and the project.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -41,6 +42,7 @@ deps:
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	ls /usr/lib/orthanc/libOrthancDicomWeb.so* /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null; then \

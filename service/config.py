@@ -117,10 +117,9 @@ class StoreConfig:
     # "keep" answers success and keeps the first copy (logged), "replace" stores the new one,
     # "reject" answers failure 0xA900-class (duplicate) and keeps the first.
     duplicate_policy: str = "keep"
-    # Index database. Only empty is accepted today: the index is SQLite at <home>/store/index.sqlite, for
-    # processes on one host (a lock in <home>/store/.writers refuses another host). A PostgreSQL index
-    # (postgresql://...) for several hosts is planned (issue 20); until it exists a URL here is refused
-    # rather than silently ignored.
+    # Index database. Empty: SQLite at <home>/store/index.sqlite, for processes on one host (a lock in
+    # <home>/store/.writers refuses another host). postgresql://USER:PASSWORD@HOST:PORT/DATABASE: a
+    # PostgreSQL index that processes on several hosts share (with one store folder on a shared filesystem).
     index_url: str = ""
     # Largest frame we accept, in pixels (rows x columns); guards against headers claiming 65535 x 65535.
     max_pixels: int = 50_000_000
@@ -407,7 +406,24 @@ def as_dict(cfg: Config, mask_secrets: bool = True) -> dict[str, Any]:
             value = data[section][key]
             if value:
                 data[section][key] = [SECRET_MASK] * len(value) if isinstance(value, (list, tuple)) else SECRET_MASK
+        if data["store"]["index_url"]:
+            data["store"]["index_url"] = redact_url(data["store"]["index_url"])
     return _plain(data)
+
+
+def redact_url(url: str) -> str:
+    """A URL (store.index_url) with its password masked and its query (which may hold one) left out."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        password = parts.password
+    except ValueError:
+        return SECRET_MASK
+    netloc = parts.netloc
+    if password is not None:
+        netloc = f"{parts.username or ''}:{SECRET_MASK}@{netloc.rsplit('@', 1)[1]}"
+    return urlunsplit(parts._replace(netloc=netloc, query=""))
 
 
 def to_toml(data: Mapping[str, Any]) -> str:
@@ -599,20 +615,29 @@ def _validate(cfg: Config) -> None:
 
 
 def _validate_index_url(cfg: Config) -> None:
-    """A setting must work or not exist: no index backend reads store.index_url yet, so a URL is refused.
+    """store.index_url: empty (SQLite in the home folder) or a PostgreSQL URL (service/archive/backends.py).
 
-    Only the URL's scheme is named in the message: the rest may carry a password.
+    Only the URL's scheme is named in a message: the rest may carry a password.
     """
+    from urllib.parse import urlsplit
+
     url = cfg.store.index_url.strip()
     if not url:
         return
     scheme = url.split("://", 1)[0] + "://..." if "://" in url else "a value"
-    raise ConfigError(
-        f"store.index_url is set ({scheme}), but this version keeps its index in SQLite inside the home folder "
-        f"({Path(cfg.home) / 'store' / 'index.sqlite'}) and reads no other index; a PostgreSQL index is planned "
-        "(issue 20). Leave store.index_url empty (unset SYNTHPACS_STORE_INDEX_URL). Several hosts must not share "
-        "one SQLite index: run the processes that write one home folder on one host."
-    )
+    try:
+        parts = urlsplit(url)
+        parts.port  # a port that is not a number raises here
+    except ValueError:
+        raise ConfigError(f"store.index_url ({scheme}) is not a valid URL; write postgresql://USER:PASSWORD@HOST:PORT/DATABASE") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"store.index_url is set ({scheme}), but the only index it can name is PostgreSQL "
+            "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE); leave it empty for the SQLite index in the home folder "
+            f"({Path(cfg.home) / 'store' / 'index.sqlite'})"
+        )
+    if not (parts.path.strip("/") or "dbname=" in parts.query):
+        raise ConfigError("store.index_url names no database: write postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
 
 
 def _validate_tls(cfg: Config) -> None:

@@ -82,9 +82,10 @@ class Runtime:
         return self.add("dicomweb", DicomwebServer(self.cfg, self.store))
 
     def start(self) -> None:
-        if self.components:
+        if self.components and not self.cfg.store.index_url.strip():
             # Every component may write the index (C-STORE, STOW-RS, outbox rows, GenerateStudy, which opens
             # the store only at its first call): a second host is refused now, before anything listens.
+            # A PostgreSQL index (store.index_url) is meant for several hosts: no lock.
             self._host_lock = WriterLock.acquire(self.home.store_dir)
         if self.cfg.metrics.enabled:
             bind, port = metrics.serve_metrics(self.cfg.metrics.bind, self.cfg.metrics.port)

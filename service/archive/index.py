@@ -1,81 +1,38 @@
-"""The store's index: patient / study / series / instance in SQLite (WAL).
+"""The store's index: patient / study / series / instance, in SQLite (WAL, default) or PostgreSQL.
 
 It holds what C-FIND needs at every Query/Retrieve level (PS3.4 Annex C.6) and what dataset builds
 filter on, plus where each instance lives, its size and sha256, who sent it and when, and whether it
 is synthetic or excluded from training. The files are the record; the index can be rebuilt from them
 (:meth:`Store.recover`, ``synthpacs store verify --repair``).
 
-One writer connection guarded by a lock serves every thread of a process; readers get a connection of
-their own per thread, which WAL lets run beside the writer and beside other processes (the CLI) of the
-same host; a process on another host is refused before it opens the file (writer_lock.py).
+Where it lives is the backend's business (service/archive/backends.py): an SQLite file in the home
+folder for one host (a process on another host is refused, writer_lock.py), or a PostgreSQL database
+(``store.index_url``) that processes on several hosts share. The schema is the same on both and is
+migrated at open (service/archive/migrations.py).
 
-Commits use ``synchronous=NORMAL`` in WAL mode: a commit is safe from a crash of the process (the WAL
-is in the operating system's cache) but not from a power loss until the next :meth:`Index.checkpoint`,
+SQLite commits use ``synchronous=NORMAL`` in WAL mode: a commit is safe from a crash of the process (the
+WAL is in the operating system's cache) but not from a power loss until the next :meth:`Index.checkpoint`,
 which syncs the WAL and the database. The store's files are fsynced before any success is answered,
 and the store indexes again whatever a power loss took from the index (store.py explains the mark).
+A PostgreSQL COMMIT is durable when it returns.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from service.archive.writer_lock import WriterLock
+from service.archive import migrations
+from service.archive.backends import (
+    DATABASE_ERRORS, INTEGRITY_ERRORS, IndexDatabaseError, IndexIntegrityError, IndexUnavailable, PostgresBackend, SQLiteBackend,
+)
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from service.config import Config
+    from service.home import Home
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS patients (
-    patient_id TEXT PRIMARY KEY,
-    patient_name TEXT, patient_birth_date TEXT, patient_sex TEXT,
-    synthetic INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY,
-    patient_id TEXT NOT NULL REFERENCES patients(patient_id),
-    study_date TEXT, study_time TEXT, study_description TEXT, accession_number TEXT, study_id TEXT,
-    referring_physician_name TEXT,
-    synthetic INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS studies_patient ON studies(patient_id);
-CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date);
-CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
-    modality TEXT, series_number INTEGER, series_description TEXT, body_part_examined TEXT,
-    laterality TEXT, series_date TEXT, series_time TEXT,
-    synthetic INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid TEXT PRIMARY KEY,
-    series_uid TEXT NOT NULL REFERENCES series(series_uid),
-    study_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    transfer_syntax_uid TEXT NOT NULL,
-    instance_number INTEGER,
-    rows INTEGER, columns INTEGER, bits_stored INTEGER, photometric_interpretation TEXT,
-    number_of_frames INTEGER,
-    view_position TEXT, image_laterality TEXT, burned_in_annotation TEXT,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    source_ae TEXT,
-    source TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    synthetic INTEGER NOT NULL DEFAULT 0,
-    excluded_from_training INTEGER NOT NULL DEFAULT 0,
-    exclusion_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
-CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
-"""
-
+SCHEMA_VERSION = migrations.LATEST
 
 @dataclass
 class InstanceRecord:
@@ -139,6 +96,7 @@ _INSTANCE_COLS = (
     "synthetic", "excluded_from_training", "exclusion_reason",
 )
 _RECORD_FIELDS = {f.name for f in fields(InstanceRecord)}
+_ADD_COLS = (_PATIENT_COLS, _STUDY_COLS, _SERIES_COLS, _INSTANCE_COLS)
 
 # The joined view that reads every instance with its parents' attributes.
 INSTANCE_VIEW = """
@@ -155,71 +113,57 @@ JOIN patients p ON p.patient_id = st.patient_id
 
 
 class Index:
-    """SQLite index of the store. Safe to share between threads; other processes may open it too."""
+    """The index of the store. Safe to share between threads; other processes may open it too."""
 
-    def __init__(self, path: str | Path, host: str | None = None):
-        """Open (or make) the index at ``path``; WriterLockError where another host uses it (writer_lock.py).
+    def __init__(self, path: str | Path | None = None, host: str | None = None, url: str = ""):
+        """Open (or make) the index and bring its schema up to date.
 
-        ``host``: the name this process counts as (default: the host name).
+        ``path``: an SQLite file (WriterLockError where another host uses it, writer_lock.py); ``host``: the
+        name this process counts as there (default: the host name). ``url``: a PostgreSQL URL instead.
         """
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Before SQLite touches the file: a second host must not even open it (WAL over a network filesystem).
-        self._host_lock = WriterLock.acquire(self.path.parent, host)
-        self._write_lock = threading.Lock()
-        self._local = threading.local()
+        if url:
+            self.backend: Any = PostgresBackend(url)
+        elif path is not None:
+            self.backend = SQLiteBackend(path, host)
+        else:
+            raise ValueError("an index needs an SQLite path or a PostgreSQL URL")
+        self.dialect = self.backend.dialect
+        self.path = getattr(self.backend, "path", None)
         try:
-            self._writer = self._connect()
-            with self._write_lock:
-                self._writer.executescript(_SCHEMA)
-                self._writer.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
-                self._writer.commit()
+            self.migration = migrations.migrate(self.backend)
+            self._add_sql = (
+                self.dialect.insert("patients", _PATIENT_COLS, "patient_id", "ignore"),
+                self.dialect.insert("studies", _STUDY_COLS, "study_uid", "ignore"),
+                self.dialect.insert("series", _SERIES_COLS, "series_uid", "ignore"),
+            )
+            self._instance_sql = {
+                replace: self.dialect.insert("instances", _INSTANCE_COLS, "sop_instance_uid", "replace" if replace else "")
+                for replace in (False, True)
+            }
+            # PostgreSQL: the four INSERTs as one statement, one round trip and one commit per instance.
+            self._one_statement = {
+                replace: self.dialect.one_statement([*self._add_sql, self._instance_sql[replace]]) for replace in (False, True)
+            }
         except BaseException:
-            self._host_lock.release()
+            self.backend.close()
             raise
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: no fsync per commit (~1-3 ms each on this disk); durability comes from the files and
-        # checkpoint() (see the module docstring).
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
+    def describe(self) -> str:
+        """Where the index is, for messages (a PostgreSQL URL without its password)."""
+        return self.backend.describe()
 
     @property
-    def reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-        return conn
+    def reader(self) -> Any:
+        """For reads: ``execute(sql, params)`` with ``?`` parameters; rows like :class:`sqlite3.Row`."""
+        return self.backend.reader
 
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT), serialized across threads."""
-        with self._write_lock:
-            self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
-            self._writer.execute("COMMIT")
+    def write(self) -> Any:
+        """One write transaction (a context manager yielding the connection), committed at its end."""
+        return self.backend.write()
 
     def checkpoint(self) -> bool:
-        """Sync the WAL and copy it into the database; True when every committed frame was copied.
-
-        PASSIVE never waits for readers; when a reader still holds old pages the checkpoint is partial
-        and False says that not everything is known durable yet.
-        """
-        with self._write_lock:
-            busy, log_frames, done = self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return busy == 0 and (log_frames == -1 or done >= log_frames)
+        """True once every commit so far is durable (SQLite: syncs the WAL; see the module docstring)."""
+        return self.backend.checkpoint()
 
     def paths_in_series(self, series_uid: str) -> set[str]:
         """Store-relative paths of the indexed instances of one series."""
@@ -227,13 +171,7 @@ class Index:
         return {r[0] for r in rows}
 
     def close(self) -> None:
-        with self._write_lock:
-            self._writer.close()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-        self._host_lock.release()
+        self.backend.close()
 
     # -- instances -------------------------------------------------------------------------------
 
@@ -242,11 +180,16 @@ class Index:
         row = dict(vars(rec))  # dataclasses.asdict deep-copies every field: ~10x slower here
         row["synthetic"] = int(rec.synthetic)
         row["excluded_from_training"] = int(rec.excluded_from_training)
-        with self.write() as conn:
-            _insert(conn, "patients", _PATIENT_COLS, row, ignore=True)
-            _insert(conn, "studies", _STUDY_COLS, row, ignore=True)
-            _insert(conn, "series", _SERIES_COLS, row, ignore=True)
-            _insert(conn, "instances", _INSTANCE_COLS, row, ignore=False, replace=replace)
+        one = self._one_statement[replace]
+        if one is not None:
+            self.backend.execute_write(one, tuple(row[c] for cols in _ADD_COLS for c in cols))
+            return
+        patients, studies, series = self._add_sql
+        with self.backend.write() as conn:
+            conn.execute(patients, tuple(row[c] for c in _PATIENT_COLS))
+            conn.execute(studies, tuple(row[c] for c in _STUDY_COLS))
+            conn.execute(series, tuple(row[c] for c in _SERIES_COLS))
+            conn.execute(self._instance_sql[replace], tuple(row[c] for c in _INSTANCE_COLS))
 
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
         row = self.reader.execute(INSTANCE_VIEW + " WHERE i.sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
@@ -269,7 +212,7 @@ class Index:
             "studies": q("SELECT COUNT(*) FROM studies").fetchone()[0],
             "series": q("SELECT COUNT(*) FROM series").fetchone()[0],
             "instances": q("SELECT COUNT(*) FROM instances").fetchone()[0],
-            "bytes": q("SELECT COALESCE(SUM(size), 0) FROM instances").fetchone()[0],
+            "bytes": int(q("SELECT COALESCE(SUM(size), 0) FROM instances").fetchone()[0]),
             "synthetic_instances": q("SELECT COUNT(*) FROM instances WHERE synthetic = 1").fetchone()[0],
             "excluded_from_training": q("SELECT COUNT(*) FROM instances WHERE excluded_from_training = 1").fetchone()[0],
         }
@@ -291,7 +234,7 @@ class Index:
         return counts
 
 
-def record_from_row(row: sqlite3.Row) -> InstanceRecord:
+def record_from_row(row: Any) -> InstanceRecord:
     data = {k: row[k] for k in row.keys() if k in _RECORD_FIELDS}
     for k in ("synthetic", "excluded_from_training"):
         data[k] = bool(data.get(k))
@@ -301,7 +244,15 @@ def record_from_row(row: sqlite3.Row) -> InstanceRecord:
     return InstanceRecord(**data)
 
 
-def _insert(conn: sqlite3.Connection, table: str, cols: tuple[str, ...], row: dict[str, Any], ignore: bool, replace: bool = False) -> None:
-    verb = "INSERT OR REPLACE" if replace else ("INSERT OR IGNORE" if ignore else "INSERT")
-    placeholders = ", ".join("?" for _ in cols)
-    conn.execute(f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({placeholders})", tuple(row[c] for c in cols))
+def open_index(cfg: "Config", home: "Home") -> Index:
+    """The index ``cfg`` names: PostgreSQL at ``store.index_url``, else SQLite in the home folder."""
+    url = cfg.store.index_url.strip()
+    if url:
+        return Index(url=url)
+    return Index(home.index_path)
+
+
+__all__ = [
+    "DATABASE_ERRORS", "INTEGRITY_ERRORS", "INSTANCE_VIEW", "Index", "IndexDatabaseError", "IndexIntegrityError", "IndexUnavailable",
+    "InstanceRecord", "SCHEMA_VERSION", "open_index", "record_from_row",
+]

@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import functools
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,6 +48,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from service.archive.header_cache import HEADERS
+from service.archive.backends import SQLITE, Dialect
 from service.archive.index import INSTANCE_VIEW
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
@@ -303,8 +303,11 @@ def sequence_answer(key_items: Any, stored: Any) -> Sequence:
     return Sequence(out)
 
 
-def sql_condition(column: str, query: str, vr: str) -> tuple[str, list[Any]] | None:
-    """An SQL condition over ``v.<column>`` for this key, or None when it is matched in Python (or universal)."""
+def sql_condition(column: str, query: str, vr: str, dialect: Dialect = SQLITE) -> tuple[str, list[Any]] | None:
+    """An SQL condition over ``v.<column>`` for this key, or None when it is matched in Python (or universal).
+
+    ``dialect``: the index's SQL dialect (wildcards are GLOB in SQLite, LIKE in PostgreSQL).
+    """
     query = str(query).strip()
     if query in ("", "*") or vr in ("PN", "TM"):
         return None
@@ -328,10 +331,10 @@ def sql_condition(column: str, query: str, vr: str) -> tuple[str, list[Any]] | N
             except ValueError:
                 pass
         if not ints:
-            return "0", []
+            return "1 = 0", []
         return f"{col} IN ({', '.join('?' for _ in ints)})", ints
     if vr != "UI" and any(_is_wild(v) for v in values):
-        return " OR ".join(f"COALESCE({col}, '') GLOB ?" for _ in values), [_literal_brackets(v.strip()) for v in values]
+        return " OR ".join(dialect.wildcard(f"COALESCE({col}, '')") for _ in values), [dialect.wildcard_pattern(v.strip()) for v in values]
     values = [v.strip() for v in values]
     return f"{col} IN ({', '.join('?' for _ in values)})", values
 
@@ -372,7 +375,8 @@ class QueryEngine:
         self.synthetic_only = synthetic_only
         self.max_results = max_results
         self.truncated = False
-        self._aggregates: dict[tuple[str, Any], sqlite3.Row] = {}
+        self._aggregates: dict[tuple[str, Any], Any] = {}
+        self.dialect: Dialect = getattr(index, "dialect", SQLITE)
 
     def find(self, identifier: Dataset, level: str) -> list[Dataset]:
         """The response identifiers for a query at ``level`` (at most ``max_results``; ``truncated`` says so)."""
@@ -412,7 +416,7 @@ class QueryEngine:
             if RANK[level_of(kw)] > RANK[level]:
                 # An attribute of a lower level has no value at this one (it is answered empty), and an empty
                 # value matches only universal keys (PS3.4 C.2.2.2.1): nothing matches, as in Orthanc.
-                where.append("0")
+                where.append("1 = 0")
                 continue
             if elem.VR == "SQ":
                 post.append(_PostKey(kw, elem.value, "SQ"))
@@ -437,7 +441,7 @@ class QueryEngine:
             if attr is None:
                 post.append(_PostKey(kw, query, elem.VR))
                 continue
-            cond = sql_condition(attr.column, query, attr.vr)
+            cond = sql_condition(attr.column, query, attr.vr, self.dialect)
             if cond is None:
                 post.append(_PostKey(kw, query, attr.vr))
             else:
@@ -445,7 +449,7 @@ class QueryEngine:
                 params += cond[1]
         return where, params, post
 
-    def _post_match(self, key: _PostKey, row: sqlite3.Row, level: str, headers: dict[str, Dataset]) -> bool:
+    def _post_match(self, key: _PostKey, row: Any, level: str, headers: dict[str, Dataset]) -> bool:
         if key.vr == "SQ":
             return sequence_matches(key.query, self._header_element(row, key.keyword, headers))
         if key.keyword == "SyntheticData":
@@ -458,27 +462,31 @@ class QueryEngine:
     # -- rows ---------------------------------------------------------------------------------------------
 
     def _rows(self, level: str, where: list[str], params: list[Any]) -> Any:
-        cols = [f"v.{a.column} AS {a.column}" for a in ATTRIBUTES.values() if RANK[a.level] <= RANK[level]]
+        d = self.dialect
         if level == IMAGE:
+            cols = [f"v.{a.column} AS {a.column}" for a in ATTRIBUTES.values()]
             cols += ["v.synthetic AS any_synthetic", "v.path AS rep_path", "1 AS n_instances"]
             group, order = "", "v.study_uid, v.series_uid, v.instance_number, v.sop_instance_uid"
         else:
+            # Every attribute of the query level and above is the same on each row of the group.
+            cols = [f"{d.any_value('v.' + a.column)} AS {a.column}" for a in ATTRIBUTES.values() if RANK[a.level] <= RANK[level]]
             cols += [
                 "MAX(v.synthetic) AS any_synthetic", "MIN(v.path) AS rep_path", "COUNT(*) AS n_instances",
                 "COUNT(DISTINCT v.study_uid) AS n_studies", "COUNT(DISTINCT v.series_uid) AS n_series",
-                "GROUP_CONCAT(DISTINCT v.modality) AS modalities", "GROUP_CONCAT(DISTINCT v.sop_class_uid) AS sop_classes",
+                f"{d.group_concat_distinct('v.modality')} AS modalities", f"{d.group_concat_distinct('v.sop_class_uid')} AS sop_classes",
             ]
             group = f" GROUP BY v.{_GROUP_KEY[level]}"
+            # The answer's own columns (not v's): PostgreSQL sorts a group only by what it outputs.
             order = {
-                PATIENT: "v.patient_id",
-                STUDY: "v.study_date, v.study_time, v.study_uid",
-                SERIES: "v.series_number, v.series_uid",
+                PATIENT: "patient_id",
+                STUDY: "study_date, study_time, study_uid",
+                SERIES: "series_number, series_uid",
             }[level]
         sql = f"SELECT {', '.join(cols)} FROM ({INSTANCE_VIEW}) v" + (f" WHERE {' AND '.join(where)}" if where else "") + group + f" ORDER BY {order}"
         # A cursor, not a list: rows are read as matches are made, so max_results also bounds memory.
         return self.index.reader.execute(sql, params)
 
-    def _aggregate(self, level: str, key: Any) -> sqlite3.Row:
+    def _aggregate(self, level: str, key: Any) -> Any:
         """Counts, modalities and SOP classes of one entity at ``level`` (the one holding a lower-level match),
         over the instances this engine may show (``synthetic_only``); cached for the query."""
         cached = self._aggregates.get((level, key))
@@ -486,7 +494,8 @@ class QueryEngine:
             where = [f"v.{_GROUP_KEY[level]} = ?"] + (["v.synthetic = 1"] if self.synthetic_only else [])
             sql = (
                 "SELECT COUNT(*) AS n_instances, COUNT(DISTINCT v.study_uid) AS n_studies, COUNT(DISTINCT v.series_uid) AS n_series,"
-                " GROUP_CONCAT(DISTINCT v.modality) AS modalities, GROUP_CONCAT(DISTINCT v.sop_class_uid) AS sop_classes"
+                f" {self.dialect.group_concat_distinct('v.modality')} AS modalities,"
+                f" {self.dialect.group_concat_distinct('v.sop_class_uid')} AS sop_classes"
                 f" FROM ({INSTANCE_VIEW}) v WHERE {' AND '.join(where)}"
             )
             cached = self.index.reader.execute(sql, [key]).fetchone()
@@ -495,7 +504,7 @@ class QueryEngine:
             self._aggregates[(level, key)] = cached
         return cached
 
-    def _header(self, row: sqlite3.Row, cache: dict[str, Dataset]) -> Dataset:
+    def _header(self, row: Any, cache: dict[str, Dataset]) -> Dataset:
         """The stored header that answers for the matched entity: its first file by path (deterministic)."""
         path = row["rep_path"]
         ds = cache.get(path)
@@ -509,12 +518,12 @@ class QueryEngine:
             cache[path] = ds
         return ds
 
-    def _header_element(self, row: sqlite3.Row, keyword: str, cache: dict[str, Dataset]) -> Any:
+    def _header_element(self, row: Any, keyword: str, cache: dict[str, Dataset]) -> Any:
         return _element(self._header(row, cache), keyword)
 
     # -- responses -----------------------------------------------------------------------------------------
 
-    def _response(self, keys: list, level: str, row: sqlite3.Row, headers: dict[str, Dataset]) -> Dataset:
+    def _response(self, keys: list, level: str, row: Any, headers: dict[str, Dataset]) -> Dataset:
         ds = Dataset()
         for elem in keys:
             kw = elem.keyword
@@ -540,7 +549,7 @@ class QueryEngine:
             ds.SpecificCharacterSet = "ISO_IR 100"
         return ds
 
-    def _value(self, kw: str, vr: str, level: str, row: sqlite3.Row, headers: dict[str, Dataset]) -> Any:
+    def _value(self, kw: str, vr: str, level: str, row: Any, headers: dict[str, Dataset]) -> Any:
         if kw == "QueryRetrieveLevel":
             return level
         if kw == "RetrieveAETitle":
@@ -602,7 +611,7 @@ def _synthetic_condition(level: str, synthetic: bool) -> str:
     return condition if synthetic else f"NOT ({condition})"
 
 
-def _synthetic_data(row: sqlite3.Row) -> str:
+def _synthetic_data(row: Any) -> str:
     """Synthetic Data (0008,001C) of a matched entity, computed from the index's flag for every entity."""
     return "YES" if row["any_synthetic"] else "NO"
 

@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,7 +55,7 @@ from service.archive.encoded import (
     parse_dataset,
     parse_file,
 )
-from service.archive.index import Index, InstanceRecord
+from service.archive.index import DATABASE_ERRORS, INTEGRITY_ERRORS, Index, InstanceRecord, open_index
 from service.archive.uids import InvalidUID, validate_uid
 from service.archive.watermark import Watermark
 from service.home import Home
@@ -199,8 +198,13 @@ class Store:
         self.home = home or Home.at(cfg.home_path)
         self.root = self.home.store_dir
         self.tmp = self.home.tmp_dir
+        if cfg.store.index_url.strip():
+            # A PostgreSQL index lets several hosts share this folder: each keeps its temporary files in a
+            # folder of its own (same filesystem, so rename stays atomic), since a pid means nothing to
+            # another host and _clean_tmp must never take a file another host is writing.
+            self.tmp = self.tmp / _host_folder_name()
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.index = index or Index(self.home.index_path)
+        self.index = index or open_index(cfg, self.home)
         if deidentifier is None and cfg.deid.enabled:
             from service.archive.deid import Deidentifier as _Deid
 
@@ -294,7 +298,7 @@ class Store:
         if time.monotonic() - self._last_checkpoint > CHECKPOINT_INTERVAL_S:
             try:
                 self.checkpoint()
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, *DATABASE_ERRORS) as exc:
                 # The instance is durable and indexed already: a checkpoint that fails (a full disk) is
                 # retried at the next put and must not turn this success into a failure status.
                 log.warning("checkpoint_failed", error=type(exc).__name__)
@@ -433,7 +437,7 @@ class Store:
                         self._wait_folder_synced(folder_synced, final, sop)
                 except StoreError:
                     raise
-                except sqlite3.IntegrityError:
+                except INTEGRITY_ERRORS:
                     # Another process (a recovery scan, an import) indexed these very bytes meanwhile.
                     again = self.index.get(sop)
                     if again is not None and again.sha256 == digest:
@@ -572,7 +576,7 @@ class Store:
             mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
             rec.received_at = mtime.isoformat(timespec="milliseconds")
             self.index.add(rec, replace=False)
-        except (EncodingError, StoreError, OSError, sqlite3.IntegrityError) as exc:
+        except (EncodingError, StoreError, OSError, *INTEGRITY_ERRORS) as exc:
             log.warning("recovery_skipped", file=uid_hash(str(path.name)), reason=type(exc).__name__)
             return False
         log.info("instance_recovered", sop=uid_hash(path.stem))
@@ -848,6 +852,13 @@ class Store:
             if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
                 continue
             _unlink_quietly(leftover)
+
+
+def _host_folder_name() -> str:
+    import socket
+
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname()).strip(".")
+    return f"host-{name or 'unknown'}"
 
 
 class _RefLock:

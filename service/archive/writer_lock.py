@@ -185,7 +185,7 @@ class WriterLock:
                     f"{self.host!r}: refusing to start. A SQLite index must be written from one host only: SQLite over "
                     "a network filesystem (NFS, CephFS, a ReadWriteMany volume) corrupts it. Run this on "
                     f"{info.host!r} or stop synthpacs there; an index shared by several hosts needs PostgreSQL "
-                    f"(issue 20, planned). If {info.host!r} no longer runs synthpacs on this home folder, delete "
+                    f"(set store.index_url = \"postgresql://...\"). If {info.host!r} no longer runs synthpacs on this home folder, delete "
                     f"{path} and start again."
                 )
             if not _alive(info.pid, info.start_ticks):

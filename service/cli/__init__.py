@@ -15,6 +15,8 @@ import sys
 from typing import Sequence
 
 from service import __version__
+from service.archive.backends import IndexDatabaseError
+from service.archive.migrations import SchemaTooNew
 from service.archive.writer_lock import WriterLockError
 from service.cli.common import CommandError, add_common_options
 from service.config import ConfigError
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         configure(getattr(args, "log_level", None) or "info", stream=StderrStream())
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ConfigError, WriterLockError) as exc:
+    except (CommandError, ConfigError, WriterLockError, IndexDatabaseError, SchemaTooNew) as exc:
         print(f"synthpacs: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

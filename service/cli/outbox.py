@@ -32,12 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace):
-    from service.archive.index import Index
+    from service.archive.index import open_index
     from service.synthetic.outbox import Outbox
 
     cfg = config_from_args(args)
     home = home_from(cfg)
-    index = Index(home.index_path)
+    index = open_index(cfg, home)
     return cfg, index, Outbox(cfg, index)
 
 

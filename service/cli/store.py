@@ -1,4 +1,4 @@
-"""``synthpacs store stats|ls|verify``: what the training store holds."""
+"""``synthpacs store stats|ls|verify|migrate``: what the training store holds, and its index's schema."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from service.archive.index import Index
+from service.archive.index import Index, open_index
 from service.cli.common import CommandError, add_command, config_from_args, config_to_stderr, home_from, human_size, progress_printer
 
 
@@ -39,13 +39,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(func=_verify)
 
+    migrate = add_command(sub, "migrate", help="bring the index's schema up to date (done at every start too); "
+                          "for a PostgreSQL index (store.index_url), e.g. before a rolling upgrade")
+    migrate.add_argument("--json", action="store_true", help="print JSON")
+    migrate.set_defaults(func=_migrate)
+
 
 def _open_index(args: argparse.Namespace) -> Index:
     cfg = config_to_stderr(args)
     home = home_from(cfg)
-    if not home.index_path.exists():
+    if not cfg.store.index_url.strip() and not home.index_path.exists():
         raise CommandError(f"no store at {home.store_dir} (nothing received yet, or --home / SYNTHPACS_HOME points elsewhere)")
-    return Index(home.index_path)
+    return open_index(cfg, home)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    cfg = config_to_stderr(args)
+    index = open_index(cfg, home_from(cfg))
+    try:
+        report, where = index.migration, index.describe()
+    finally:
+        index.close()
+    if args.json:
+        print(json.dumps({"index": where, "before": report.before, "after": report.after, "applied": list(report.applied)}))
+    elif report.applied:
+        print(f"{where}: schema version {report.before} -> {report.after} (applied {', '.join(map(str, report.applied))})")
+    else:
+        print(f"{where}: schema version {report.after}, up to date")
+    return 0
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -113,6 +134,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _rows(index: Index, level: str, where: str, params: tuple, limit: int) -> list[dict[str, Any]]:
+    d = index.dialect
     cond = f"WHERE {where}" if where else ""
     lim = f"LIMIT {int(limit)}" if limit else ""
     base = (
@@ -121,15 +143,15 @@ def _rows(index: Index, level: str, where: str, params: tuple, limit: int) -> li
     )
     if level == "study":
         sql = (
-            "SELECT i.study_uid AS study_uid, p.patient_id AS patient_id, st.study_date AS date, "
-            "GROUP_CONCAT(DISTINCT se.modality) AS modalities, COUNT(DISTINCT i.series_uid) AS series, "
+            f"SELECT i.study_uid AS study_uid, {d.any_value('p.patient_id')} AS patient_id, {d.any_value('st.study_date')} AS date, "
+            f"{d.group_concat_distinct('se.modality')} AS modalities, COUNT(DISTINCT i.series_uid) AS series, "
             f"COUNT(*) AS instances, SUM(i.size) AS bytes, MAX(i.received_at) AS received {base} {cond} "
             f"GROUP BY i.study_uid ORDER BY received DESC {lim}"
         )
     elif level == "series":
         sql = (
-            "SELECT i.series_uid AS series_uid, i.study_uid AS study_uid, se.modality AS modality, "
-            "se.body_part_examined AS body_part, COUNT(*) AS instances, SUM(i.size) AS bytes, "
+            f"SELECT i.series_uid AS series_uid, {d.any_value('i.study_uid')} AS study_uid, {d.any_value('se.modality')} AS modality, "
+            f"{d.any_value('se.body_part_examined')} AS body_part, COUNT(*) AS instances, SUM(i.size) AS bytes, "
             f"MAX(i.received_at) AS received {base} {cond} GROUP BY i.series_uid ORDER BY received DESC {lim}"
         )
     else:

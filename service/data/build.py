@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from models.datasets import DatasetVersion, DatasetWriter, validate_name
-from service.archive.index import Index, InstanceRecord
+from service.archive.index import Index, InstanceRecord, open_index
 from service.config import Config
 from service.data.findings import read_findings
 from service.data.pixels import REASONS, PixelOptions
@@ -265,7 +265,7 @@ def build_dataset(
         options = PixelOptions(**{**_option_kwargs(options), "min_size": filters.min_size})
     home = Home.at(cfg.home_path)
     own_index = index is None
-    index = index or Index(home.index_path)
+    index = index or open_index(cfg, home)
     n_workers = worker_count(cfg, workers)
     started = time.monotonic()
     try:

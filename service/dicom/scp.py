@@ -26,7 +26,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import socket
-import sqlite3
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pynetdicom.transport import RequestHandler
 
 from service import metrics
 from service.archive import status
+from service.archive.backends import DATABASE_ERRORS
 from service.archive.store import Store, StoreError
 from service.archive.uids import InvalidUID, validate_uid
 from service.config import Config, DicomPeer
@@ -501,7 +501,7 @@ class StorageSCP:
             return exc.status, str(exc)[:64]
         except Exception as exc:  # never a silent success, never a dead server
             counts["refused"] += 1
-            exhausted = isinstance(exc, (OSError, MemoryError, sqlite3.Error))
+            exhausted = isinstance(exc, (OSError, MemoryError, *DATABASE_ERRORS))
             metrics.STORE_FAILURES.labels(reason="internal" if exhausted else "unprocessable").inc()
             # Where it failed, not the message: messages of pydicom and sqlite can quote values.
             log.error("instance_store_crashed", error=type(exc).__name__, where=where(exc))

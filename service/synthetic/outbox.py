@@ -1,4 +1,4 @@
-"""The outbox: a durable queue of outgoing C-STOREs in the index's SQLite file, and the sender that drains it.
+"""The outbox: a durable queue of outgoing C-STOREs in the store's index, and the sender that drains it.
 
 Delivery is at least once (ARCHITECTURE.md "Network contracts"). An instance is queued for a destination in
 the same database as the store's index, so a queued send survives a crash or restart exactly like the
@@ -15,6 +15,13 @@ to ``outbox.concurrency_per_destination`` associations at once. A destination th
 marked down and checked with C-ECHO (PS3.4 Annex A) on the same backoff; when it answers again, its
 waiting items become due at once instead of each waiting out its own backoff.
 
+With a PostgreSQL index the outbox is a work queue shared by senders on any number of hosts: a claim
+selects due rows ``FOR UPDATE SKIP LOCKED`` and leases them in the same transaction, so two senders
+never claim one row at once and neither waits for the other. Each sender's lease names, besides its
+process, a database session it keeps open for its life; when the process dies the server ends that
+session, and every other sender, on any host, makes the dead sender's rows due at once (checked every
+``ORPHAN_CHECK_S`` seconds) instead of waiting out the lease.
+
 States: ``pending`` (waiting or due), ``sending`` (claimed by a sender), ``sent``, ``failed`` (gave up
 after max_attempts, or the instance is no longer in the store). ``synthpacs outbox retry`` moves failed
 and waiting rows back to due.
@@ -26,7 +33,6 @@ import math
 import os
 import random
 import socket
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -36,7 +42,7 @@ from typing import Any, Iterable
 
 from prometheus_client import Counter, Gauge
 
-from service.archive.index import Index
+from service.archive.index import DATABASE_ERRORS, Index
 from service.config import Config, ConfigError
 from service.logs import get_logger, uid_hash
 
@@ -50,31 +56,8 @@ QUEUED = Gauge("synthpacs_outbox_queued", "Outbox items not yet delivered", ["de
 
 STATES = ("pending", "sending", "sent", "failed")
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        sop_instance_uid TEXT NOT NULL,
-        destination TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        lease_until REAL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        sent_at TEXT,
-        last_status INTEGER,
-        last_error TEXT,
-        UNIQUE (sop_instance_uid, destination)
-    )""",
-    "CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, destination, next_attempt_at)",
-    """CREATE TABLE IF NOT EXISTS outbox_destinations (
-        destination TEXT PRIMARY KEY,
-        healthy INTEGER NOT NULL,
-        checked_at TEXT NOT NULL,
-        consecutive_failures INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT
-    )""",
-)
+# How often a sender on a PostgreSQL index looks for rows leased by senders whose session ended (seconds).
+ORPHAN_CHECK_S = 2.0
 
 
 def _now_iso() -> str:
@@ -105,7 +88,7 @@ def process_token(pid: int | None = None) -> str:
 
 def owner_gone(token: str) -> bool:
     """True only when ``token`` names a process on this host that no longer runs (or whose pid was reused)."""
-    parts = token.split(" ")
+    parts = token.split(" ")[:3]  # a PostgreSQL session may follow (Outbox.owner)
     if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
         return False  # another host, or not ours to judge: its lease runs out by itself
     pid, started = int(parts[1]), parts[2]
@@ -184,14 +167,18 @@ class Outbox:
         # Long enough for a whole batch on a slow link; a crashed sender's items return after it.
         self.lease_s = lease_s if lease_s is not None else max(120.0, 4 * cfg.dicom.dimse_timeout)
         self.changed = threading.Event()
-        self.owner = process_token()
         _check_config(cfg)
-        with index.write() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            # Who holds a 'sending' row's lease: "host pid start-time" (process_token()); older databases lack it.
-            if "lease_owner" not in {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}:
-                conn.execute("ALTER TABLE outbox ADD COLUMN lease_owner TEXT")
+        self._process = process_token()
+        # The tables are the index's schema (service/archive/migrations.py, version 2), made when it opened.
+
+    @property
+    def owner(self) -> str:
+        """Who holds a 'sending' row's lease: "host pid start-time" (process_token()), and with PostgreSQL
+        the session this process keeps open ("pg:pid:start"), which ends when the process dies, on any host.
+        Asked at each claim: after a server restart the process leases under its new session, not under
+        the ended one that every other sender would take its rows from."""
+        session = self.index.backend.session_token()
+        return f"{self._process} {session}" if session else self._process
 
     # -- queueing ------------------------------------------------------------------------------------
 
@@ -207,17 +194,19 @@ class Outbox:
         ids = []
         with self.index.write() as conn:
             for sop in sop_instance_uids:
+                # Insert first: a sender of another process queueing the same instance at the same moment
+                # (PostgreSQL) makes this a no-op instead of a failed transaction.
+                inserted = conn.execute(
+                    "INSERT INTO outbox (sop_instance_uid, destination, state, attempts, next_attempt_at, created_at, updated_at) "
+                    "VALUES (?, ?, 'pending', 0, ?, ?, ?) ON CONFLICT (sop_instance_uid, destination) DO NOTHING RETURNING id",
+                    (sop, destination, now, stamp, stamp),
+                ).fetchone()
+                if inserted is not None:
+                    ids.append(int(inserted[0]))
+                    continue
                 row = conn.execute(
                     "SELECT id, state FROM outbox WHERE sop_instance_uid = ? AND destination = ?", (sop, destination)
                 ).fetchone()
-                if row is None:
-                    cur = conn.execute(
-                        "INSERT INTO outbox (sop_instance_uid, destination, state, attempts, next_attempt_at, created_at, updated_at) "
-                        "VALUES (?, ?, 'pending', 0, ?, ?, ?)",
-                        (sop, destination, now, stamp, stamp),
-                    )
-                    ids.append(int(cur.lastrowid))
-                    continue
                 if row["state"] in ("sent", "failed"):
                     conn.execute(
                         "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = NULL, "
@@ -264,20 +253,25 @@ class Outbox:
         return max(0.0, float(row[0]) - now)
 
     def claim(self, destination: str, limit: int) -> list[Claimed]:
-        """Atomically take up to ``limit`` due items for ``destination`` (oldest first) under a lease."""
+        """Atomically take up to ``limit`` due items for ``destination`` (oldest first) under a lease.
+
+        SQLite: the write transaction excludes every other writer. PostgreSQL: the rows are locked as they
+        are selected, skipping those another sender's claim holds, and leased in the same transaction.
+        """
         now = time.time()
         with self.index.write() as conn:
             rows = conn.execute(
                 "SELECT o.id, o.sop_instance_uid, o.destination, o.attempts, i.path, i.sop_class_uid, i.transfer_syntax_uid "
                 "FROM outbox o LEFT JOIN instances i ON i.sop_instance_uid = o.sop_instance_uid "
                 "WHERE o.destination = ? AND ((o.state = 'pending' AND o.next_attempt_at <= ?) "
-                "OR (o.state = 'sending' AND o.lease_until < ?)) ORDER BY o.id LIMIT ?",
+                "OR (o.state = 'sending' AND o.lease_until < ?)) ORDER BY o.id LIMIT ?" + self.index.dialect.lock_rows("o"),
                 (destination, now, now, limit),
             ).fetchall()
             if rows:
+                owner = self.owner
                 conn.executemany(
                     "UPDATE outbox SET state = 'sending', lease_until = ?, lease_owner = ?, updated_at = ? WHERE id = ?",
-                    [(now + self.lease_s, self.owner, _now_iso(), r["id"]) for r in rows],
+                    [(now + self.lease_s, owner, _now_iso(), r["id"]) for r in rows],
                 )
         return [
             Claimed(r["id"], r["sop_instance_uid"], r["destination"], r["attempts"], r["path"] or "", r["sop_class_uid"] or "", r["transfer_syntax_uid"] or "")
@@ -343,11 +337,14 @@ class Outbox:
         self.changed.set()
 
     def release_orphans(self) -> int:
-        """Make items due now whose lease belongs to a process on this host that is gone (killed mid-send);
-        returns how many. Leases of other hosts, or of live processes, run their course."""
+        """Make items due now whose lease belongs to a process that is gone (killed mid-send); returns how
+        many. SQLite: processes of this host; leases of other hosts, or of live processes, run their course.
+        PostgreSQL: also any process, on any host, whose database session has ended."""
         owners = [r[0] for r in self.index.reader.execute(
             "SELECT DISTINCT lease_owner FROM outbox WHERE state = 'sending' AND lease_owner IS NOT NULL").fetchall()]
-        gone = [o for o in owners if owner_gone(o)]
+        sessions = {o: o.split(" ")[3] for o in owners if len(o.split(" ")) == 4}
+        ended = self.index.backend.sessions_gone(list(sessions.values())) if sessions else set()
+        gone = [o for o in owners if owner_gone(o) or sessions.get(o) in ended]
         if not gone:
             return 0
         with self.index.write() as conn:
@@ -461,7 +458,7 @@ def _check_config(cfg: Config) -> None:
         raise ConfigError("outbox.health_interval_s must be 0 (off) or a number of seconds")
 
 
-def _item(r: sqlite3.Row) -> OutboxItem:
+def _item(r: Any) -> OutboxItem:
     return OutboxItem(
         id=r["id"], sop_instance_uid=r["sop_instance_uid"], destination=r["destination"], state=r["state"],
         attempts=r["attempts"], next_attempt_at=r["next_attempt_at"], created_at=r["created_at"], updated_at=r["updated_at"],
@@ -486,6 +483,9 @@ class OutboxSender:
         self._threads: list[threading.Thread] = []
         self._down_until: dict[str, float] = {}
         self._last_health = -math.inf
+        self._last_orphan_check = time.monotonic()
+        # On a shared (PostgreSQL) queue other hosts' senders may die at any time, not only before our start.
+        self._shared_queue = self.outbox.index.dialect.name == "postgresql"
         self._dispatcher: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -532,7 +532,7 @@ class OutboxSender:
         while not self._stop.is_set():
             try:
                 self._dispatch_once()
-            except sqlite3.Error as exc:  # a busy or damaged database must not end the sender for good
+            except DATABASE_ERRORS as exc:  # a busy, damaged or unreachable database must not end the sender for good
                 log.error("outbox_dispatch_failed", error=f"{type(exc).__name__}: {exc}")
             except Exception:
                 log.exception("outbox_dispatch_crashed")
@@ -544,6 +544,9 @@ class OutboxSender:
 
     def _dispatch_once(self) -> None:
         now = time.monotonic()
+        if self._shared_queue and now - self._last_orphan_check >= ORPHAN_CHECK_S:
+            self._last_orphan_check = now
+            self.outbox.release_orphans()
         if self.health_interval_s > 0 and now - self._last_health >= self.health_interval_s:
             self._last_health = now
             self._check_all_health()

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 
 import pydicom
 import pytest
@@ -82,15 +83,21 @@ def test_items_of_a_sender_killed_mid_send_are_sent_at_once_on_start(home, tmp_p
 
 def test_an_older_outbox_table_gains_the_owner_column(home):
     cfg = make_config(home, **{"dicom.peers": [{"ae_title": "P", "host": "127.0.0.1", "port": 104}]})
-    store = Store(cfg)
+    Store(cfg).close()
+    # The database as an earlier release left it: schema version 1, and the outbox table its first start made.
+    with sqlite3.connect(home / "store" / "index.sqlite") as conn:
+        conn.execute("DROP TABLE outbox")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 2")
+        conn.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, sop_instance_uid TEXT NOT NULL, "
+                     "destination TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0, "
+                     "next_attempt_at REAL NOT NULL, lease_until REAL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, "
+                     "sent_at TEXT, last_status INTEGER, last_error TEXT, UNIQUE (sop_instance_uid, destination))")
+        conn.execute("INSERT INTO outbox (sop_instance_uid, destination, state, next_attempt_at, lease_until, created_at, updated_at) "
+                     "VALUES ('1.2.3', 'P', 'sending', 0, 1e12, 'x', 'x')")
+    store = Store(cfg)  # migrates it to version 2: the owner column is added
     try:
-        with store.index.write() as conn:  # the table as an earlier release made it
-            conn.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, sop_instance_uid TEXT NOT NULL, "
-                         "destination TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0, "
-                         "next_attempt_at REAL NOT NULL, lease_until REAL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, "
-                         "sent_at TEXT, last_status INTEGER, last_error TEXT, UNIQUE (sop_instance_uid, destination))")
-            conn.execute("INSERT INTO outbox (sop_instance_uid, destination, state, next_attempt_at, lease_until, created_at, updated_at) "
-                         "VALUES ('1.2.3', 'P', 'sending', 0, 1e12, 'x', 'x')")
+        assert store.index.migration.applied == (2,)
         outbox = Outbox(cfg, store.index)
         assert outbox.release_orphans() == 0  # an owner nobody recorded: its lease runs its course
         assert [r.state for r in outbox.items()] == ["sending"]

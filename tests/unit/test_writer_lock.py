@@ -46,7 +46,7 @@ def _dead_pid() -> int:
 
 def _assert_names_other_host(message: str) -> None:
     assert repr(OTHER) in message and repr(HERE) in message
-    assert "PostgreSQL" in message and "issue 20" in message
+    assert "PostgreSQL" in message and "store.index_url" in message
     assert "network filesystem" in message and "corrupts" in message
 
 

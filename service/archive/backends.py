@@ -1,0 +1,650 @@
+"""Where the index lives: SQLite in the home folder (the default, one host) or PostgreSQL (``store.index_url``).
+
+Both backends offer the same three things to :class:`service.archive.index.Index` and to every query
+written over it (C-FIND, QIDO-RS, dataset builds, the outbox):
+
+* ``reader``: an object with ``execute(sql, params)`` for reads, whose rows answer ``row[0]``,
+  ``row["column"]``, ``row.keys()`` and ``dict(row)`` like :class:`sqlite3.Row`;
+* ``write()``: one write transaction, committed when the block ends and rolled back on an exception;
+* ``checkpoint()``: True once every commit so far is durable.
+
+SQL is written once, in SQLite's ``?`` parameter style; the PostgreSQL connection turns it into psycopg's
+``%s`` style (:func:`format_sql`), so no statement is written twice. What the two engines spell differently
+(wildcard matching, string aggregation, upserts, row locks, column types) is asked of the backend's
+:class:`Dialect`. Errors of either engine reach callers as :data:`DATABASE_ERRORS` and
+:data:`INTEGRITY_ERRORS`: the SQLite path raises :mod:`sqlite3`'s own (no wrapping on its hot path), the
+PostgreSQL path raises :class:`IndexDatabaseError` / :class:`IndexIntegrityError`.
+
+Durability (ARCHITECTURE.md "Network contracts"): with SQLite, commits use ``synchronous=NORMAL`` and the
+store's durable mark covers a power loss (store.py); with PostgreSQL a COMMIT returns only once the
+server has flushed its WAL (``synchronous_commit`` on, the server's default, which an operator must not
+turn off for this database), so ``checkpoint()`` has nothing left to do.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from service.archive.writer_lock import WriterLock
+from service.config import redact_url
+
+
+class IndexDatabaseError(Exception):
+    """An error of the PostgreSQL index (the SQLite index raises :class:`sqlite3.Error`)."""
+
+
+class IndexIntegrityError(IndexDatabaseError):
+    """A constraint of the PostgreSQL index refused a write (a row another process added meanwhile)."""
+
+
+class IndexUnavailable(IndexDatabaseError):
+    """The PostgreSQL server cannot be reached, or every connection of the pool stayed busy."""
+
+
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, IndexDatabaseError)
+INTEGRITY_ERRORS: tuple[type[BaseException], ...] = (sqlite3.IntegrityError, IndexIntegrityError)
+
+
+# -- dialects -------------------------------------------------------------------------------------------
+
+
+class Dialect:
+    """What SQLite and PostgreSQL spell differently; the SQLite spelling is the reference."""
+
+    name = "sqlite"
+    # Column types of the schema (service/archive/migrations.py).
+    types = {"bigint": "INTEGER", "float": "REAL", "serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+
+    def any_value(self, expr: str) -> str:
+        """A column that is the same on every row of a group (SQLite takes it as it is)."""
+        return expr
+
+    def group_concat_distinct(self, expr: str) -> str:
+        """The distinct values of a group joined with commas."""
+        return f"GROUP_CONCAT(DISTINCT {expr})"
+
+    def wildcard(self, expr: str) -> str:
+        """A case-sensitive match of ``expr`` against a parameter made by :meth:`wildcard_pattern`."""
+        return f"{expr} GLOB ?"
+
+    def wildcard_pattern(self, dicom_pattern: str) -> str:
+        """A DICOM wildcard pattern (``*`` and ``?``, PS3.4 C.2.2.2.4) as this dialect's pattern."""
+        # GLOB's '[' starts a character class: make it literal.
+        return dicom_pattern.replace("[", "[[]")
+
+    def insert(self, table: str, cols: Sequence[str], key: str, on_conflict: str = "") -> str:
+        """INSERT of one row; ``on_conflict``: "" (raise), "ignore" or "replace" (on the primary ``key``)."""
+        verb = {"": "INSERT", "ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[on_conflict]
+        return f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+
+    def lock_rows(self, alias: str) -> str:
+        """The clause that locks the selected rows of ``alias`` for this transaction, skipping rows other
+        transactions hold. SQLite's write transaction (BEGIN IMMEDIATE) already excludes every other writer."""
+        return ""
+
+    def one_statement(self, statements: Sequence[str]) -> str | None:
+        """The INSERTs ``statements`` (in order, their parameters concatenated) as one statement, where the
+        engine can run them so (PostgreSQL's data-modifying WITH); None: run them one by one."""
+        return None
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    # BIGINT: a file size may pass 2 GiB; DOUBLE PRECISION: epoch seconds need more than REAL's 24 bits.
+    types = {"bigint": "BIGINT", "float": "DOUBLE PRECISION", "serial_pk": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"}
+
+    def any_value(self, expr: str) -> str:
+        return f"MIN({expr})"  # ANY_VALUE arrived in PostgreSQL 16; on a constant column MIN is the same
+
+    def group_concat_distinct(self, expr: str) -> str:
+        return f"STRING_AGG(DISTINCT {expr}, ',')"
+
+    def wildcard(self, expr: str) -> str:
+        return f"{expr} LIKE ? ESCAPE '\\'"
+
+    def wildcard_pattern(self, dicom_pattern: str) -> str:
+        escaped = dicom_pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return escaped.replace("*", "%").replace("?", "_")
+
+    def insert(self, table: str, cols: Sequence[str], key: str, on_conflict: str = "") -> str:
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+        if on_conflict == "ignore":
+            return sql + " ON CONFLICT DO NOTHING"
+        if on_conflict == "replace":
+            updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != key)
+            return sql + f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        return sql
+
+    def lock_rows(self, alias: str) -> str:
+        return f" FOR UPDATE OF {alias} SKIP LOCKED"
+
+    def one_statement(self, statements: Sequence[str]) -> str | None:
+        # One round trip and one commit instead of BEGIN, each INSERT and COMMIT. Foreign keys are checked
+        # at the end of the statement, when the parents inserted by the WITH parts are there.
+        *parents, last = statements
+        return "WITH " + ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(parents)) + " " + last
+
+
+SQLITE = Dialect()
+POSTGRES = PostgresDialect()
+
+
+# -- SQLite -----------------------------------------------------------------------------------------------
+
+
+class SQLiteBackend:
+    """The index file in the home folder (WAL). One writer connection guarded by a lock serves every
+    thread of a process; readers get a connection of their own per thread, which WAL lets run beside the
+    writer and beside other processes (the CLI) of the same host; a process on another host is refused
+    before it opens the file (writer_lock.py)."""
+
+    dialect = SQLITE
+
+    def __init__(self, path: str | Path, host: str | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Before SQLite touches the file: a second host must not even open it (WAL over a network filesystem).
+        self._host_lock = WriterLock.acquire(self.path.parent, host)
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        try:
+            self._writer = self._connect()
+        except BaseException:
+            self._host_lock.release()
+            raise
+
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: no fsync per commit (~1-3 ms each on this disk); durability comes from the files and
+        # checkpoint() (see index.py's docstring).
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), serialized across threads."""
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def checkpoint(self) -> bool:
+        """Sync the WAL and copy it into the database; True when every committed frame was copied.
+
+        PASSIVE never waits for readers; when a reader still holds old pages the checkpoint is partial
+        and False says that not everything is known durable yet.
+        """
+        with self._write_lock:
+            busy, log_frames, done = self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return busy == 0 and (log_frames == -1 or done >= log_frames)
+
+    def column_names(self, conn: sqlite3.Connection, table: str) -> set[str]:
+        return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+    def session_token(self) -> str:
+        return ""
+
+    def sessions_gone(self, tokens: Sequence[str]) -> set[str]:
+        return set()
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._writer.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        self._host_lock.release()
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def format_sql(sql: str) -> str:
+    """SQLite's ``?`` placeholders as psycopg's ``%s`` (and a literal ``%`` as ``%%``), quotes respected."""
+    out = []
+    quote = ""
+    for ch in sql:
+        if ch == "%":
+            out.append("%%")  # psycopg reads placeholders inside literals too
+        elif quote:
+            out.append(ch)
+            if ch == quote:
+                quote = ""
+        elif ch in ("'", '"'):
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class Row:
+    """A result row read like :class:`sqlite3.Row`: by position, by column name, ``keys()``, ``dict(row)``."""
+
+    __slots__ = ("_values", "_names")
+
+    def __init__(self, values: Sequence[Any], names: dict[str, int]):
+        self._values = tuple(values)
+        self._names = names
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, str):
+            return self._values[self._names[key]]
+        return self._values[key]
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Row):
+            return self._values == other._values and self._names == other._names
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._names, self._values))!r})"
+
+
+def _row_factory(cursor: Any) -> Any:
+    description = cursor.description
+    names = {c.name: n for n, c in enumerate(description)} if description else {}
+    return lambda values: Row(values, names)
+
+
+class Result:
+    """The rows of one statement, read at once (what psycopg's client-side cursor holds anyway)."""
+
+    __slots__ = ("_rows", "_pos", "rowcount", "description")
+
+    def __init__(self, rows: list[Row], rowcount: int, description: Any):
+        self._rows = rows
+        self._pos = 0
+        self.rowcount = rowcount
+        self.description = description
+
+    def fetchone(self) -> Row | None:
+        if self._pos >= len(self._rows):
+            return None
+        self._pos += 1
+        return self._rows[self._pos - 1]
+
+    def fetchall(self) -> list[Row]:
+        rows = self._rows[self._pos:]
+        self._pos = len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Row]:
+        while self._pos < len(self._rows):
+            self._pos += 1
+            yield self._rows[self._pos - 1]
+
+
+def _translate_error(exc: BaseException) -> IndexDatabaseError:
+    import psycopg
+
+    if isinstance(exc, psycopg.IntegrityError):
+        return IndexIntegrityError(str(exc).strip())
+    if isinstance(exc, psycopg.OperationalError):
+        return IndexUnavailable(f"the PostgreSQL index failed: {str(exc).strip()}")
+    return IndexDatabaseError(f"{type(exc).__name__}: {str(exc).strip()}")
+
+
+class PgConnection:
+    """A psycopg connection with sqlite3's calling conventions: qmark SQL, :class:`Row` rows."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        import psycopg
+
+        try:
+            cur = self.raw.execute(format_sql(sql), tuple(params))
+            rows = cur.fetchall() if cur.description is not None else []
+            return Result(rows, cur.rowcount, cur.description)
+        except psycopg.Error as exc:
+            raise _translate_error(exc) from exc
+
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> Result:
+        import psycopg
+
+        try:
+            with self.raw.cursor() as cur:
+                cur.executemany(format_sql(sql), [tuple(p) for p in seq])
+                return Result([], cur.rowcount, None)
+        except psycopg.Error as exc:
+            raise _translate_error(exc) from exc
+
+
+class _Pool:
+    """A few open connections shared by the threads of one process (each borrowed by one at a time)."""
+
+    def __init__(self, connect: Any, size: int, wait_s: float = 60.0):
+        self._connect = connect
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(size)
+        self._size = size
+        self._wait_s = wait_s
+        self._all: set[Any] = set()
+
+    def get(self) -> Any:
+        if not self._slots.acquire(timeout=self._wait_s):
+            raise IndexUnavailable(f"all {self._size} connections to the PostgreSQL index stayed busy for {self._wait_s:.0f} s")
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is not None and not _usable(conn):
+                self._discard(conn)
+                conn = None
+            if conn is None:
+                conn = self._connect()
+                with self._lock:
+                    self._all.add(conn)
+            return conn
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def put(self, conn: Any) -> None:
+        try:
+            if _usable(conn):
+                with self._lock:
+                    self._idle.append(conn)
+            else:
+                if conn.closed:
+                    # The server dropped it (a restart, a failover): the idle ones went the same way.
+                    self._discard_idle()
+                self._discard(conn)
+        finally:
+            self._slots.release()
+
+    def _discard_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
+
+    def _discard(self, conn: Any) -> None:
+        with self._lock:
+            self._all.discard(conn)
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all, self._idle = list(self._all), set(), []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+def _usable(conn: Any) -> bool:
+    from psycopg.pq import TransactionStatus
+
+    return not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+
+
+class _PgReader:
+    """``index.reader`` of the PostgreSQL backend: each statement borrows a pooled connection (autocommit).
+
+    ``execute("BEGIN")`` pins a connection to the calling thread in a REPEATABLE READ, read-only
+    transaction until ``COMMIT`` or ``ROLLBACK``, so a caller reading several statements from one snapshot
+    (dataset builds) gets one, as with SQLite.
+    """
+
+    def __init__(self, pool: _Pool):
+        self._pool = pool
+        self._local = threading.local()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        word = sql.strip().upper()
+        pinned = getattr(self._local, "conn", None)
+        if word == "BEGIN":
+            if pinned is not None:
+                raise IndexDatabaseError("a read transaction is already open on this thread")
+            conn = self._pool.get()
+            try:
+                result = PgConnection(conn).execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            except BaseException:
+                self._pool.put(conn)
+                raise
+            self._local.conn = conn
+            return result
+        if word in ("COMMIT", "ROLLBACK", "END") and pinned is not None:
+            self._local.conn = None
+            try:
+                return PgConnection(pinned).execute(word)
+            finally:
+                self._pool.put(pinned)
+        if pinned is not None:
+            return PgConnection(pinned).execute(sql, params)
+        for attempt in (1, 2):
+            conn = self._pool.get()
+            try:
+                return PgConnection(conn).execute(sql, params)
+            except IndexUnavailable:
+                # A pooled connection the server dropped meanwhile: a read is safe to run again, once.
+                if attempt == 2 or not conn.closed:
+                    raise
+            finally:
+                self._pool.put(conn)
+        raise AssertionError("unreachable")
+
+
+class PostgresBackend:
+    """The index in a PostgreSQL database (``store.index_url``), shared by processes on any number of hosts.
+
+    A small pool of connections per process serves readers and writers; each write is a transaction of
+    its own (READ COMMITTED), so writers of several processes run side by side and the server orders them.
+    """
+
+    dialect = POSTGRES
+
+    def __init__(self, url: str, pool_size: int = 16, connect_timeout_s: int = 10):
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - a dependency of the package
+            raise IndexUnavailable("store.index_url names PostgreSQL but psycopg is not installed (pip install 'psycopg[binary]')") from exc
+        self.url = url.strip()
+        self._psycopg = psycopg
+        self._connect_timeout_s = connect_timeout_s
+        self._pool = _Pool(self._connect, pool_size)
+        self.reader = _PgReader(self._pool)
+        self._session: Any = None
+        self._session_lock = threading.Lock()
+        # Connect now: a wrong URL or a server that is down is a clear error at start, not at the first C-STORE.
+        self._pool.put(self._pool.get())
+
+    def describe(self) -> str:
+        return f"PostgreSQL {redact_url(self.url)}"
+
+    def _connect(self) -> Any:
+        psycopg = self._psycopg
+        try:
+            conn = psycopg.connect(
+                self.url, autocommit=True, row_factory=_row_factory, connect_timeout=self._connect_timeout_s,
+                application_name="synthpacs",
+                # A peer that vanished (a killed process, a lost host) is noticed within a minute or so.
+                keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+            )
+        except psycopg.Error as exc:
+            raise IndexUnavailable(f"cannot connect to the PostgreSQL index at {redact_url(self.url)}: {str(exc).strip()}") from None
+        # SUM() of integers is NUMERIC in PostgreSQL: read integral values as int, like SQLite.
+        conn.adapters.register_loader("numeric", _number_loader())
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[PgConnection]:
+        """One transaction on a pooled connection, committed when the block ends (durable at COMMIT)."""
+        conn = self._begin()
+        done = False
+        try:
+            yield PgConnection(conn)
+            done = True
+        finally:
+            try:
+                if done:
+                    PgConnection(conn).execute("COMMIT")
+                else:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except Exception:  # a broken connection: the server rolled back already
+                        pass
+            finally:
+                self._pool.put(conn)
+
+    def _begin(self) -> Any:
+        """A pooled connection in a new transaction. A pooled connection the server dropped meanwhile (a
+        restart, a failover) fails at BEGIN, before anything was written: then once more on a new one."""
+        psycopg = self._psycopg
+        for attempt in (1, 2):
+            conn = self._pool.get()
+            try:
+                conn.execute("BEGIN")
+                return conn
+            except psycopg.Error as exc:
+                self._pool.put(conn)  # dropped by the pool when broken
+                if attempt == 2 or not conn.closed:
+                    raise _translate_error(exc) from exc
+        raise AssertionError("unreachable")
+
+    def execute_write(self, sql: str, params: Sequence[Any]) -> None:
+        """One statement as a transaction of its own (autocommit): durable when it returns.
+
+        On a pooled connection the server dropped, the statement runs once more on a new one; it must be
+        safe to run twice (Index.add's is: a second run of a committed insert is a conflict, which the store
+        answers as the identical instance it is).
+        """
+        for attempt in (1, 2):
+            conn = self._pool.get()
+            try:
+                PgConnection(conn).execute(sql, params)
+                return
+            except IndexUnavailable:
+                if attempt == 2 or not conn.closed:
+                    raise
+            finally:
+                self._pool.put(conn)
+
+    def checkpoint(self) -> bool:
+        return True  # every COMMIT already waited for the server's WAL flush
+
+    def column_names(self, conn: PgConnection, table: str) -> set[str]:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ?", (table,)
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def session_token(self) -> str:
+        """``pg:<backend pid>:<backend start>`` of a connection this process keeps open for its life.
+
+        The server ends that session when the process dies (its socket closes), so other processes, on any
+        host, can tell from ``pg_stat_activity`` that whatever this token leases is orphaned. Each call
+        checks the session (one round trip) and opens a new one where the old one ended.
+        """
+        with self._session_lock:
+            for attempt in (1, 2):
+                if self._session is None or self._session.closed:
+                    self._session = self._connect()
+                try:
+                    row = PgConnection(self._session).execute(
+                        "SELECT pg_backend_pid(), EXTRACT(EPOCH FROM backend_start)::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                    ).fetchone()
+                    return f"pg:{row[0]}:{row[1]}"
+                except IndexUnavailable:
+                    # The session ended under us (a server restart, a terminated backend): a new one.
+                    if attempt == 2:
+                        raise
+                    self._session.close()
+                    self._session = None
+        raise AssertionError("unreachable")
+
+    def sessions_gone(self, tokens: Sequence[str]) -> set[str]:
+        """The ``session_token()`` values whose session has ended."""
+        wanted = {}
+        for token in tokens:
+            m = re.fullmatch(r"pg:(\d+):([0-9.]+)", token)
+            if m:
+                wanted[token] = (int(m.group(1)), m.group(2))
+        if not wanted:
+            return set()
+        pids = sorted({pid for pid, _ in wanted.values()})
+        rows = self.reader.execute(
+            f"SELECT pid, EXTRACT(EPOCH FROM backend_start)::text FROM pg_stat_activity WHERE pid IN ({', '.join('?' for _ in pids)})",
+            pids,
+        ).fetchall()
+        # backend_start is hidden (NULL) for another role's sessions unless ours may read all statistics:
+        # such a session counts as alive, so a live sender is never robbed; its lease ends by itself.
+        alive = {(r[0], r[1]) for r in rows}
+        hidden = {r[0] for r in rows if r[1] is None}
+        return {token for token, (pid, start) in wanted.items() if (pid, start) not in alive and pid not in hidden}
+
+    def close(self) -> None:
+        with self._session_lock:
+            if self._session is not None:
+                try:
+                    self._session.close()
+                except Exception:
+                    pass
+                self._session = None
+        self._pool.close()
+
+
+@functools.lru_cache(maxsize=1)
+def _number_loader() -> Any:
+    """psycopg's loader for NUMERIC that gives int for integral values (made at first use: psycopg is
+    imported only by the PostgreSQL path)."""
+    from psycopg.adapt import Loader
+
+    class NumberLoader(Loader):
+        def load(self, data: Any) -> Any:
+            text = bytes(data).decode("ascii")
+            try:
+                return int(text)
+            except ValueError:
+                return float(text)
+
+    return NumberLoader
