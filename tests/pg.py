@@ -18,6 +18,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from typing import Iterator
+
+import pytest
 from pathlib import Path
 
 from tests.helpers import free_port
@@ -165,3 +168,16 @@ class PostgresServer:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.proc = None
+
+
+def started_or_skip() -> Iterator[PostgresServer]:
+    """A started server for a fixture to yield, stopped afterwards; the test is skipped, with the reason,
+    where PostgreSQL cannot run here."""
+    reason = why_not_available()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -8,17 +8,12 @@ import pytest
 
 from service.config import Config
 from tests.helpers import make_config
-from tests.pg import PostgresServer, why_not_available
+from tests.pg import started_or_skip
 
 
 @pytest.fixture(scope="session")
 def pg_server():
-    reason = why_not_available()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer().start()
-    yield server
-    server.stop()
+    yield from started_or_skip()
 
 
 @pytest.fixture

@@ -12,19 +12,14 @@ from service.archive import status
 from service.data.phantom import phantom_dataset
 from tests.helpers import make_config
 from tests.ingest.util import send
-from tests.pg import PostgresServer, why_not_available
+from tests.pg import started_or_skip
 from tests.synthetic.conftest import RunningService
 
 
 @pytest.fixture
 def own_server():
     """A server of this test's own: it is stopped and started again here."""
-    reason = why_not_available()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer().start()
-    yield server
-    server.stop()
+    yield from started_or_skip()
 
 
 @pytest.mark.integration
