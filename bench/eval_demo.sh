@@ -5,7 +5,7 @@
 # (the training part evaluated as if it were generated, against the held-out part).
 #
 #   bench/eval_demo.sh                                   # demo-dcgan, 64 px, --fit pad, all 476 images
-#   MODEL=demo-cdcgan FIT=crop TRAIN_DATASET=train BODY_PARTS=HAND,LEG,HIP,SHOULDER VIEWS=AP,LATERAL,OBLIQUE \
+#   MODEL=demo-cdcgan FIT=crop TRAIN_DATASET=train BODY_PARTS=HAND,LEG,HIP,SHOULDER VIEWS=AP,PA,LATERAL,OBLIQUE \
 #       bench/eval_demo.sh                               # the conditional demo model
 #
 # Environment: MODEL (demo-dcgan), HOME_DIR (/work/runs/eval/home-$MODEL, recreated), IMAGES

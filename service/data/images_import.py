@@ -56,8 +56,10 @@ TEST_PATIENT_ID = "TEST-IMPORT-0001"
 LABELS_FILE = "manifest.csv"
 MODALITIES = {"CR": CR_IMAGE_STORAGE, "DX": DX_IMAGE_STORAGE_PRESENTATION}
 # View labels people write, to View Position (0018,5101) values. AP/PA/LL/RL... are the defined terms
-# (PS3.3 C.8.11.5.1.1); FracAtlas' "frontal" does not say AP or PA, extremity series are mostly AP.
+# (PS3.3 C.8.11.5.1.1). FracAtlas' "frontal" does not say AP or PA: the frontal projection of the hand and
+# wrist is taken postero-anterior (palm on the detector), that of the leg, hip and shoulder antero-posterior.
 VIEW_TERMS = {"frontal": "AP", "ap": "AP", "pa": "PA", "lateral": "LATERAL", "lat": "LATERAL", "oblique": "OBLIQUE", "obl": "OBLIQUE"}
+FRONTAL_PA = frozenset({"HAND", "WRIST", "FINGER"})
 # Same tolerance as the pixel pipeline: lossy JPEG leaves a little chroma noise on gray images.
 GRAY_TOLERANCE = 0.01
 _CS_RE = re.compile(r"[^A-Z0-9 _]")
@@ -123,8 +125,11 @@ def single_label(value: str) -> str:
     return "" if "+" in value else value.strip()
 
 
-def view_position(label: str) -> str:
+def view_position(label: str, body_part: str = "") -> str:
+    """A view label as View Position; "frontal" is PA for the body parts in :data:`FRONTAL_PA`, else AP."""
     label = single_label(label)
+    if label.lower() == "frontal" and code_string(body_part) in FRONTAL_PA:
+        return "PA"
     return VIEW_TERMS.get(label.lower(), code_string(label))
 
 
@@ -142,7 +147,8 @@ def read_labels(path: Path) -> dict[str, dict[str, str]]:
                 part, views = row.get("body_part") or "", row.get("views") or row.get("view") or ""
                 labels[row["filename"].strip()] = {
                     "body_part": code_string(single_label(part)),
-                    "view": view_position(views),
+                    "view": view_position(views, single_label(part)),
+                    "view_label": single_label(views),
                     # A mixed label is a label: it must not fall back to --body-part/--view.
                     "mixed": ",".join(k for k, v in (("body_part", part), ("view", views)) if "+" in v),
                     "finding": finding_word(row.get("finding") or row.get("fractured") or ""),
@@ -344,7 +350,7 @@ def import_images(
             labels = read_labels(directory / LABELS_FILE)
         except ImportImagesError:
             labels = {}  # a manifest.csv of another kind: not ours to interpret
-    default_part, default_view = code_string(body_part), view_position(view) if view else ""
+    default_part = code_string(body_part)
     root = directory.resolve()
     study_uid = content_uid("study", str(root), TEST_PATIENT_ID)
     result = ImportResult(files=len(files), study_uid=study_uid, excluded=excluded)
@@ -356,7 +362,9 @@ def import_images(
         label = labels.get(path.name) or labels.get(rel) or {}
         mixed = label.get("mixed", "")
         part = "" if "body_part" in mixed else label.get("body_part") or default_part
-        vp = "" if "view" in mixed else label.get("view") or default_view
+        # "frontal" reads as PA or AP by body part: the part this file ends up with, from its label or --body-part.
+        raw_view = label.get("view_label") or view
+        vp = "" if "view" in mixed else view_position(raw_view, part) if raw_view else ""
         try:
             pixels, lossy = load_gray(path)
             digest = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()

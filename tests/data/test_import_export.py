@@ -50,7 +50,8 @@ def test_import_wraps_gray_pixels_unchanged(tmp_path, store):
     assert result.summary() == {"files": 4, "stored": 4, "identical": 0, "kept": 0, "excluded": 0, "findings": 0, "skipped": {}}
     recs = list(store.index.instances())
     assert {r.modality for r in recs} == {"CR"} and {r.body_part_examined for r in recs} == {"HAND"}
-    assert {r.view_position for r in recs} == {"AP"} and {r.source for r in recs} == {"import"}
+    # A frontal hand is taken postero-anterior.
+    assert {r.view_position for r in recs} == {"PA"} and {r.source for r in recs} == {"import"}
     deep = next(r for r in recs if r.bits_stored == 16)
     ds = pydicom.dcmread(store.path_of(deep))
     np.testing.assert_array_equal(ds.pixel_array, png16)
@@ -86,6 +87,20 @@ def test_import_labels_from_a_csv(tmp_path, store):
     got = {(r.body_part_examined, r.view_position) for r in store.index.instances()}
     # A mixed label names no single body part or view: the attribute stays empty.
     assert got == {("", "OBLIQUE"), ("LEG", ""), ("HIP", "")}
+
+
+def test_frontal_reads_as_pa_for_a_hand_and_ap_elsewhere(tmp_path, store):
+    folder = _write_images(tmp_path / "in", n=4)
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "body_part", "views"])
+        w.writerow(["img0.jpg", "hand", "frontal"])
+        w.writerow(["img1.jpg", "leg", "frontal"])
+        w.writerow(["img2.jpg", "", "frontal"])  # the body part comes from --body-part
+        w.writerow(["img3.jpg", "shoulder", "AP"])
+    import_images(store, folder, body_part="hand", progress=False)
+    got = sorted((r.body_part_examined, r.view_position) for r in store.index.instances())
+    assert got == [("HAND", "PA"), ("HAND", "PA"), ("LEG", "AP"), ("SHOULDER", "AP")]
 
 
 def test_import_records_findings_and_leaves_out_the_held_out_files(tmp_path, store):
