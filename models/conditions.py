@@ -31,6 +31,10 @@ import torch
 # Manifest keys a condition may come from, and the DICOM attribute each fills on a synthetic image.
 KNOWN_FIELDS = ("body_part", "view", "finding")
 DICOM_ATTRIBUTE = {"body_part": "BodyPartExamined", "view": "ViewPosition"}
+# A field a request may leave out, and the value that then stands for it: a value meaning "nothing to
+# report". Asking a model conditioned on body part, view and finding for a PA hand asks for a hand with no
+# finding; a fracture is asked for by name. Fields without such a value (body part, view) must be given.
+ABSENT = {"finding": "NONE"}
 _FIELD_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
@@ -103,6 +107,7 @@ class ConditionSpace:
     def normalize(self, condition: Mapping[str, str]) -> dict[str, str]:
         """The condition with every field present and every value spelled as in the space.
 
+        A field left out takes its :data:`ABSENT` value when the model knows it (``finding`` -> ``NONE``).
         Raises :class:`ConditionError` for an unknown field, an unknown value, or a missing field, with
         the known fields and values in the message.
         """
@@ -113,6 +118,8 @@ class ConditionSpace:
                 raise ConditionError(f"this model has no condition {key!r}; its conditions: {self.describe()}")
         for name, values in self.fields:
             raw = given.get(name, "").strip()
+            if not raw and ABSENT.get(name, "").upper() in (v.upper() for v in values):
+                raw = ABSENT[name]
             if not raw:
                 raise ConditionError(f"this model needs a {name} (one of {', '.join(values)}); its conditions: {self.describe()}")
             match = [v for v in values if v.upper() == raw.upper()]

@@ -49,6 +49,18 @@ def test_condition_space_encodes_one_hot_blocks_and_names_known_values():
         ConditionSpace.from_json({"body_part": ["HAND", "hand"]})
 
 
+def test_a_finding_left_out_means_none_where_the_model_knows_none():
+    space = ConditionSpace.from_json({"body_part": ["HAND", "LEG"], "view": ["PA", "AP"], "finding": ["FRACTURE", "NONE"]})
+    assert space.normalize({"body_part": "hand", "view": "pa"}) == {"body_part": "HAND", "view": "PA", "finding": "NONE"}
+    assert space.normalize({"body_part": "HAND", "view": "PA", "finding": "fracture"})["finding"] == "FRACTURE"
+    with pytest.raises(ConditionError, match=r"needs a view"):
+        space.normalize({"body_part": "HAND", "finding": "NONE"})
+    # A model whose finding field has no NONE value still needs the finding asked for.
+    fractures = ConditionSpace.from_json({"body_part": ["HAND"], "finding": ["FRACTURE", "FISSURE"]})
+    with pytest.raises(ConditionError, match=r"needs a finding"):
+        fractures.normalize({"body_part": "HAND"})
+
+
 def test_vocabulary_leaves_out_rows_without_a_value():
     rows = [{"body_part": "HAND", "view": "AP"}, {"body_part": "", "view": "AP"}, {"body_part": "LEG", "view": "LATERAL"}]
     space, counts, left_out = vocabulary(rows, ["body_part", "view"])
