@@ -44,6 +44,7 @@ from models.train.grids import grid_shape, sample_images, save_grid, save_progre
 from models.train.progress import Progress
 from models.train.recipe import UNITS, Networks, Recipe, RecipeError, StepContext, make_recipe
 from models.train.rundir import RunDir, new_run_id, resolve_run
+from models.train.warm_start import WarmStartError, check_compatible, warm_start
 
 
 class TrainError(Exception):
@@ -75,6 +76,7 @@ class TrainOptions:
     hparams: dict[str, Any] = field(default_factory=dict)  # the recipe's hyper-parameters
     run_id: str | None = None
     conditions: list[str] | None = None  # manifest fields to condition on (body_part, view, finding)
+    init_from: str | None = None  # a checkpoint whose G, D (and G_ema) start this run (models.train.warm_start)
 
     @property
     def unit(self) -> str:
@@ -519,6 +521,8 @@ class Trainer:
         run = self._open_run_dir(main)
         self.run_dir = run
         try:
+            if self.resume_dir is None and self.opts.init_from:
+                self._warm_start(Path(self.opts.init_from))
             if self.resume_dir is not None:
                 source = self.from_checkpoint or self._latest(run)
                 state = ckpt.load_checkpoint(source)
@@ -537,6 +541,16 @@ class Trainer:
         finally:
             if main:
                 run.unlock()
+
+    def _warm_start(self, source: Path) -> None:
+        """The new run's weights from another run's checkpoint (:mod:`models.train.warm_start`)."""
+        state = ckpt.load_checkpoint(source)
+        try:
+            check_compatible(state, self.opts.arch, self.recipe.resolution, self.recipe.channels, self.recipe.hparams, source)
+            summary = warm_start(self.nets, state, self.recipe.hparams, source)
+        except WarmStartError as exc:
+            raise TrainError(str(exc)) from None
+        self.on_event("warm_started", **summary)
 
     def _latest(self, run: RunDir) -> Path:
         info = ckpt.latest_checkpoint(run.checkpoints)

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from service.cli.common import CommandError, add_command, config_from_args, home_from
@@ -89,7 +90,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     res = p.add_argument_group("resume")
     res.add_argument("--resume", metavar="RUN", help="continue this run (id under <home>/runs, or its folder) from its newest checkpoint")
     res.add_argument("--from-checkpoint", dest="from_checkpoint", metavar="FILE", help="with --resume: continue from this checkpoint instead of the newest")
+    res.add_argument(
+        "--init-from", dest="init_from", metavar="CHECKPOINT|RUN",
+        help="start a new run from the weights of this checkpoint file, or of a run's newest checkpoint (fine-tuning; "
+        "a conditional DCGAN may add condition fields): same architecture and size, fresh optimizers, iteration 0",
+    )
     p.set_defaults(func=_run)
+
+
+def _init_checkpoint(ref: str, runs_dir: Path) -> str:
+    """``--init-from``: a checkpoint file as given, or the newest checkpoint of a run (id or folder)."""
+    from models.train import checkpoint as ckpt
+    from models.train.rundir import RunError, resolve_run
+
+    if Path(ref).is_file():
+        return str(Path(ref).resolve())
+    try:
+        run = resolve_run(runs_dir, ref)
+    except RunError as exc:
+        raise CommandError(f"--init-from {ref}: not a checkpoint file, and {exc}") from None
+    newest = ckpt.latest_checkpoint(run / "checkpoints")
+    if newest is None:
+        raise CommandError(f"--init-from {ref}: run {run.name} has no checkpoint yet")
+    return str(newest.path)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -117,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     common = dict(metrics_fn=metrics_fn, progress_stream=open(os.devnull, "w") if args.quiet else None, on_event=on_event, argv=sys.argv)
     try:
         if args.resume:
-            if args.arch or args.dataset or args.resolution or args.batch or args.hparams or args.run_id or args.xflip or args.conditions or args.diffaugment:
+            if args.arch or args.dataset or args.resolution or args.batch or args.hparams or args.run_id or args.xflip or args.conditions or args.diffaugment or args.init_from:
                 raise CommandError("--resume continues a run as it was set up; only --epochs/--kimg, --device, --amp, --workers and output options may be given")
             result = resume(
                 args.resume, home.datasets_dir, home.runs_dir, epochs=args.epochs, kimg=args.kimg, from_checkpoint=args.from_checkpoint,
@@ -154,6 +177,7 @@ def _run(args: argparse.Namespace) -> int:
                 hparams={**dict(args.hparams), **({"diffaugment": args.diffaugment} if args.diffaugment else {})},
                 run_id=args.run_id,
                 conditions=args.conditions,
+                init_from=_init_checkpoint(args.init_from, home.runs_dir) if args.init_from else None,
             )
             result = train(opts, home.datasets_dir, home.runs_dir, **common)
     except (TrainError, RecipeError, RunError, ckpt.CheckpointError, DatasetError) as exc:
