@@ -69,7 +69,7 @@ FEATURE_METRICS = ("fid", "kid", "precision_recall")
 DEFINITIONS = {
     "fid": "Frechet distance between Gaussians fitted to FID Inception pool3 features (pytorch-fid weights and preprocessing) of the reference and generated images (Heusel et al. 2017, eq. 6), float64",
     "kid": "unbiased squared MMD with kernel (x.y/d + 1)^3 on the same features, mean (and std) over random subsets (Binkowski et al. 2018, §4)",
-    "precision_recall": "improved precision and recall with k = 3 nearest-neighbour manifolds on the same features (Kynkaanniemi et al. 2019)",
+    "precision_recall": "improved precision and recall with k = 3 nearest-neighbour manifolds on the same features, at equal counts (the larger set subsampled to the smaller, 10 draws averaged) (Kynkaanniemi et al. 2019)",
     "ssim": "mean over generated images of SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 1) against the reference image nearest in MSE",
     "psnr": "mean over generated images of 10 log10(1 / MSE) in dB against the reference image nearest in MSE (images in [0, 1]; identical pairs capped at 100 dB)",
     "diversity": "mean MS-SSIM (Wang et al. 2003; scales that fit the image size) over random pairs of generated images; the same for reference images as 'diversity_real'; lower is more diverse",
@@ -305,6 +305,8 @@ def evaluate_images(fake: np.ndarray, inputs: Inputs, settings: EvaluationSettin
             if min(real_f.shape[0], fake_f.shape[0]) > settings.pr_k:
                 space["precision"], space["recall"] = precision_recall(real_f, fake_f, settings.pr_k)
                 space["k"] = settings.pr_k
+                # Both manifolds are built from this many samples (the larger set subsampled, averaged).
+                space["pr_samples"] = int(min(real_f.shape[0], fake_f.shape[0]))
             else:
                 skipped["precision_recall"] = f"precision/recall with k={settings.pr_k} needs more than {settings.pr_k} images in each set"
         spaces[extractor.name] = space

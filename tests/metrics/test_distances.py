@@ -10,7 +10,7 @@ from scipy import linalg
 
 from models.metrics.frechet import frechet_distance, frechet_distance_features, gaussian_stats, trace_sqrt_product
 from models.metrics.kid import kernel_inception_distance, mmd2_unbiased
-from models.metrics.precision_recall import knn_radii, precision_recall
+from models.metrics.precision_recall import coverage, knn_radii, precision_recall
 
 
 def _rotation(d, seed):
@@ -124,7 +124,7 @@ def test_precision_recall_on_toy_manifolds():
     assert p > 0.95 and r == pytest.approx(0.5, abs=0.04)
     # Mode collapse onto 3 of 10 well-separated modes: precise, recall ~ 3/10.
     centers = rs.standard_normal((10, 5)) * 20
-    modes = np.concatenate([c + 0.3 * rs.standard_normal((40, 5)) for c in centers])
+    modes = np.concatenate([c + 0.3 * rs.standard_normal((39, 5)) for c in centers])
     collapsed = np.concatenate([c + 0.3 * rs.standard_normal((130, 5)) for c in centers[:3]])
     p, r = precision_recall(modes, collapsed)
     assert p > 0.8 and r == pytest.approx(0.3, abs=0.03)
@@ -132,6 +132,21 @@ def test_precision_recall_on_toy_manifolds():
     assert precision_recall(real, real + 1000) == (0.0, 0.0)
     # Exact copies count as inside (the sphere's boundary is inclusive).
     assert precision_recall(real, real) == (1.0, 1.0)
+
+
+def test_precision_recall_compares_equal_counts():
+    # 80 real samples against 2,000 generated from the same distribution: measured naively, the 2,000
+    # small spheres cover fewer real samples than 80 generated ones would; at equal counts (the paper's
+    # protocol) the estimate does not depend on how many images were generated.
+    rs = np.random.RandomState(3)
+    real = rs.standard_normal((80, 40))
+    few, many = rs.standard_normal((80, 40)), rs.standard_normal((2000, 40))
+    _, r_few = precision_recall(real, few)
+    _, r_many = precision_recall(real, many)
+    naive = coverage(many, knn_radii(many), real).mean()
+    assert abs(r_many - r_few) < 0.05 and naive < r_few - 0.08
+    # The subsets come from a fixed seed: the same call gives the same numbers.
+    assert precision_recall(real, many) == precision_recall(real, many)
 
 
 def test_precision_recall_bad_input():
