@@ -20,6 +20,7 @@ Speed without giving up durability (measurements in bench/RESULTS.md):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -31,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -233,16 +234,69 @@ class Store:
         ``expected``: the (SOP Class UID, SOP Instance UID) a C-STORE request announced for it."""
         started = time.perf_counter()
         try:
-            if transfer_syntax:
-                enc = parse_dataset(data, transfer_syntax, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
-            else:
-                enc = parse_file(data, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
-        except TooLarge as exc:
-            raise self._refused(StoreError(status.OUT_OF_RESOURCES, "too_large", str(exc)), source) from None
-        except EncodingError as exc:
-            raise self._refused(StoreError(status.CANNOT_UNDERSTAND, "malformed", str(exc)), source) from None
+            enc = self._parse(data, transfer_syntax)
+        except StoreError as exc:
+            raise self._refused(exc, source) from None
         enc.expected = expected
         return self._guarded(enc, source, source_ae, False, started)
+
+    def _parse(self, data: bytes | memoryview, transfer_syntax: str | None = None) -> EncodedInstance:
+        try:
+            if transfer_syntax:
+                return parse_dataset(data, transfer_syntax, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
+            return parse_file(data, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
+        except TooLarge as exc:
+            raise StoreError(status.OUT_OF_RESOURCES, "too_large", str(exc)) from None
+        except EncodingError as exc:
+            raise StoreError(status.CANNOT_UNDERSTAND, "malformed", str(exc)) from None
+
+    def put_batch(self, files: Sequence[bytes | memoryview], source: str, source_ae: str = "") -> list["PutResult | StoreError"]:
+        """Store several Part 10 files that are answered together (STOW-RS, PS3.18 10.5): one outcome each.
+
+        Every file goes through what :meth:`put_bytes` does (parsing, validation, de-identification, the
+        duplicate policy, encoding, a durable write and the index) and each outcome is its own: a
+        :class:`PutResult`, or the :class:`StoreError` that says why it was not stored (it leaves no file
+        and no row, and the others are stored all the same). What the batch shares is the waiting: each
+        file's fsync starts as soon as it is written, while the next is prepared; then the files are
+        renamed into place, each folder is fsynced once for all of them, and the rows are added in one
+        transaction. When this returns, every instance answered as stored is fsynced with its folder and
+        indexed, as after put_bytes. Files that share a SOP Instance UID (as stored) are stored one after
+        the other in the order given, so the duplicate policy sees them as sent.
+        """
+        started = time.perf_counter()
+        results: list = [None] * len(files)
+        key = ("batch", threading.get_ident())
+        self.begin_inflight(key)
+        try:
+            prepared: list[tuple[int, Prepared, str]] = []
+            for number, data in enumerate(files):
+                try:
+                    prep = self.prepare(self._parse(data), False)
+                except StoreError as exc:
+                    results[number] = exc
+                    continue
+                prepared.append((number, prep, _uid(prep.dataset, "SOPInstanceUID") or ""))
+            # Round n holds the n-th file of each SOP Instance UID: one UID appears once per round.
+            rounds: list[list[tuple[int, Prepared, str]]] = []
+            seen: dict[str, int] = {}
+            for entry in prepared:
+                n = seen.get(entry[2], 0)
+                seen[entry[2]] = n + 1
+                if n == len(rounds):
+                    rounds.append([])
+                rounds[n].append(entry)
+            del prepared
+            for entries in rounds:
+                self._commit_batch(entries, source, source_ae, results)
+        finally:
+            self.end_inflight(key)
+        for number, result in enumerate(results):
+            if isinstance(result, StoreError):
+                self._refused(result.with_traceback(None), source)
+            else:
+                self._count(result, started, source)
+        self._checkpoint_if_due()
+        return results
 
     def put(self, ds: Dataset, source: str, source_ae: str = "", synthetic: bool = False) -> PutResult:
         """Validate, de-identify (unless synthetic), write durably and index a dataset held in memory.
@@ -289,12 +343,20 @@ class Store:
             result = fn()
         except StoreError as exc:
             raise self._refused(exc, source) from None
+        self._count(result, started, source)
+        self._checkpoint_if_due()
+        return result
+
+    @staticmethod
+    def _count(result: PutResult, started: float, source: str) -> None:
         metrics.STORE_LATENCY.observe(time.perf_counter() - started)
         if result.outcome in ("stored", "replaced"):
             metrics.INSTANCES_RECEIVED.labels(source=source).inc()
             metrics.BYTES_RECEIVED.inc(result.record.size)
         else:
             metrics.DUPLICATES.labels(outcome=result.outcome).inc()
+
+    def _checkpoint_if_due(self) -> None:
         if time.monotonic() - self._last_checkpoint > CHECKPOINT_INTERVAL_S:
             try:
                 self.checkpoint()
@@ -302,7 +364,6 @@ class Store:
                 # The instance is durable and indexed already: a checkpoint that fails (a full disk) is
                 # retried at the next put and must not turn this success into a failure status.
                 log.warning("checkpoint_failed", error=type(exc).__name__)
-        return result
 
     @staticmethod
     def _refused(exc: StoreError, source: str) -> StoreError:
@@ -385,29 +446,9 @@ class Store:
         final = self.root / rel
         try:
             with self._uid_lock(sop):
-                existing = self.index.get(sop)
-                replace = False
-                if existing is not None and not (self.root / existing.path).exists():
-                    # A row whose file is gone (a power loss before the folder's fsync landed, or a file
-                    # removed by hand): this copy takes its place, whatever the duplicate policy says.
-                    log.warning("instance_file_missing", sop=uid_hash(sop), source=source)
-                    existing, replace = None, True
-                if existing is not None:
-                    digest = digest or _sha256_parts(parts)
-                    if existing.sha256 == digest:
-                        log.debug("instance_duplicate", sop=uid_hash(sop), outcome="identical", source=source)
-                        return PutResult(existing, "identical")
-                    policy = self.cfg.store.duplicate_policy
-                    if policy == "keep":
-                        log.warning("instance_duplicate", sop=uid_hash(sop), outcome="kept", policy=policy, source=source)
-                        return PutResult(existing, "kept")
-                    if policy == "reject":
-                        raise StoreError(
-                            status.DUPLICATE_SOP_INSTANCE,
-                            "duplicate_rejected",
-                            "a different instance with this SOP Instance UID is already stored (store.duplicate_policy = reject)",
-                        )
-                    replace = True
+                existing, replace, digest, answer = self._against_existing(sop, parts, digest, source)
+                if answer is not None:
+                    return answer
                 if written is None:
                     # Hash on another core while this one writes and fsyncs (both release the GIL),
                     # so a 6 MB instance pays for the slower of the two, not their sum.
@@ -467,6 +508,181 @@ class Store:
             source=source, synthetic=synthetic, excluded=bool(prep.exclusion),
         )
         return PutResult(record, outcome)
+
+    def _against_existing(self, sop: str, parts: list, digest: str, source: str) -> tuple[InstanceRecord | None, bool, str, PutResult | None]:
+        """The duplicate policy for an instance about to be written, under its UID lock.
+
+        Returns (the row it replaces or None, whether it replaces one, its digest where it was needed, the
+        answer when nothing is to be written: an identical or kept copy). Raises StoreError under reject.
+        """
+        existing = self.index.get(sop)
+        replace = False
+        if existing is not None and not (self.root / existing.path).exists():
+            # A row whose file is gone (a power loss before the folder's fsync landed, or a file
+            # removed by hand): this copy takes its place, whatever the duplicate policy says.
+            log.warning("instance_file_missing", sop=uid_hash(sop), source=source)
+            existing, replace = None, True
+        if existing is not None:
+            digest = digest or _sha256_parts(parts)
+            if existing.sha256 == digest:
+                log.debug("instance_duplicate", sop=uid_hash(sop), outcome="identical", source=source)
+                return existing, False, digest, PutResult(existing, "identical")
+            policy = self.cfg.store.duplicate_policy
+            if policy == "keep":
+                log.warning("instance_duplicate", sop=uid_hash(sop), outcome="kept", policy=policy, source=source)
+                return existing, False, digest, PutResult(existing, "kept")
+            if policy == "reject":
+                raise StoreError(
+                    status.DUPLICATE_SOP_INSTANCE,
+                    "duplicate_rejected",
+                    "a different instance with this SOP Instance UID is already stored (store.duplicate_policy = reject)",
+                )
+            replace = True
+        return existing, replace, digest, None
+
+    # -- batches (put_batch) -------------------------------------------------------------------------
+
+    def _commit_batch(self, entries: list[tuple[int, "Prepared", str]], source: str, source_ae: str, results: list) -> None:
+        """Deduplicate, write, make durable and index prepared instances with distinct SOP Instance UIDs.
+
+        Their UID locks are held from the duplicate check to the index commit, as :meth:`_commit` holds
+        one; taken in sorted order, so two batches never wait for each other in a circle.
+        """
+        staged: list[_Staged] = []
+        published: list[_Staged] = []
+        with contextlib.ExitStack() as locks:
+            for sop in sorted({sop for _, _, sop in entries}):
+                locks.enter_context(self._uid_lock(sop))
+            try:
+                for number, prep, sop in entries:
+                    try:
+                        item = self._stage(number, prep, sop, source)
+                    except StoreError as exc:
+                        results[number] = exc
+                        continue
+                    if isinstance(item, PutResult):
+                        results[number] = item
+                    else:
+                        staged.append(item)
+                self._publish_batch(staged, results, published)
+                self._index_batch(published, source, source_ae, results)
+            except Exception as exc:
+                # Not expected (the steps above turn every failure they know into a StoreError per
+                # instance): whatever has no outcome yet was not stored, and leaves nothing behind.
+                for item in published:
+                    if results[item.number] is None and not item.existed:
+                        _unlink_quietly(item.final)
+                for item in staged:
+                    if results[item.number] is None:
+                        results[item.number] = StoreError(status.OUT_OF_RESOURCES, "store_failed",
+                                                          f"the instance could not be stored ({type(exc).__name__})")
+                log.warning("batch_failed", error=type(exc).__name__)
+            finally:
+                for item in staged:
+                    if item.synced is not None:
+                        _wait_quietly(item.synced)  # its descriptor is closed before anyone returns
+                    if item.tmp is not None:
+                        _unlink_quietly(item.tmp)
+
+    def _stage(self, number: int, prep: "Prepared", sop: str, source: str) -> "PutResult | _Staged":
+        """The duplicate policy, then the bytes in a temporary file whose fsync starts at once (on SYNCERS)."""
+        ds, parts = prep.dataset, prep.parts
+        size = sum(len(p) for p in parts)
+        existing, replace, digest, answer = self._against_existing(sop, parts, "", source)
+        if answer is not None:
+            return answer
+        rel = Path(_uid(ds, "StudyInstanceUID") or "") / (_uid(ds, "SeriesInstanceUID") or "") / f"{sop}.dcm"
+        hashing = _HASHERS.submit(_sha256_parts, parts) if not digest and size >= PARALLEL_HASH_MIN_BYTES else None
+        digest = digest or ("" if hashing else _sha256_parts(parts))
+        tmp, fd = self._write_tmp_open(parts)
+        synced = None
+        if self.cfg.store.fsync:
+            synced = SYNCERS.submit(fsync_and_close, fd)
+        else:
+            os.close(fd)
+        return _Staged(number, prep, sop, rel, self.root / rel, existing, replace, size, hashing or digest, tmp, synced)
+
+    def _publish_batch(self, staged: list["_Staged"], results: list, renamed: list["_Staged"]) -> None:
+        """Files fsynced, renamed into place, every folder they changed fsynced once; ``renamed``: the ones
+        that made it."""
+        folders: dict[Path, None] = {}
+        for item in staged:
+            try:
+                if item.synced is not None:
+                    item.synced.result()
+                new_dirs = _makedirs(item.final.parent, self.root)
+                item.existed = item.final.exists()
+                os.replace(item.tmp, item.final)
+            except OSError as exc:
+                results[item.number] = _write_failed(exc)
+                continue  # its temporary file is removed with the others'
+            item.tmp = None
+            renamed.append(item)
+            folders.update(dict.fromkeys([item.final.parent, *new_dirs]))
+        if not self.cfg.store.fsync or not renamed:
+            return
+        failure = None
+        for synced in [SYNCERS.submit(fsync_path, folder) for folder in folders]:
+            try:
+                synced.result()
+            except OSError as exc:
+                failure = failure or exc
+        if failure is not None:
+            # A folder's entries are not known durable; the folders of one batch depend on each other
+            # (a series folder made for one file holds the next), so none of its new files is stored.
+            for item in renamed:
+                if not item.existed:
+                    _unlink_quietly(item.final)  # not durable, so not stored
+                results[item.number] = _write_failed(failure)
+            renamed.clear()
+
+    def _index_batch(self, published: list["_Staged"], source: str, source_ae: str, results: list) -> None:
+        for item in published:
+            if isinstance(item.digest, Future):
+                item.digest = item.digest.result()
+            item.record = self._record(item.prep.dataset, item.prep.encoded.transfer_syntax, item.rel, item.size,
+                                       item.digest, source, source_ae, False, item.prep.exclusion)
+        try:
+            self.index.add_many([(item.record, item.replace) for item in published])
+        except Exception:
+            # Nothing was added (one transaction). Row by row, each instance gets the answer it would alone:
+            # a row another process added meanwhile, a conflict, a database that is gone.
+            for item in published:
+                self._index_one(item, results)
+            return
+        for item in published:
+            self._indexed(item, results)
+
+    def _index_one(self, item: "_Staged", results: list) -> None:
+        old_path = self.root / item.existing.path if item.existing is not None else None
+        try:
+            self.index.add(item.record, replace=item.replace)
+        except INTEGRITY_ERRORS:
+            again = self.index.get(item.sop)
+            if again is not None and again.sha256 == item.digest:
+                results[item.number] = PutResult(again, "identical")
+                return
+            if old_path != item.final:
+                _unlink_quietly(item.final)
+            results[item.number] = StoreError(status.OUT_OF_RESOURCES, "index_failed", "could not index the instance (conflicting row)")
+            return
+        except Exception as exc:
+            if old_path != item.final:
+                _unlink_quietly(item.final)
+            results[item.number] = StoreError(status.OUT_OF_RESOURCES, "index_failed", f"could not index the instance ({type(exc).__name__})")
+            return
+        self._indexed(item, results)
+
+    def _indexed(self, item: "_Staged", results: list) -> None:
+        old_path = self.root / item.existing.path if item.existing is not None else None
+        if old_path is not None and old_path != item.final:
+            _unlink_quietly(old_path)
+        outcome = "replaced" if item.replace else "stored"
+        log.debug(
+            "instance_stored", sop=uid_hash(item.sop), study=uid_hash(item.record.study_uid), size=item.size, outcome=outcome,
+            source=item.record.source, synthetic=False, excluded=bool(item.prep.exclusion),
+        )
+        results[item.number] = PutResult(item.record, outcome)
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -742,11 +958,9 @@ class Store:
 
     def _write_tmp(self, parts: list) -> Path:
         """The instance in a temporary file, fsynced; nothing is left behind if that fails."""
-        tmp_path = self.new_tmp_path()
+        tmp_path, fd = self._write_tmp_open(parts)
         try:
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                _writev_all(fd, parts)
                 if self.cfg.store.fsync:
                     os.fsync(fd)
             finally:
@@ -755,6 +969,21 @@ class Store:
             _unlink_quietly(tmp_path)
             raise _write_failed(exc) from None
         return tmp_path
+
+    def _write_tmp_open(self, parts: list) -> tuple[Path, int]:
+        """The instance written to a temporary file, not yet fsynced: (its path, its open descriptor)."""
+        tmp_path = self.new_tmp_path()
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                _writev_all(fd, parts)
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError as exc:
+            _unlink_quietly(tmp_path)
+            raise _write_failed(exc) from None
+        return tmp_path, fd
 
     def _publish(self, tmp_path: Path, final: Path, overlap: bool = False) -> Future | None:
         """Atomic rename into place and fsync of the folder(s): after this the file survives a crash.
@@ -852,6 +1081,25 @@ class Store:
             if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
                 continue
             _unlink_quietly(leftover)
+
+
+@dataclass
+class _Staged:
+    """An instance of a batch written to its temporary file, on its way into the store."""
+
+    number: int  # its place in the batch
+    prep: Prepared
+    sop: str
+    rel: Path
+    final: Path
+    existing: InstanceRecord | None
+    replace: bool
+    size: int
+    digest: "str | Future"
+    tmp: Path | None  # None once renamed to ``final``
+    synced: Future | None  # its fsync (which closes the descriptor)
+    existed: bool = False  # a file was at ``final`` before the rename
+    record: InstanceRecord | None = None
 
 
 def _host_folder_name() -> str:
