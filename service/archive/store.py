@@ -82,6 +82,8 @@ PARALLEL_HASH_MIN_BYTES = 256 * 1024
 _HASHERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-sha256")
 # fsyncs of streamed files, waited for by the association that wrote them (one each at a time).
 SYNCERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync")
+# Writes of the instances of a batch (put_batch): hash, write and fsync, while the batch prepares the next.
+WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-write")
 
 
 @dataclass
@@ -564,8 +566,8 @@ class Store:
                         results[number] = item
                     else:
                         staged.append(item)
-                self._publish_batch(staged, results, published)
-                self._index_batch(published, source, source_ae, results)
+                folders = self._rename_batch(staged, results, published)
+                self._sync_and_index(published, folders, source, source_ae, results)
             except Exception as exc:
                 # Not expected (the steps above turn every failure they know into a StoreError per
                 # instance): whatever has no outcome yet was not stored, and leaves nothing behind.
@@ -579,37 +581,49 @@ class Store:
                 log.warning("batch_failed", error=type(exc).__name__)
             finally:
                 for item in staged:
-                    if item.synced is not None:
-                        _wait_quietly(item.synced)  # its descriptor is closed before anyone returns
+                    if not item.taken:  # its write may still run: wait for it, then take its file away
+                        try:
+                            item.tmp, _ = item.written.result()
+                        except Exception:
+                            pass
                     if item.tmp is not None:
                         _unlink_quietly(item.tmp)
 
     def _stage(self, number: int, prep: "Prepared", sop: str, source: str) -> "PutResult | _Staged":
-        """The duplicate policy, then the bytes in a temporary file whose fsync starts at once (on SYNCERS)."""
+        """The duplicate policy, then the write of the instance handed to :data:`WRITERS`.
+
+        The writer hashes, writes and fsyncs (all without the GIL) while this thread prepares the next
+        instance of the batch."""
         ds, parts = prep.dataset, prep.parts
-        size = sum(len(p) for p in parts)
         existing, replace, digest, answer = self._against_existing(sop, parts, "", source)
         if answer is not None:
             return answer
         rel = Path(_uid(ds, "StudyInstanceUID") or "") / (_uid(ds, "SeriesInstanceUID") or "") / f"{sop}.dcm"
-        hashing = _HASHERS.submit(_sha256_parts, parts) if not digest and size >= PARALLEL_HASH_MIN_BYTES else None
-        digest = digest or ("" if hashing else _sha256_parts(parts))
-        tmp, fd = self._write_tmp_open(parts)
-        synced = None
-        if self.cfg.store.fsync:
-            synced = SYNCERS.submit(fsync_and_close, fd)
-        else:
-            os.close(fd)
-        return _Staged(number, prep, sop, rel, self.root / rel, existing, replace, size, hashing or digest, tmp, synced)
+        written = WRITERS.submit(self._write_hashed, parts, digest)
+        return _Staged(number, prep, sop, rel, self.root / rel, existing, replace, sum(len(p) for p in parts), written)
 
-    def _publish_batch(self, staged: list["_Staged"], results: list, renamed: list["_Staged"]) -> None:
-        """Files fsynced, renamed into place, every folder they changed fsynced once; ``renamed``: the ones
-        that made it."""
+    def _write_hashed(self, parts: list, digest: str) -> tuple[Path, str]:
+        """(the temporary file holding ``parts``, fsynced; their sha256)."""
+        tmp = self._write_tmp(parts)
+        try:
+            return tmp, digest or _sha256_parts(parts)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def _rename_batch(self, staged: list["_Staged"], results: list, renamed: list["_Staged"]) -> list[Path]:
+        """Each file, once written and fsynced, renamed into place; ``renamed``: the ones that made it.
+        Returns the folders whose entries changed (a new file, a new folder)."""
         folders: dict[Path, None] = {}
         for item in staged:
             try:
-                if item.synced is not None:
-                    item.synced.result()
+                item.tmp, item.digest = item.written.result()
+            except StoreError as exc:
+                results[item.number] = exc
+                continue
+            finally:
+                item.taken = True
+            try:
                 new_dirs = _makedirs(item.final.parent, self.root)
                 item.existed = item.final.exists()
                 os.replace(item.tmp, item.final)
@@ -619,29 +633,50 @@ class Store:
             item.tmp = None
             renamed.append(item)
             folders.update(dict.fromkeys([item.final.parent, *new_dirs]))
-        if not self.cfg.store.fsync or not renamed:
+        return list(folders)
+
+    def _sync_and_index(self, published: list["_Staged"], folders: list[Path], source: str, source_ae: str, results: list) -> None:
+        """Every folder fsynced once and every row added in one transaction, before anyone is answered.
+
+        New rows are added while the folders' fsyncs run, as :meth:`_commit` adds one; a batch that
+        replaces rows waits for the fsyncs first, so the old rows stay until the new files are durable.
+        """
+        for item in published:
+            item.record = self._record(item.prep.dataset, item.prep.encoded.transfer_syntax, item.rel, item.size,
+                                       item.digest, source, source_ae, False, item.prep.exclusion)
+        if not published:
             return
+        if not self.cfg.store.fsync:
+            self._index_batch(published, results)
+            return
+        overlap = not any(item.replace for item in published)
+        syncing = [SYNCERS.submit(fsync_path, folder) for folder in folders]
+        if overlap:
+            self._index_batch(published, results)
         failure = None
-        for synced in [SYNCERS.submit(fsync_path, folder) for folder in folders]:
+        for synced in syncing:
             try:
                 synced.result()
             except OSError as exc:
                 failure = failure or exc
-        if failure is not None:
-            # A folder's entries are not known durable; the folders of one batch depend on each other
-            # (a series folder made for one file holds the next), so none of its new files is stored.
-            for item in renamed:
+        if failure is None:
+            if not overlap:
+                self._index_batch(published, results)
+            return
+        # A folder's entries are not known durable; the folders of one batch depend on each other (a
+        # series folder made for one file holds the next), so none of its new files is stored.
+        for item in published:
+            result = results[item.number]
+            if isinstance(result, PutResult) and result.outcome != "stored":
+                pass  # another writer's row for these very bytes: its file stays
+            else:
+                if isinstance(result, PutResult):
+                    self.index.delete(item.sop)
                 if not item.existed:
                     _unlink_quietly(item.final)  # not durable, so not stored
-                results[item.number] = _write_failed(failure)
-            renamed.clear()
+            results[item.number] = _write_failed(failure)
 
-    def _index_batch(self, published: list["_Staged"], source: str, source_ae: str, results: list) -> None:
-        for item in published:
-            if isinstance(item.digest, Future):
-                item.digest = item.digest.result()
-            item.record = self._record(item.prep.dataset, item.prep.encoded.transfer_syntax, item.rel, item.size,
-                                       item.digest, source, source_ae, False, item.prep.exclusion)
+    def _index_batch(self, published: list["_Staged"], results: list) -> None:
         try:
             self.index.add_many([(item.record, item.replace) for item in published])
         except Exception:
@@ -958,9 +993,11 @@ class Store:
 
     def _write_tmp(self, parts: list) -> Path:
         """The instance in a temporary file, fsynced; nothing is left behind if that fails."""
-        tmp_path, fd = self._write_tmp_open(parts)
+        tmp_path = self.new_tmp_path()
         try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
+                _writev_all(fd, parts)
                 if self.cfg.store.fsync:
                     os.fsync(fd)
             finally:
@@ -969,21 +1006,6 @@ class Store:
             _unlink_quietly(tmp_path)
             raise _write_failed(exc) from None
         return tmp_path
-
-    def _write_tmp_open(self, parts: list) -> tuple[Path, int]:
-        """The instance written to a temporary file, not yet fsynced: (its path, its open descriptor)."""
-        tmp_path = self.new_tmp_path()
-        try:
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                _writev_all(fd, parts)
-            except BaseException:
-                os.close(fd)
-                raise
-        except OSError as exc:
-            _unlink_quietly(tmp_path)
-            raise _write_failed(exc) from None
-        return tmp_path, fd
 
     def _publish(self, tmp_path: Path, final: Path, overlap: bool = False) -> Future | None:
         """Atomic rename into place and fsync of the folder(s): after this the file survives a crash.
@@ -1085,7 +1107,7 @@ class Store:
 
 @dataclass
 class _Staged:
-    """An instance of a batch written to its temporary file, on its way into the store."""
+    """An instance of a batch on its way into the store."""
 
     number: int  # its place in the batch
     prep: Prepared
@@ -1095,9 +1117,10 @@ class _Staged:
     existing: InstanceRecord | None
     replace: bool
     size: int
-    digest: "str | Future"
-    tmp: Path | None  # None once renamed to ``final``
-    synced: Future | None  # its fsync (which closes the descriptor)
+    written: Future  # Store._write_hashed: (temporary file, sha256)
+    taken: bool = False  # ``written``'s outcome was taken (into ``tmp`` and ``digest``)
+    tmp: Path | None = None  # None once renamed to ``final``
+    digest: str = ""
     existed: bool = False  # a file was at ``final`` before the rename
     record: InstanceRecord | None = None
 
