@@ -7,8 +7,8 @@ received one except for its source (``dicomweb``). The parts of one request are 
 stored is on disk, fsynced with its folder, and indexed before the response is sent; one that fails
 leaves nothing behind and does not stop the others.
 
-The body is streamed to a file in the store's temporary folder as it arrives, never held in memory,
-and refused (413) as soon as it passes ``dicomweb.max_body_bytes`` (at once when Content-Length
+The body is kept as it arrives: in memory up to ``MEMORY_BODY_BYTES`` (8 MiB), past that streamed to a
+file in the store's temporary folder, so a large body is never held in memory; it is refused (413) as soon as it passes ``dicomweb.max_body_bytes`` (at once when Content-Length
 declares more). Only a complete, well-formed multipart body is stored from: a body cut short or
 malformed is refused (400) before any part is stored, so nothing partial ever lands in the store.
 
@@ -43,6 +43,8 @@ from service.logs import get_logger, uid_hash
 log = get_logger("dicomweb")
 
 SOURCE = "dicomweb"
+# Request bodies up to this size are held in memory as they arrive; larger ones go to a file (SpooledBody).
+MEMORY_BODY_BYTES = 8 << 20
 CANNOT_UNDERSTAND = 0xC000
 STUDY_MISMATCH = 0xA900
 
@@ -99,19 +101,15 @@ class Stow:
         self.cfg = cfg
         self.store = store
 
-    def new_spool(self) -> Path:
-        """A file in the store's temporary folder (same filesystem) for a request body."""
-        fd, name = _mkstemp(self.store.tmp)
-        os.close(fd)
-        return Path(name)
+    def new_body(self) -> "SpooledBody":
+        """Where a request body goes as it arrives (memory, then a file in the store's temporary folder)."""
+        return SpooledBody(self.store.tmp)
 
-    def store_body(self, path: Path, boundary: str, base_url: str, study: str | None = None) -> StowResult:
-        """Store every part of the multipart body in ``path`` (complete and well-formed, or nothing)."""
-        size = path.stat().st_size
-        if size == 0:
+    def store_body(self, body: "SpooledBody", boundary: str, base_url: str, study: str | None = None) -> StowResult:
+        """Store every part of the multipart ``body`` (complete and well-formed, or nothing)."""
+        if body.size == 0:
             raise BadRequest("the request body is empty")
-        with open(path, "rb") as fh:
-            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = body.contents()
         try:
             try:
                 parts = media.split_parts(mm, boundary)
@@ -119,12 +117,13 @@ class Stow:
                 raise BadRequest(f"malformed multipart body: {exc}") from None
             return self._store_parts(mm, parts, base_url, study)
         finally:
-            try:
-                mm.close()
-            except BufferError:
-                pass  # a view into it is still referenced: it is unmapped when that is collected
+            if isinstance(mm, mmap.mmap):
+                try:
+                    mm.close()
+                except BufferError:
+                    pass  # a view into it is still referenced: it is unmapped when that is collected
 
-    def _store_parts(self, mm: mmap.mmap, parts: list[media.Part], base_url: str, study: str | None) -> StowResult:
+    def _store_parts(self, mm: mmap.mmap | bytearray, parts: list[media.Part], base_url: str, study: str | None) -> StowResult:
         # The parts that can be stored go to the store as one batch (Store.put_batch): each is validated,
         # de-identified, deduplicated and indexed as a C-STORE is, with its own outcome, and all of them
         # are durable and indexed before this returns. The answer lists the parts in their order.
@@ -199,6 +198,51 @@ class Stow:
             if part_study != study:
                 return STUDY_MISMATCH, "the instance belongs to another study than the one in the request path"
         return None
+
+
+class SpooledBody:
+    """A request body as it arrives: in memory up to :data:`MEMORY_BODY_BYTES`, past that in a file in the
+    store's temporary folder (the same filesystem), so a large body never sits in memory.
+
+    A body of a few instances (a study of radiographs, what viewers and most senders post) costs no file:
+    creating, writing and removing a spool file each take the filesystem's journal, which the store's
+    fsyncs keep busy (removing a 2.6 MB spool took ~4 ms per request under load)."""
+
+    def __init__(self, folder: Path, memory_limit: int | None = None):
+        self.folder = folder
+        self.memory_limit = MEMORY_BODY_BYTES if memory_limit is None else memory_limit
+        self.size = 0
+        self.path: Path | None = None
+        self._buffer: bytearray | None = bytearray()
+        self._file: Any = None
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._buffer is not None and self.size <= self.memory_limit:
+            self._buffer += chunk
+            return
+        if self._file is None:
+            fd, name = _mkstemp(self.folder)
+            self.path = Path(name)
+            self._file = os.fdopen(fd, "wb")
+            self._file.write(self._buffer)
+            self._buffer = None
+        self._file.write(chunk)
+
+    def contents(self) -> mmap.mmap | bytearray:
+        """The whole body: the buffer, or the spool file mapped (read-only)."""
+        if self._file is None:
+            assert self._buffer is not None
+            return self._buffer
+        self._file.flush()
+        return mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def discard(self) -> None:
+        self._buffer = None
+        if self._file is not None:
+            self._file.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def _release(data: memoryview) -> None:

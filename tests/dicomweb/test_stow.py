@@ -245,3 +245,45 @@ def test_a_part_the_disk_fails_is_refused_and_the_others_stored(plain, monkeypat
     assert "part 2: write_failed" in r.headers["Warning"]
     assert _count(plain) == 2 and plain.store.index.get(big.SOPInstanceUID) is None
     assert [p for p in plain.store.tmp.iterdir() if p.name.endswith(".part")] == []
+
+
+@pytest.fixture
+def spilling(plain, monkeypatch):
+    """Bodies past 1 KiB go to a spool file (as bodies past MEMORY_BODY_BYTES do)."""
+    from service.dicomweb import stow
+
+    monkeypatch.setattr(stow, "MEMORY_BODY_BYTES", 1024)
+    seen: list = []
+    real = stow.SpooledBody.contents
+
+    def contents(self):
+        seen.append(self.path)
+        return real(self)
+
+    monkeypatch.setattr(stow.SpooledBody, "contents", contents)
+    yield plain, seen
+
+
+def test_a_body_larger_than_memory_is_stored_from_its_spool_file_and_the_file_removed(spilling):
+    svc, seen = spilling
+    datasets = [phantom_dataset(32, 32, seed=80 + k) for k in range(3)]
+    r = post(svc, body_of(*[("application/dicom", part10(ds)) for ds in datasets], ("text/plain", b"x")))
+    assert r.status_code == 202 and len(r.json()["00081199"]["Value"]) == 3
+    assert seen and seen[0] is not None and seen[0].parent == svc.store.tmp  # it did spill
+    assert _count(svc) == 3 and _tmp_files(svc) == []
+    for body in (body_of(("application/dicom", part10(datasets[0])), close=False), b"--nothing\r\n" + b"x" * 4000):
+        assert post(svc, body).status_code == 400  # malformed past the memory limit: nothing stored, no file left
+    assert _count(svc) == 3 and _tmp_files(svc) == []
+
+
+def test_a_spilled_chunked_body_over_the_limit_is_refused_and_removed(spilling):
+    svc, _ = spilling
+
+    def chunks():
+        yield body_of(("application/dicom", part10(phantom_dataset(32, 32, seed=90))), close=False)
+        for _ in range(6):
+            yield b"\0" * (1 << 20)
+
+    r = requests.post(svc.url + "/studies", data=chunks(), headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 413
+    assert _count(svc) == 0 and _tmp_files(svc) == []
