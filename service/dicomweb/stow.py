@@ -8,9 +8,10 @@ stored is on disk, fsynced with its folder, and indexed before the response is s
 leaves nothing behind and does not stop the others.
 
 The body is kept as it arrives: in memory up to ``MEMORY_BODY_BYTES`` (8 MiB), past that streamed to a
-file in the store's temporary folder, so a large body is never held in memory; it is refused (413) as soon as it passes ``dicomweb.max_body_bytes`` (at once when Content-Length
-declares more). Only a complete, well-formed multipart body is stored from: a body cut short or
-malformed is refused (400) before any part is stored, so nothing partial ever lands in the store.
+file in the store's temporary folder, so a large body is never held in memory; it is refused (413) as
+soon as it passes ``dicomweb.max_body_bytes`` (at once when Content-Length declares more). Only a
+complete, well-formed multipart body is stored from: a body cut short or malformed is refused (400)
+before any part is stored, so nothing partial ever lands in the store.
 
 The response (10.5.3, the JSON model) lists stored instances in Referenced SOP Sequence (0008,1199)
 with their Retrieve URL, and refused ones in Failed SOP Sequence (0008,1198) with a Failure Reason
