@@ -269,28 +269,29 @@ class Store:
         results: list = [None] * len(files)
         key = ("batch", threading.get_ident())
         self.begin_inflight(key)
+        written: list[_Staged] = []
         try:
-            prepared: list[tuple[int, Prepared, str]] = []
             for number, data in enumerate(files):
                 try:
                     prep = self.prepare(self._parse(data), False)
                 except StoreError as exc:
                     results[number] = exc
                     continue
-                prepared.append((number, prep, _uid(prep.dataset, "SOPInstanceUID") or ""))
+                written.append(self._write_staged(number, prep))
             # Round n holds the n-th file of each SOP Instance UID: one UID appears once per round.
-            rounds: list[list[tuple[int, Prepared, str]]] = []
+            rounds: list[list[_Staged]] = []
             seen: dict[str, int] = {}
-            for entry in prepared:
-                n = seen.get(entry[2], 0)
-                seen[entry[2]] = n + 1
+            for item in written:
+                n = seen.get(item.sop, 0)
+                seen[item.sop] = n + 1
                 if n == len(rounds):
                     rounds.append([])
-                rounds[n].append(entry)
-            del prepared
+                rounds[n].append(item)
             for entries in rounds:
                 self._commit_batch(entries, source, source_ae, results)
         finally:
+            for item in written:
+                _settle(item)
             self.end_inflight(key)
         for number, result in enumerate(results):
             if isinstance(result, StoreError):
@@ -544,8 +545,28 @@ class Store:
 
     # -- batches (put_batch) -------------------------------------------------------------------------
 
-    def _commit_batch(self, entries: list[tuple[int, "Prepared", str]], source: str, source_ae: str, results: list) -> None:
-        """Deduplicate, write, make durable and index prepared instances with distinct SOP Instance UIDs.
+    def _write_staged(self, number: int, prep: "Prepared") -> "_Staged":
+        """Start writing a prepared instance of a batch to a temporary file on :data:`WRITERS`.
+
+        The writer hashes, writes and fsyncs it (all without the GIL) while the batch prepares the next
+        one. Only the commit decides, under the UID lock, whether the file is used: a duplicate's is removed
+        (as a streamed C-STORE's is, :meth:`commit_streamed`)."""
+        ds, parts = prep.dataset, prep.parts
+        sop = _uid(ds, "SOPInstanceUID") or ""
+        rel = Path(_uid(ds, "StudyInstanceUID") or "") / (_uid(ds, "SeriesInstanceUID") or "") / f"{sop}.dcm"
+        return _Staged(number, prep, sop, rel, self.root / rel, sum(len(p) for p in parts), WRITERS.submit(self._write_hashed, parts))
+
+    def _write_hashed(self, parts: list) -> tuple[Path, str]:
+        """(the temporary file holding ``parts``, fsynced; their sha256)."""
+        tmp = self._write_tmp(parts)
+        try:
+            return tmp, _sha256_parts(parts)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def _commit_batch(self, entries: list["_Staged"], source: str, source_ae: str, results: list) -> None:
+        """Deduplicate, make durable and index written instances with distinct SOP Instance UIDs.
 
         Their UID locks are held from the duplicate check to the index commit, as :meth:`_commit` holds
         one; taken in sorted order, so two batches never wait for each other in a circle.
@@ -553,17 +574,19 @@ class Store:
         staged: list[_Staged] = []
         published: list[_Staged] = []
         with contextlib.ExitStack() as locks:
-            for sop in sorted({sop for _, _, sop in entries}):
+            for sop in sorted({item.sop for item in entries}):
                 locks.enter_context(self._uid_lock(sop))
             try:
-                for number, prep, sop in entries:
+                for item in entries:
+                    item.taken = True
                     try:
-                        item = self._stage(number, prep, sop, source)
+                        item.tmp, item.digest = item.written.result()
+                        item.existing, item.replace, _, answer = self._against_existing(item.sop, item.prep.parts, item.digest, source)
                     except StoreError as exc:
-                        results[number] = exc
-                        continue
-                    if isinstance(item, PutResult):
-                        results[number] = item
+                        results[item.number] = exc
+                        continue  # its temporary file (if any) is removed below
+                    if answer is not None:
+                        results[item.number] = answer
                     else:
                         staged.append(item)
                 folders = self._rename_batch(staged, results, published)
@@ -574,55 +597,20 @@ class Store:
                 for item in published:
                     if results[item.number] is None and not item.existed:
                         _unlink_quietly(item.final)
-                for item in staged:
+                for item in entries:
                     if results[item.number] is None:
                         results[item.number] = StoreError(status.OUT_OF_RESOURCES, "store_failed",
                                                           f"the instance could not be stored ({type(exc).__name__})")
                 log.warning("batch_failed", error=type(exc).__name__)
             finally:
-                for item in staged:
-                    if not item.taken:  # its write may still run: wait for it, then take its file away
-                        try:
-                            item.tmp, _ = item.written.result()
-                        except Exception:
-                            pass
-                    if item.tmp is not None:
-                        _unlink_quietly(item.tmp)
-
-    def _stage(self, number: int, prep: "Prepared", sop: str, source: str) -> "PutResult | _Staged":
-        """The duplicate policy, then the write of the instance handed to :data:`WRITERS`.
-
-        The writer hashes, writes and fsyncs (all without the GIL) while this thread prepares the next
-        instance of the batch."""
-        ds, parts = prep.dataset, prep.parts
-        existing, replace, digest, answer = self._against_existing(sop, parts, "", source)
-        if answer is not None:
-            return answer
-        rel = Path(_uid(ds, "StudyInstanceUID") or "") / (_uid(ds, "SeriesInstanceUID") or "") / f"{sop}.dcm"
-        written = WRITERS.submit(self._write_hashed, parts, digest)
-        return _Staged(number, prep, sop, rel, self.root / rel, existing, replace, sum(len(p) for p in parts), written)
-
-    def _write_hashed(self, parts: list, digest: str) -> tuple[Path, str]:
-        """(the temporary file holding ``parts``, fsynced; their sha256)."""
-        tmp = self._write_tmp(parts)
-        try:
-            return tmp, digest or _sha256_parts(parts)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
+                for item in entries:
+                    _settle(item)
 
     def _rename_batch(self, staged: list["_Staged"], results: list, renamed: list["_Staged"]) -> list[Path]:
-        """Each file, once written and fsynced, renamed into place; ``renamed``: the ones that made it.
-        Returns the folders whose entries changed (a new file, a new folder)."""
+        """Each written file renamed into place; ``renamed``: the ones that made it. Returns the folders
+        whose entries changed (a new file, a new folder)."""
         folders: dict[Path, None] = {}
         for item in staged:
-            try:
-                item.tmp, item.digest = item.written.result()
-            except StoreError as exc:
-                results[item.number] = exc
-                continue
-            finally:
-                item.taken = True
             try:
                 new_dirs = _makedirs(item.final.parent, self.root)
                 item.existed = item.final.exists()
@@ -1114,15 +1102,28 @@ class _Staged:
     sop: str
     rel: Path
     final: Path
-    existing: InstanceRecord | None
-    replace: bool
     size: int
     written: Future  # Store._write_hashed: (temporary file, sha256)
-    taken: bool = False  # ``written``'s outcome was taken (into ``tmp`` and ``digest``)
-    tmp: Path | None = None  # None once renamed to ``final``
+    taken: bool = False  # ``written``'s outcome was (or is being) taken into ``tmp`` and ``digest``
+    tmp: Path | None = None  # None once renamed to ``final`` or removed
     digest: str = ""
+    existing: InstanceRecord | None = None
+    replace: bool = False
     existed: bool = False  # a file was at ``final`` before the rename
     record: InstanceRecord | None = None
+
+
+def _settle(item: _Staged) -> None:
+    """Whatever became of a batch's instance, its write is over and an unused temporary file is gone."""
+    if not item.taken:
+        item.taken = True
+        try:
+            item.tmp, _ = item.written.result()
+        except Exception:
+            return  # the write failed and left nothing
+    if item.tmp is not None:
+        _unlink_quietly(item.tmp)
+        item.tmp = None
 
 
 def _host_folder_name() -> str:
