@@ -15,7 +15,11 @@ Speed without giving up durability (measurements in bench/RESULTS.md):
   commits with SQLite ``synchronous=NORMAL`` in WAL mode (no fsync per commit; a process crash loses
   nothing, a power loss can lose the last commits). :meth:`Store.checkpoint` makes the index durable
   and records up to when in ``store/.durable``; every start indexes any file newer than that mark that
-  the index lacks (:meth:`Store.recover`), so an acknowledged instance is never lost from the index.
+  the index lacks (:meth:`Store.recover`), so an acknowledged instance is never lost from the index;
+* instances answered together (a STOW-RS request, PS3.18 10.5) are stored as one batch
+  (:meth:`Store.put_batch`): each is checked and gets its own outcome exactly as alone, and each file is
+  fsynced before its rename, but the folder fsyncs and the index transaction are shared, and the writes
+  run while the next instance is prepared. A C-STORE, answered per instance, is never batched.
 """
 
 from __future__ import annotations
