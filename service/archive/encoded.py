@@ -135,11 +135,69 @@ def _deflated_file(data: bytes | memoryview, inflated_limit: int) -> EncodedInst
     return enc
 
 
+# Standard transfer syntaxes that pydicom's dcmread does not read as explicit VR little endian, or not
+# from the bytes as they are: the plain path of parse_file leaves them (and private ones) to it.
+_NOT_PLAIN_SYNTAXES = frozenset({"1.2.840.10008.1.2.2", DeflatedExplicitVRLittleEndian})
+_TRANSFER_SYNTAX_UID = 0x00020010
+
+
+def _plain_file(data: bytes | memoryview) -> EncodedInstance | None:
+    """A Part 10 file read as :func:`parse_file` reads it with pydicom, without pydicom; None where that
+    is not certain (anything but the common case: the caller then reads it with pydicom).
+
+    The File Meta Information (PS3.10 §7.1: explicit VR little endian, group 0002) is walked only for its
+    Transfer Syntax UID, which decides how the dataset is encoded, as dcmread decides it; the dataset is
+    read by :func:`_read_plain`. The dataset is the same, element for element, as dcmread's with
+    ``stop_before_pixels`` (tests/ingest/test_plain_reader.py), so the stored bytes are too. Its
+    ``file_meta`` holds the transfer syntax only: the store writes File Meta Information of its own.
+    """
+    view = memoryview(data)
+    if len(view) < 132 or bytes(view[128:132]) != b"DICM":
+        return None
+    syntax, pos = None, None
+    try:
+        for tag, vr, length, start in walk_elements(view, 132, implicit=False):
+            if tag >> 16 != 0x0002:
+                if tag >> 16 == 0x0000:
+                    return None  # a command set, which dcmread reads apart
+                break
+            if vr not in _VR_NAMES or length == UNDEFINED_LENGTH:
+                return None
+            if tag == _TRANSFER_SYNTAX_UID:
+                if start + length > len(view):
+                    return None
+                syntax = bytes(view[start:start + length]).rstrip(b"\x00").decode("ascii")
+            pos = start + length
+    except (EncodingError, UnicodeDecodeError):
+        return None
+    if syntax is None or pos is None or syntax in _NOT_PLAIN_SYNTAXES or not syntax.replace(".", "").isdigit():
+        return None
+    tsyntax = UID(syntax)
+    if tsyntax.is_private or not tsyntax.is_transfer_syntax or not tsyntax.is_little_endian:
+        return None
+    plain = _read_plain(view, tsyntax, pos)
+    if not isinstance(plain, tuple):
+        return None
+    ds, offset = plain
+    ds.get(BaseTag(_CHARACTER_SET))  # dcmread converts Specific Character Set as it reads (FileDataset's encoding)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = tsyntax
+    try:
+        enc = _split(ds, tsyntax, data, offset)
+    except EncodingError:
+        return None  # pydicom words what is wrong
+    enc.raw = data
+    return enc
+
+
 def parse_file(data: bytes | memoryview, inflated_limit: int = INFLATED_LIMIT) -> EncodedInstance:
     """A DICOM Part 10 file (preamble, "DICM", File Meta Information, dataset; PS3.10 §7.1).
 
     A deflated dataset is refused with :class:`TooLarge` when it would inflate beyond ``inflated_limit``.
     """
+    plain = _plain_file(data)
+    if plain is not None:
+        return plain
     deflated = _deflated_file(data, inflated_limit)
     if deflated is not None:
         return deflated
@@ -191,7 +249,7 @@ def parse_dataset(data: bytes | memoryview, transfer_syntax: str, inflated_limit
     return enc
 
 
-def _read_plain(view: memoryview, tsyntax: UID) -> tuple[Dataset, int] | str:
+def _read_plain(view: memoryview, tsyntax: UID, offset: int = 0) -> tuple[Dataset, int] | str:
     """The top-level elements before the pixel data, read as pydicom's ``read_dataset`` reads them.
 
     The common case only, in less than half of pydicom's time (40 elements: ~100 us against ~240 us
@@ -201,31 +259,33 @@ def _read_plain(view: memoryview, tsyntax: UID) -> tuple[Dataset, int] | str:
     ``_INCOMPLETE`` when the bytes end inside an element or before any pixel data element, or
     ``_UNSUPPORTED`` for anything else (undefined lengths, item tags, unknown VRs, big endian, an
     encoding that pydicom would take for the other one): the caller then uses pydicom, so both readers
-    give the same dataset for every input (tests/ingest/test_plain_reader.py).
+    give the same dataset for every input (tests/ingest/test_plain_reader.py). ``offset``: where the
+    dataset starts in ``view`` (after a File Meta Information); positions are counted from the start of
+    ``view``, as pydicom counts them in the file it reads.
     """
     if not tsyntax.is_little_endian:
         return _UNSUPPORTED
     implicit = tsyntax.is_implicit_VR
     # A header is a few KB; a stream's buffer can hold megabytes of pixels after it.
-    limit = min(len(view), _FIRST_READ)
+    limit = min(len(view), offset + _FIRST_READ)
     while True:
-        result = _read_plain_bytes(bytes(view[:limit]), implicit)
+        result = _read_plain_bytes(bytes(view[:limit]), implicit, offset)
         if result != _INCOMPLETE or limit == len(view):
             return result
-        limit = min(len(view), limit * 8)
+        limit = min(len(view), offset + (limit - offset) * 8)
 
 
-def _read_plain_bytes(data: bytes, implicit: bool) -> tuple[Dataset, int] | str:
+def _read_plain_bytes(data: bytes, implicit: bool, offset: int = 0) -> tuple[Dataset, int] | str:
     end = len(data)
-    if end >= 6:
+    if end >= offset + 6:
         # pydicom's read_dataset switches encoding when the first VR field says the other one.
-        if (data[4:6] in VR_SHAPED) == implicit:
+        if (data[offset + 4:offset + 6] in VR_SHAPED) == implicit:
             return _UNSUPPORTED
     found: dict = {}
     vr_names, pixel_tags, make = _VR_NAMES, PIXEL_TAGS, tuple.__new__
-    pos = 0  # where the element being read starts
+    pos = offset  # where the element being read starts
     try:
-        for tag, code, length, start in walk_elements(data, 0, implicit):
+        for tag, code, length, start in walk_elements(data, offset, implicit):
             if tag in pixel_tags:
                 break
             if implicit:

@@ -177,19 +177,33 @@ class Index:
 
     def add(self, rec: InstanceRecord, replace: bool = False) -> None:
         """Index one instance and, when new, its patient, study and series (first values win)."""
-        row = dict(vars(rec))  # dataclasses.asdict deep-copies every field: ~10x slower here
-        row["synthetic"] = int(rec.synthetic)
-        row["excluded_from_training"] = int(rec.excluded_from_training)
         one = self._one_statement[replace]
         if one is not None:
+            row = _row(rec)
             self.backend.execute_write(one, tuple(row[c] for cols in _ADD_COLS for c in cols))
             return
-        patients, studies, series = self._add_sql
         with self.backend.write() as conn:
-            conn.execute(patients, tuple(row[c] for c in _PATIENT_COLS))
-            conn.execute(studies, tuple(row[c] for c in _STUDY_COLS))
-            conn.execute(series, tuple(row[c] for c in _SERIES_COLS))
-            conn.execute(self._instance_sql[replace], tuple(row[c] for c in _INSTANCE_COLS))
+            self._add_in(conn, rec, replace)
+
+    def add_many(self, records: list[tuple[InstanceRecord, bool]]) -> None:
+        """Index several instances, each as :meth:`add` with its ``replace``, in one transaction: all or none."""
+        if not records:
+            return
+        with self.backend.write() as conn:
+            for rec, replace in records:
+                self._add_in(conn, rec, replace)
+
+    def _add_in(self, conn: Any, rec: InstanceRecord, replace: bool) -> None:
+        row = _row(rec)
+        one = self._one_statement[replace]
+        if one is not None:
+            conn.execute(one, tuple(row[c] for cols in _ADD_COLS for c in cols))
+            return
+        patients, studies, series = self._add_sql
+        conn.execute(patients, tuple(row[c] for c in _PATIENT_COLS))
+        conn.execute(studies, tuple(row[c] for c in _STUDY_COLS))
+        conn.execute(series, tuple(row[c] for c in _SERIES_COLS))
+        conn.execute(self._instance_sql[replace], tuple(row[c] for c in _INSTANCE_COLS))
 
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
         row = self.reader.execute(INSTANCE_VIEW + " WHERE i.sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
@@ -232,6 +246,13 @@ class Index:
             q("SELECT COALESCE(source_ae, ''), COUNT(*) FROM instances GROUP BY source_ae ORDER BY COUNT(*) DESC").fetchall()
         )
         return counts
+
+
+def _row(rec: InstanceRecord) -> dict[str, Any]:
+    row = dict(vars(rec))  # dataclasses.asdict deep-copies every field: ~10x slower here
+    row["synthetic"] = int(rec.synthetic)
+    row["excluded_from_training"] = int(rec.excluded_from_training)
+    return row
 
 
 def record_from_row(row: Any) -> InstanceRecord:

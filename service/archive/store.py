@@ -15,11 +15,16 @@ Speed without giving up durability (measurements in bench/RESULTS.md):
   commits with SQLite ``synchronous=NORMAL`` in WAL mode (no fsync per commit; a process crash loses
   nothing, a power loss can lose the last commits). :meth:`Store.checkpoint` makes the index durable
   and records up to when in ``store/.durable``; every start indexes any file newer than that mark that
-  the index lacks (:meth:`Store.recover`), so an acknowledged instance is never lost from the index.
+  the index lacks (:meth:`Store.recover`), so an acknowledged instance is never lost from the index;
+* instances answered together (a STOW-RS request, PS3.18 10.5) are stored as one batch
+  (:meth:`Store.put_batch`): each is checked and gets its own outcome exactly as alone, and each file is
+  fsynced before its rename, but the folder fsyncs and the index transaction are shared, and the writes
+  run while the next instance is prepared. A C-STORE, answered per instance, is never batched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -31,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -81,6 +86,8 @@ PARALLEL_HASH_MIN_BYTES = 256 * 1024
 _HASHERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-sha256")
 # fsyncs of streamed files, waited for by the association that wrote them (one each at a time).
 SYNCERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync")
+# Writes of the instances of a batch (put_batch): hash, write and fsync, while the batch prepares the next.
+WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-write")
 
 
 @dataclass
@@ -233,16 +240,70 @@ class Store:
         ``expected``: the (SOP Class UID, SOP Instance UID) a C-STORE request announced for it."""
         started = time.perf_counter()
         try:
-            if transfer_syntax:
-                enc = parse_dataset(data, transfer_syntax, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
-            else:
-                enc = parse_file(data, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
-        except TooLarge as exc:
-            raise self._refused(StoreError(status.OUT_OF_RESOURCES, "too_large", str(exc)), source) from None
-        except EncodingError as exc:
-            raise self._refused(StoreError(status.CANNOT_UNDERSTAND, "malformed", str(exc)), source) from None
+            enc = self._parse(data, transfer_syntax)
+        except StoreError as exc:
+            raise self._refused(exc, source) from None
         enc.expected = expected
         return self._guarded(enc, source, source_ae, False, started)
+
+    def _parse(self, data: bytes | memoryview, transfer_syntax: str | None = None) -> EncodedInstance:
+        try:
+            if transfer_syntax:
+                return parse_dataset(data, transfer_syntax, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
+            return parse_file(data, min(self.cfg.dicom.max_dataset_bytes, INFLATED_LIMIT))
+        except TooLarge as exc:
+            raise StoreError(status.OUT_OF_RESOURCES, "too_large", str(exc)) from None
+        except EncodingError as exc:
+            raise StoreError(status.CANNOT_UNDERSTAND, "malformed", str(exc)) from None
+
+    def put_batch(self, files: Sequence[bytes | memoryview], source: str, source_ae: str = "") -> list["PutResult | StoreError"]:
+        """Store several Part 10 files that are answered together (STOW-RS, PS3.18 10.5): one outcome each.
+
+        Every file goes through what :meth:`put_bytes` does (parsing, validation, de-identification, the
+        duplicate policy, encoding, a durable write and the index) and each outcome is its own: a
+        :class:`PutResult`, or the :class:`StoreError` that says why it was not stored (it leaves no file
+        and no row, and the others are stored all the same). What the batch shares is the waiting: each
+        file's fsync starts as soon as it is written, while the next is prepared; then the files are
+        renamed into place, each folder is fsynced once for all of them, and the rows are added in one
+        transaction. When this returns, every instance answered as stored is fsynced with its folder and
+        indexed, as after put_bytes. Files that share a SOP Instance UID (as stored) are stored one after
+        the other in the order given, so the duplicate policy sees them as sent.
+        """
+        started = time.perf_counter()
+        results: list = [None] * len(files)
+        key = ("batch", threading.get_ident())
+        self.begin_inflight(key)
+        written: list[_Staged] = []
+        try:
+            for number, data in enumerate(files):
+                try:
+                    prep = self.prepare(self._parse(data), False)
+                except StoreError as exc:
+                    results[number] = exc
+                    continue
+                written.append(self._write_staged(number, prep))
+            # Round n holds the n-th file of each SOP Instance UID: one UID appears once per round.
+            rounds: list[list[_Staged]] = []
+            seen: dict[str, int] = {}
+            for item in written:
+                n = seen.get(item.sop, 0)
+                seen[item.sop] = n + 1
+                if n == len(rounds):
+                    rounds.append([])
+                rounds[n].append(item)
+            for entries in rounds:
+                self._commit_batch(entries, source, source_ae, results)
+        finally:
+            for item in written:
+                _settle(item)
+            self.end_inflight(key)
+        for number, result in enumerate(results):
+            if isinstance(result, StoreError):
+                self._refused(result.with_traceback(None), source)
+            else:
+                self._count(result, started, source)
+        self._checkpoint_if_due()
+        return results
 
     def put(self, ds: Dataset, source: str, source_ae: str = "", synthetic: bool = False) -> PutResult:
         """Validate, de-identify (unless synthetic), write durably and index a dataset held in memory.
@@ -289,12 +350,20 @@ class Store:
             result = fn()
         except StoreError as exc:
             raise self._refused(exc, source) from None
+        self._count(result, started, source)
+        self._checkpoint_if_due()
+        return result
+
+    @staticmethod
+    def _count(result: PutResult, started: float, source: str) -> None:
         metrics.STORE_LATENCY.observe(time.perf_counter() - started)
         if result.outcome in ("stored", "replaced"):
             metrics.INSTANCES_RECEIVED.labels(source=source).inc()
             metrics.BYTES_RECEIVED.inc(result.record.size)
         else:
             metrics.DUPLICATES.labels(outcome=result.outcome).inc()
+
+    def _checkpoint_if_due(self) -> None:
         if time.monotonic() - self._last_checkpoint > CHECKPOINT_INTERVAL_S:
             try:
                 self.checkpoint()
@@ -302,7 +371,6 @@ class Store:
                 # The instance is durable and indexed already: a checkpoint that fails (a full disk) is
                 # retried at the next put and must not turn this success into a failure status.
                 log.warning("checkpoint_failed", error=type(exc).__name__)
-        return result
 
     @staticmethod
     def _refused(exc: StoreError, source: str) -> StoreError:
@@ -385,29 +453,9 @@ class Store:
         final = self.root / rel
         try:
             with self._uid_lock(sop):
-                existing = self.index.get(sop)
-                replace = False
-                if existing is not None and not (self.root / existing.path).exists():
-                    # A row whose file is gone (a power loss before the folder's fsync landed, or a file
-                    # removed by hand): this copy takes its place, whatever the duplicate policy says.
-                    log.warning("instance_file_missing", sop=uid_hash(sop), source=source)
-                    existing, replace = None, True
-                if existing is not None:
-                    digest = digest or _sha256_parts(parts)
-                    if existing.sha256 == digest:
-                        log.debug("instance_duplicate", sop=uid_hash(sop), outcome="identical", source=source)
-                        return PutResult(existing, "identical")
-                    policy = self.cfg.store.duplicate_policy
-                    if policy == "keep":
-                        log.warning("instance_duplicate", sop=uid_hash(sop), outcome="kept", policy=policy, source=source)
-                        return PutResult(existing, "kept")
-                    if policy == "reject":
-                        raise StoreError(
-                            status.DUPLICATE_SOP_INSTANCE,
-                            "duplicate_rejected",
-                            "a different instance with this SOP Instance UID is already stored (store.duplicate_policy = reject)",
-                        )
-                    replace = True
+                existing, replace, digest, answer = self._against_existing(sop, parts, digest, source)
+                if answer is not None:
+                    return answer
                 if written is None:
                     # Hash on another core while this one writes and fsyncs (both release the GIL),
                     # so a 6 MB instance pays for the slower of the two, not their sum.
@@ -467,6 +515,201 @@ class Store:
             source=source, synthetic=synthetic, excluded=bool(prep.exclusion),
         )
         return PutResult(record, outcome)
+
+    def _against_existing(self, sop: str, parts: list, digest: str, source: str) -> tuple[InstanceRecord | None, bool, str, PutResult | None]:
+        """The duplicate policy for an instance about to be written, under its UID lock.
+
+        Returns (the row it replaces or None, whether it replaces one, its digest where it was needed, the
+        answer when nothing is to be written: an identical or kept copy). Raises StoreError under reject.
+        """
+        existing = self.index.get(sop)
+        replace = False
+        if existing is not None and not (self.root / existing.path).exists():
+            # A row whose file is gone (a power loss before the folder's fsync landed, or a file
+            # removed by hand): this copy takes its place, whatever the duplicate policy says.
+            log.warning("instance_file_missing", sop=uid_hash(sop), source=source)
+            existing, replace = None, True
+        if existing is not None:
+            digest = digest or _sha256_parts(parts)
+            if existing.sha256 == digest:
+                log.debug("instance_duplicate", sop=uid_hash(sop), outcome="identical", source=source)
+                return existing, False, digest, PutResult(existing, "identical")
+            policy = self.cfg.store.duplicate_policy
+            if policy == "keep":
+                log.warning("instance_duplicate", sop=uid_hash(sop), outcome="kept", policy=policy, source=source)
+                return existing, False, digest, PutResult(existing, "kept")
+            if policy == "reject":
+                raise StoreError(
+                    status.DUPLICATE_SOP_INSTANCE,
+                    "duplicate_rejected",
+                    "a different instance with this SOP Instance UID is already stored (store.duplicate_policy = reject)",
+                )
+            replace = True
+        return existing, replace, digest, None
+
+    # -- batches (put_batch) -------------------------------------------------------------------------
+
+    def _write_staged(self, number: int, prep: "Prepared") -> "_Staged":
+        """Start writing a prepared instance of a batch to a temporary file on :data:`WRITERS`.
+
+        The writer hashes, writes and fsyncs it (all without the GIL) while the batch prepares the next
+        one. Only the commit decides, under the UID lock, whether the file is used: a duplicate's is removed
+        (as a streamed C-STORE's is, :meth:`commit_streamed`)."""
+        ds, parts = prep.dataset, prep.parts
+        sop = _uid(ds, "SOPInstanceUID") or ""
+        rel = Path(_uid(ds, "StudyInstanceUID") or "") / (_uid(ds, "SeriesInstanceUID") or "") / f"{sop}.dcm"
+        return _Staged(number, prep, sop, rel, self.root / rel, sum(len(p) for p in parts), WRITERS.submit(self._write_hashed, parts))
+
+    def _write_hashed(self, parts: list) -> tuple[Path, str]:
+        """(the temporary file holding ``parts``, fsynced; their sha256)."""
+        tmp = self._write_tmp(parts)
+        try:
+            return tmp, _sha256_parts(parts)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def _commit_batch(self, entries: list["_Staged"], source: str, source_ae: str, results: list) -> None:
+        """Deduplicate, make durable and index written instances with distinct SOP Instance UIDs.
+
+        Their UID locks are held from the duplicate check to the index commit, as :meth:`_commit` holds
+        one; taken in sorted order, so two batches never wait for each other in a circle.
+        """
+        staged: list[_Staged] = []
+        published: list[_Staged] = []
+        with contextlib.ExitStack() as locks:
+            for sop in sorted({item.sop for item in entries}):
+                locks.enter_context(self._uid_lock(sop))
+            try:
+                for item in entries:
+                    item.taken = True
+                    try:
+                        item.tmp, item.digest = item.written.result()
+                        item.existing, item.replace, _, answer = self._against_existing(item.sop, item.prep.parts, item.digest, source)
+                    except StoreError as exc:
+                        results[item.number] = exc
+                        continue  # its temporary file (if any) is removed below
+                    if answer is not None:
+                        results[item.number] = answer
+                    else:
+                        staged.append(item)
+                folders = self._rename_batch(staged, results, published)
+                self._sync_and_index(published, folders, source, source_ae, results)
+            except Exception as exc:
+                # Not expected (the steps above turn every failure they know into a StoreError per
+                # instance): whatever has no outcome yet was not stored, and leaves nothing behind.
+                for item in published:
+                    if results[item.number] is None and not item.existed:
+                        _unlink_quietly(item.final)
+                for item in entries:
+                    if results[item.number] is None:
+                        results[item.number] = StoreError(status.OUT_OF_RESOURCES, "store_failed",
+                                                          f"the instance could not be stored ({type(exc).__name__})")
+                log.warning("batch_failed", error=type(exc).__name__)
+            finally:
+                for item in entries:
+                    _settle(item)
+
+    def _rename_batch(self, staged: list["_Staged"], results: list, renamed: list["_Staged"]) -> list[Path]:
+        """Each written file renamed into place; ``renamed``: the ones that made it. Returns the folders
+        whose entries changed (a new file, a new folder)."""
+        folders: dict[Path, None] = {}
+        for item in staged:
+            try:
+                new_dirs = _makedirs(item.final.parent, self.root)
+                item.existed = item.final.exists()
+                os.replace(item.tmp, item.final)
+            except OSError as exc:
+                results[item.number] = _write_failed(exc)
+                continue  # its temporary file is removed with the others'
+            item.tmp = None
+            renamed.append(item)
+            folders.update(dict.fromkeys([item.final.parent, *new_dirs]))
+        return list(folders)
+
+    def _sync_and_index(self, published: list["_Staged"], folders: list[Path], source: str, source_ae: str, results: list) -> None:
+        """Every folder fsynced once and every row added in one transaction, before anyone is answered.
+
+        New rows are added while the folders' fsyncs run, as :meth:`_commit` adds one; a batch that
+        replaces rows waits for the fsyncs first, so the old rows stay until the new files are durable.
+        """
+        for item in published:
+            item.record = self._record(item.prep.dataset, item.prep.encoded.transfer_syntax, item.rel, item.size,
+                                       item.digest, source, source_ae, False, item.prep.exclusion)
+        if not published:
+            return
+        if not self.cfg.store.fsync:
+            self._index_batch(published, results)
+            return
+        overlap = not any(item.replace for item in published)
+        syncing = [SYNCERS.submit(fsync_path, folder) for folder in folders]
+        if overlap:
+            self._index_batch(published, results)
+        failure = None
+        for synced in syncing:
+            try:
+                synced.result()
+            except OSError as exc:
+                failure = failure or exc
+        if failure is None:
+            if not overlap:
+                self._index_batch(published, results)
+            return
+        # A folder's entries are not known durable; the folders of one batch depend on each other (a
+        # series folder made for one file holds the next), so none of its new files is stored.
+        for item in published:
+            result = results[item.number]
+            if isinstance(result, PutResult) and result.outcome != "stored":
+                pass  # another writer's row for these very bytes: its file stays
+            else:
+                if isinstance(result, PutResult):
+                    self.index.delete(item.sop)
+                if not item.existed:
+                    _unlink_quietly(item.final)  # not durable, so not stored
+            results[item.number] = _write_failed(failure)
+
+    def _index_batch(self, published: list["_Staged"], results: list) -> None:
+        try:
+            self.index.add_many([(item.record, item.replace) for item in published])
+        except Exception:
+            # Nothing was added (one transaction). Row by row, each instance gets the answer it would alone:
+            # a row another process added meanwhile, a conflict, a database that is gone.
+            for item in published:
+                self._index_one(item, results)
+            return
+        for item in published:
+            self._indexed(item, results)
+
+    def _index_one(self, item: "_Staged", results: list) -> None:
+        old_path = self.root / item.existing.path if item.existing is not None else None
+        try:
+            self.index.add(item.record, replace=item.replace)
+        except INTEGRITY_ERRORS:
+            again = self.index.get(item.sop)
+            if again is not None and again.sha256 == item.digest:
+                results[item.number] = PutResult(again, "identical")
+                return
+            if old_path != item.final:
+                _unlink_quietly(item.final)
+            results[item.number] = StoreError(status.OUT_OF_RESOURCES, "index_failed", "could not index the instance (conflicting row)")
+            return
+        except Exception as exc:
+            if old_path != item.final:
+                _unlink_quietly(item.final)
+            results[item.number] = StoreError(status.OUT_OF_RESOURCES, "index_failed", f"could not index the instance ({type(exc).__name__})")
+            return
+        self._indexed(item, results)
+
+    def _indexed(self, item: "_Staged", results: list) -> None:
+        old_path = self.root / item.existing.path if item.existing is not None else None
+        if old_path is not None and old_path != item.final:
+            _unlink_quietly(old_path)
+        outcome = "replaced" if item.replace else "stored"
+        log.debug(
+            "instance_stored", sop=uid_hash(item.sop), study=uid_hash(item.record.study_uid), size=item.size, outcome=outcome,
+            source=item.record.source, synthetic=False, excluded=bool(item.prep.exclusion),
+        )
+        results[item.number] = PutResult(item.record, outcome)
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -852,6 +1095,39 @@ class Store:
             if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
                 continue
             _unlink_quietly(leftover)
+
+
+@dataclass
+class _Staged:
+    """An instance of a batch on its way into the store."""
+
+    number: int  # its place in the batch
+    prep: Prepared
+    sop: str
+    rel: Path
+    final: Path
+    size: int
+    written: Future  # Store._write_hashed: (temporary file, sha256)
+    taken: bool = False  # ``written``'s outcome was (or is being) taken into ``tmp`` and ``digest``
+    tmp: Path | None = None  # None once renamed to ``final`` or removed
+    digest: str = ""
+    existing: InstanceRecord | None = None
+    replace: bool = False
+    existed: bool = False  # a file was at ``final`` before the rename
+    record: InstanceRecord | None = None
+
+
+def _settle(item: _Staged) -> None:
+    """Whatever became of a batch's instance, its write is over and an unused temporary file is gone."""
+    if not item.taken:
+        item.taken = True
+        try:
+            item.tmp, _ = item.written.result()
+        except Exception:
+            return  # the write failed and left nothing
+    if item.tmp is not None:
+        _unlink_quietly(item.tmp)
+        item.tmp = None
 
 
 def _host_folder_name() -> str:

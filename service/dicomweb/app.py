@@ -285,22 +285,19 @@ def create_app(cfg: Config, store: Any) -> Starlette:
                 raise BadRequest("Content-Length is not a number") from None
             if length > web.max_body_bytes:
                 raise PayloadTooLarge(f"the body declares {length} bytes; this server takes at most {web.max_body_bytes} (dicomweb.max_body_bytes)")
-        spool = storer.new_spool()  # one mkstemp, as cheap as the writes of the body below, made here too
+        body = storer.new_body()
         try:
-            received = 0
-            with open(spool, "wb") as fh:
-                try:
-                    async for chunk in request.stream():
-                        received += len(chunk)
-                        if received > web.max_body_bytes:
-                            raise PayloadTooLarge(f"the body is larger than {web.max_body_bytes} bytes (dicomweb.max_body_bytes)")
-                        fh.write(chunk)
-                except ClientDisconnect:
-                    log.warning("stow_client_disconnected", received=received)
-                    return Response(status_code=400)
-            result = await run_in_threadpool(storer.store_body, spool, boundary, base_url(request), study)
+            try:
+                async for chunk in request.stream():
+                    if body.size + len(chunk) > web.max_body_bytes:
+                        raise PayloadTooLarge(f"the body is larger than {web.max_body_bytes} bytes (dicomweb.max_body_bytes)")
+                    body.write(chunk)
+            except ClientDisconnect:
+                log.warning("stow_client_disconnected", received=body.size)
+                return Response(status_code=400)
+            result = await run_in_threadpool(storer.store_body, body, boundary, base_url(request), study)
         finally:
-            spool.unlink(missing_ok=True)
+            body.discard()
         metrics.STOW_INSTANCES.labels(outcome="stored").inc(result.stored)
         metrics.STOW_INSTANCES.labels(outcome="failed").inc(result.failed)
         body = dicomjson.dump([dicomjson.to_json(result.response)])[1:-1]

@@ -1,8 +1,9 @@
 """Media types on the wire (PS3.18 8.7): Accept negotiation and multipart/related bodies (RFC 2387).
 
 Responses are written part by part (a generator a streaming response sends as it goes), so a study of
-any size leaves the server at the pace the client reads it. Request bodies are parsed from a file the
-body was streamed into (:mod:`.stow`), over an ``mmap``: the body is never held in memory as a whole.
+any size leaves the server at the pace the client reads it. Request bodies are parsed where they were
+received (:mod:`.stow`): in memory up to a few MB, else from the file they were streamed into, over an
+``mmap``, so a large body is never held in memory as a whole.
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
 """STOW-RS, the store transaction (PS3.18 10.5): multipart/related application/dicom into the store.
 
-Each part goes through exactly the path a C-STORE takes (:meth:`service.archive.store.Store.put_bytes`:
-validation, de-identification, the duplicate policy, a durable write and the index), so an instance
-stored over DICOMweb is indistinguishable from a received one except for its source (``dicomweb``), and
-every instance listed as stored is on disk, fsynced, before the response is sent.
+Each part goes through the path a C-STORE takes (validation, de-identification, the duplicate policy,
+encoding, a durable write and the index), so an instance stored over DICOMweb is indistinguishable from a
+received one except for its source (``dicomweb``). The parts of one request are stored as one batch
+(:meth:`service.archive.store.Store.put_batch`), each with its own outcome: every instance listed as
+stored is on disk, fsynced with its folder, and indexed before the response is sent; one that fails
+leaves nothing behind and does not stop the others.
 
-The body is streamed to a file in the store's temporary folder as it arrives, never held in memory,
-and refused (413) as soon as it passes ``dicomweb.max_body_bytes`` (at once when Content-Length
-declares more). Only a complete, well-formed multipart body is stored from: a body cut short or
-malformed is refused (400) before any part is stored, so nothing partial ever lands in the store.
+The body is kept as it arrives: in memory up to ``MEMORY_BODY_BYTES`` (8 MiB), past that streamed to a
+file in the store's temporary folder, so a large body is never held in memory; it is refused (413) as
+soon as it passes ``dicomweb.max_body_bytes`` (at once when Content-Length declares more). Only a
+complete, well-formed multipart body is stored from: a body cut short or malformed is refused (400)
+before any part is stored, so nothing partial ever lands in the store.
 
 The response (10.5.3, the JSON model) lists stored instances in Referenced SOP Sequence (0008,1199)
 with their Retrieve URL, and refused ones in Failed SOP Sequence (0008,1198) with a Failure Reason
@@ -23,7 +26,6 @@ from __future__ import annotations
 import io
 import mmap
 import os
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,6 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from service.archive.elements import EncodingError, walk_elements
 from service.archive.store import StoreError
 from service.config import Config
 from service.dicomweb import media
@@ -43,8 +44,8 @@ from service.logs import get_logger, uid_hash
 log = get_logger("dicomweb")
 
 SOURCE = "dicomweb"
-# Parts of one request stored at once (each mostly waits for its fsyncs).
-STORE_WORKERS = 4
+# Request bodies up to this size are held in memory as they arrive; larger ones go to a file (SpooledBody).
+MEMORY_BODY_BYTES = 8 << 20
 CANNOT_UNDERSTAND = 0xC000
 STUDY_MISMATCH = 0xA900
 
@@ -87,64 +88,6 @@ def _uids_of(data: Any) -> tuple[str | None, str | None, str | None]:
             str(ds.get("StudyInstanceUID", "")) or None)
 
 
-_IMPLICIT_VR_LITTLE = "1.2.840.10008.1.2"
-_EXPLICIT_VR_BIG = "1.2.840.10008.1.2.2"
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-_SOP_INSTANCE_UID = 0x00080018
-
-
-def _text(value: memoryview) -> str:
-    return bytes(value).strip(b"\x00 ").decode("ascii")
-
-
-def _scanned_sop_uid(data: memoryview) -> str | None:
-    """SOP Instance UID (0008,0018) read from the encoded elements in place (PS3.10 §7.1, PS3.5 §7.1).
-
-    The File Meta Information (explicit VR little endian) gives the transfer syntax; the dataset is walked
-    up to (0008,0018). Raises EncodingError/ValueError wherever the bytes do not read plainly that way (a
-    deflated dataset, a VR field that is not one, no SOP Instance UID), and the caller asks pydicom instead."""
-    if len(data) < 132 or bytes(data[128:132]) != b"DICM":
-        raise EncodingError("no Part 10 preamble")
-    syntax, pos = None, None
-    for tag, _vr, length, start in walk_elements(data, 132, implicit=False):
-        if tag >> 16 != 0x0002:
-            break
-        if tag == 0x00020010:
-            syntax = _text(data[start:start + length])
-        pos = start + length
-    if syntax is None or pos is None or syntax == _DEFLATED:
-        raise EncodingError("no transfer syntax, or a deflated dataset")
-    implicit, little = syntax == _IMPLICIT_VR_LITTLE, syntax != _EXPLICIT_VR_BIG
-    for tag, vr, length, start in walk_elements(data, pos, implicit=implicit, little=little):
-        if not implicit and not (vr.isalpha() and vr.isupper()):
-            raise EncodingError("not explicit VR as declared")  # pydicom reads such files as implicit VR
-        if tag == _SOP_INSTANCE_UID:
-            if start + length > len(data):
-                raise EncodingError("truncated")
-            return _text(data[start:start + length]) or None
-        if tag > _SOP_INSTANCE_UID:
-            break
-    raise EncodingError("no SOP Instance UID")
-
-
-def _sop_uid_of(mm: mmap.mmap, part: media.Part) -> str | None:
-    """The SOP Instance UID a part declares, to keep repeats of one instance in order.
-
-    Read from the part's bytes in place (this runs for every part before any is stored, and the store
-    parses each part whole anyway); pydicom's reading where that does not work."""
-    data = memoryview(mm)[part.start:part.end]
-    try:
-        try:
-            return _scanned_sop_uid(data)
-        except (EncodingError, ValueError, UnicodeDecodeError):
-            return _uids_of(data)[1]
-    finally:
-        try:
-            data.release()
-        except BufferError:
-            pass
-
-
 def _item(sop_class: str | None, sop_instance: str | None) -> Dataset:
     item = Dataset()
     item.add(DataElement(0x00081150, "UI", sop_class))
@@ -158,21 +101,16 @@ class Stow:
     def __init__(self, cfg: Config, store: Any):
         self.cfg = cfg
         self.store = store
-        self._pool = ThreadPoolExecutor(max_workers=STORE_WORKERS, thread_name_prefix="stow")
 
-    def new_spool(self) -> Path:
-        """A file in the store's temporary folder (same filesystem) for a request body."""
-        fd, name = _mkstemp(self.store.tmp)
-        os.close(fd)
-        return Path(name)
+    def new_body(self) -> "SpooledBody":
+        """Where a request body goes as it arrives (memory, then a file in the store's temporary folder)."""
+        return SpooledBody(self.store.tmp)
 
-    def store_body(self, path: Path, boundary: str, base_url: str, study: str | None = None) -> StowResult:
-        """Store every part of the multipart body in ``path`` (complete and well-formed, or nothing)."""
-        size = path.stat().st_size
-        if size == 0:
+    def store_body(self, body: "SpooledBody", boundary: str, base_url: str, study: str | None = None) -> StowResult:
+        """Store every part of the multipart ``body`` (complete and well-formed, or nothing)."""
+        if body.size == 0:
             raise BadRequest("the request body is empty")
-        with open(path, "rb") as fh:
-            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = body.contents()
         try:
             try:
                 parts = media.split_parts(mm, boundary)
@@ -180,31 +118,42 @@ class Stow:
                 raise BadRequest(f"malformed multipart body: {exc}") from None
             return self._store_parts(mm, parts, base_url, study)
         finally:
-            try:
-                mm.close()
-            except BufferError:
-                pass  # a view into it is still referenced: it is unmapped when that is collected
+            if isinstance(mm, mmap.mmap):
+                try:
+                    mm.close()
+                except BufferError:
+                    pass  # a view into it is still referenced: it is unmapped when that is collected
 
-    def _store_parts(self, mm: mmap.mmap, parts: list[media.Part], base_url: str, study: str | None) -> StowResult:
-        # Parts are stored by up to STORE_WORKERS threads at once: each waits mostly for its fsyncs, which
-        # the disk serves together. A part with the SOP Instance UID of an earlier part of the same request
-        # waits for that one, so the duplicate policy sees them in the order they were sent. The answer
-        # lists the parts in their order whatever order they finished in.
-        # The pool is shared by all requests and first in, first out, so an earlier part waited for has
-        # always been taken by a worker before the part that waits for it.
-        outcomes: list[Future] = []
-        by_uid: dict[str, Future] = {}
-        for number, part in enumerate(parts, start=1):
-            uid = _sop_uid_of(mm, part) if len(parts) > 1 else None
-            future = self._pool.submit(self._store_part, mm, number, part, base_url, study, by_uid.get(uid) if uid else None)
-            if uid:
-                by_uid[uid] = future
-            outcomes.append(future)
-        wait(outcomes)
+    def _store_parts(self, mm: mmap.mmap | bytearray, parts: list[media.Part], base_url: str, study: str | None) -> StowResult:
+        # The parts that can be stored go to the store as one batch (Store.put_batch): each is validated,
+        # de-identified, deduplicated and indexed as a C-STORE is, with its own outcome, and all of them
+        # are durable and indexed before this returns. The answer lists the parts in their order.
+        outcomes: list[tuple[Dataset, str | None, str] | None] = [None] * len(parts)
+        views, numbers = [], []
+        try:
+            for number, part in enumerate(parts):
+                data = memoryview(mm)[part.start:part.end]
+                reason = self._refusal(part, data, study)
+                if reason is None:
+                    views.append(data)
+                    numbers.append(number)
+                    continue
+                status_code, message = reason
+                outcomes[number] = self._failed(data, status_code, f'299 synthpacs "part {number + 1}: {message}"')
+                _release(data)
+            results = self.store.put_batch(views, source=SOURCE, source_ae="DICOMWEB")
+            for number, data, result in zip(numbers, views, results):
+                if isinstance(result, StoreError):
+                    warning = f'299 synthpacs "part {number + 1}: {result.reason}: {result}"'.replace("\n", " ")
+                    outcomes[number] = self._failed(data, result.status, warning)
+                else:
+                    outcomes[number] = self._stored(result, base_url)
+        finally:
+            for data in views:
+                _release(data)
         stored, failed, warnings = Sequence(), Sequence(), []
         studies: list[str] = []
-        for future in outcomes:
-            item, warning, study_uid = future.result()
+        for item, warning, study_uid in outcomes:
             if warning is None:
                 stored.append(item)
                 studies.append(study_uid)
@@ -221,32 +170,17 @@ class Stow:
         log.info("stow_request", parts=len(parts), stored=len(stored), failed=len(failed), status=status_code)
         return StowResult(status_code, response, warnings, len(stored), len(failed))
 
-    def _store_part(self, mm: mmap.mmap, number: int, part: media.Part, base_url: str, study: str | None,
-                    after: Future | None) -> tuple[Dataset, str | None, str]:
-        """(Referenced or Failed SOP item, the Warning for a failure or None, the stored study UID)."""
-        if after is not None:
-            wait([after])  # its outcome is its own: this part is answered for itself
-        data = memoryview(mm)[part.start:part.end]
-        try:
-            reason = self._refusal(part, data, study)
-            if reason is not None:
-                status_code, message = reason
-                sop_class, sop_instance, _ = _uids_of(data)
-                item = _item(sop_class, sop_instance)
-                item.FailureReason = status_code
-                return item, f'299 synthpacs "part {number}: {message}"', ""
-            try:
-                result = self.store.put_bytes(data, source=SOURCE, source_ae="DICOMWEB")
-            except StoreError as exc:
-                sop_class, sop_instance, _ = _uids_of(data)
-                item = _item(sop_class, sop_instance)
-                item.FailureReason = exc.status
-                return item, f'299 synthpacs "part {number}: {exc.reason}: {exc}"'.replace("\n", " "), ""
-        finally:
-            try:
-                data.release()
-            except BufferError:
-                pass  # the store still holds a slice; released when that is collected
+    @staticmethod
+    def _failed(data: memoryview, status_code: int, warning: str) -> tuple[Dataset, str, str]:
+        """(Failed SOP item with its Failure Reason, the Warning, no study)."""
+        sop_class, sop_instance, _ = _uids_of(data)
+        item = _item(sop_class, sop_instance)
+        item.FailureReason = status_code
+        return item, warning, ""
+
+    @staticmethod
+    def _stored(result: Any, base_url: str) -> tuple[Dataset, None, str]:
+        """(Referenced SOP item with its Retrieve URL, no warning, the stored study UID)."""
         rec = result.record
         item = _item(rec.sop_class_uid, rec.sop_instance_uid)
         item.RetrieveURL = f"{base_url}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_instance_uid}"
@@ -265,6 +199,58 @@ class Stow:
             if part_study != study:
                 return STUDY_MISMATCH, "the instance belongs to another study than the one in the request path"
         return None
+
+
+class SpooledBody:
+    """A request body as it arrives: in memory up to :data:`MEMORY_BODY_BYTES`, past that in a file in the
+    store's temporary folder (the same filesystem), so a large body never sits in memory.
+
+    A body of a few instances (a study of radiographs, what viewers and most senders post) costs no file:
+    creating, writing and removing a spool file each take the filesystem's journal, which the store's
+    fsyncs keep busy (removing a 2.6 MB spool took ~4 ms per request under load)."""
+
+    def __init__(self, folder: Path, memory_limit: int | None = None):
+        self.folder = folder
+        self.memory_limit = MEMORY_BODY_BYTES if memory_limit is None else memory_limit
+        self.size = 0
+        self.path: Path | None = None
+        self._buffer: bytearray | None = bytearray()
+        self._file: Any = None
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._buffer is not None and self.size <= self.memory_limit:
+            self._buffer += chunk
+            return
+        if self._file is None:
+            fd, name = _mkstemp(self.folder)
+            self.path = Path(name)
+            self._file = os.fdopen(fd, "wb")
+            self._file.write(self._buffer)
+            self._buffer = None
+        self._file.write(chunk)
+
+    def contents(self) -> mmap.mmap | bytearray:
+        """The whole body: the buffer, or the spool file mapped (read-only)."""
+        if self._file is None:
+            assert self._buffer is not None
+            return self._buffer
+        self._file.flush()
+        return mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def discard(self) -> None:
+        self._buffer = None
+        if self._file is not None:
+            self._file.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _release(data: memoryview) -> None:
+    try:
+        data.release()
+    except BufferError:
+        pass  # the store still holds a slice; released when that is collected
 
 
 def _mkstemp(folder: Path) -> tuple[int, str]:

@@ -132,8 +132,8 @@ def test_duplicate_policy_applies(home):
 
 
 def test_parts_stored_together_are_answered_in_request_order_and_repeats_in_sent_order(home):
-    """Parts are stored by several threads at once; the answer keeps the request's order, and a part that
-    repeats an earlier part's SOP Instance UID is stored after it (here: refused under reject)."""
+    """Parts are stored as one batch; the answer keeps the request's order, and a part that repeats an
+    earlier part's SOP Instance UID is stored after it (here: refused under reject)."""
     svc = Service(make_config(home, **{"deid.enabled": False, "store.duplicate_policy": "reject"}))
     try:
         first = phantom_dataset(32, 32, seed=21)
@@ -200,33 +200,90 @@ def test_a_chunked_body_over_the_limit_is_refused_and_removed(plain):
     assert requests.get(plain.url + "/studies").status_code == 200
 
 
-def _pydicom_sop_uid(data: bytes) -> str | None:
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except Exception:
-        return None
-    return str(ds.get("SOPInstanceUID", "")) or None
+def test_a_part_refused_midway_leaves_the_others_stored_and_acknowledged(plain):
+    """Several parts stored as one batch: the one the store refuses is reported with its reason, the
+    others are stored and listed, and nothing of the refused one is left."""
+    study = phantom_dataset(32, 32, seed=50)
+    others = [phantom_dataset(32, 32, seed=51 + k, study_uid=study.StudyInstanceUID, series_uid=study.SeriesInstanceUID,
+                              instance_number=2 + k) for k in range(2)]
+    cut = phantom_dataset(32, 32, seed=60, study_uid=study.StudyInstanceUID, series_uid=study.SeriesInstanceUID)
+    r = post(plain, body_of(*[("application/dicom", data) for data in
+                              (part10(study), part10(cut)[:-300], part10(others[0]), part10(others[1]))]))
+    assert r.status_code == 202
+    answer = r.json()
+    assert [item["00081155"]["Value"][0] for item in answer["00081199"]["Value"]] == [
+        study.SOPInstanceUID, others[0].SOPInstanceUID, others[1].SOPInstanceUID]
+    (failure,) = answer["00081198"]["Value"]
+    assert failure["00081197"]["Value"] == [status.CANNOT_UNDERSTAND] and failure["00081155"]["Value"] == [cut.SOPInstanceUID]
+    assert "part 2:" in r.headers["Warning"]
+    assert _count(plain) == 3 and plain.store.index.get(cut.SOPInstanceUID) is None and _tmp_files(plain) == []
+    assert len(list(plain.store.root.rglob("*.dcm"))) == 3
 
 
-@pytest.mark.parametrize("name", [
-    "CT_small.dcm",  # explicit VR little endian
-    "MR_small_implicit.dcm",  # implicit VR little endian
-    "MR_small_bigendian.dcm",  # explicit VR big endian
-    "image_dfl.dcm",  # deflated: read by pydicom
-    "SC_rgb_jpeg.dcm",  # declares explicit VR, is implicit: read by pydicom, as the store reads it
-    "JPEG2000.dcm",
-])
-@pytest.mark.parametrize("cut", [None, 100, 140, 400])
-def test_the_uid_that_orders_repeats_is_the_one_pydicom_reads(name, cut):
-    """The pre-scan of a request's parts reads SOP Instance UID in place; it must agree with pydicom's
-    reading of the same bytes, whole or cut short (None where pydicom finds none)."""
-    import warnings
+def test_a_part_the_disk_fails_is_refused_and_the_others_stored(plain, monkeypatch):
+    import os
+    import stat
 
-    from pydicom.data import get_testdata_file
+    small = [phantom_dataset(16, 16, seed=70 + k) for k in range(2)]
+    big = phantom_dataset(96, 96, seed=75)
+    real_fsync = os.fsync
 
-    from service.dicomweb.stow import _sop_uid_of
+    def big_files_fail(fd):
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_size > 96 * 96:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
 
-    data = open(get_testdata_file(name), "rb").read()[:cut]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert _sop_uid_of(data, media.Part({}, 0, len(data))) == _pydicom_sop_uid(data)
+    monkeypatch.setattr(os, "fsync", big_files_fail)
+    r = post(plain, body_of(*[("application/dicom", part10(ds)) for ds in (small[0], big, small[1])]))
+    monkeypatch.undo()
+    assert r.status_code == 202
+    answer = r.json()
+    assert len(answer["00081199"]["Value"]) == 2
+    (failure,) = answer["00081198"]["Value"]
+    assert failure["00081197"]["Value"] == [status.OUT_OF_RESOURCES] and failure["00081155"]["Value"] == [big.SOPInstanceUID]
+    assert "part 2: write_failed" in r.headers["Warning"]
+    assert _count(plain) == 2 and plain.store.index.get(big.SOPInstanceUID) is None
+    assert [p for p in plain.store.tmp.iterdir() if p.name.endswith(".part")] == []
+
+
+@pytest.fixture
+def spilling(plain, monkeypatch):
+    """Bodies past 1 KiB go to a spool file (as bodies past MEMORY_BODY_BYTES do)."""
+    from service.dicomweb import stow
+
+    monkeypatch.setattr(stow, "MEMORY_BODY_BYTES", 1024)
+    seen: list = []
+    real = stow.SpooledBody.contents
+
+    def contents(self):
+        seen.append(self.path)
+        return real(self)
+
+    monkeypatch.setattr(stow.SpooledBody, "contents", contents)
+    yield plain, seen
+
+
+def test_a_body_larger_than_memory_is_stored_from_its_spool_file_and_the_file_removed(spilling):
+    svc, seen = spilling
+    datasets = [phantom_dataset(32, 32, seed=80 + k) for k in range(3)]
+    r = post(svc, body_of(*[("application/dicom", part10(ds)) for ds in datasets], ("text/plain", b"x")))
+    assert r.status_code == 202 and len(r.json()["00081199"]["Value"]) == 3
+    assert seen and seen[0] is not None and seen[0].parent == svc.store.tmp  # it did spill
+    assert _count(svc) == 3 and _tmp_files(svc) == []
+    for body in (body_of(("application/dicom", part10(datasets[0])), close=False), b"--nothing\r\n" + b"x" * 4000):
+        assert post(svc, body).status_code == 400  # malformed past the memory limit: nothing stored, no file left
+    assert _count(svc) == 3 and _tmp_files(svc) == []
+
+
+def test_a_spilled_chunked_body_over_the_limit_is_refused_and_removed(spilling):
+    svc, _ = spilling
+
+    def chunks():
+        yield body_of(("application/dicom", part10(phantom_dataset(32, 32, seed=90))), close=False)
+        for _ in range(6):
+            yield b"\0" * (1 << 20)
+
+    r = requests.post(svc.url + "/studies", data=chunks(), headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 413
+    assert _count(svc) == 0 and _tmp_files(svc) == []

@@ -176,3 +176,73 @@ def test_a_header_larger_than_the_first_read_is_read_whole():
     assert plain[1] == fp.tell()
     cut = encoded._FIRST_READ + 10  # inside the big element: more bytes are needed
     assert _read_plain(memoryview(body[:cut]), ExplicitVRLittleEndian) == _INCOMPLETE
+
+
+def _parsed_both_ways(path: Path, monkeypatch) -> tuple:
+    data = path.read_bytes()
+    outcomes = []
+    for plain in (True, False):
+        with monkeypatch.context() as m:
+            if not plain:
+                m.setattr(encoded, "_plain_file", lambda data: None)
+            try:
+                outcomes.append(encoded.parse_file(data))
+            except Exception as exc:  # the same refusal both ways
+                outcomes.append(type(exc))
+    return tuple(outcomes)
+
+
+@pytest.mark.parametrize("path", _corpus(), ids=lambda p: p.name)
+def test_a_part10_file_reads_the_same_without_pydicom(path, monkeypatch):
+    """parse_file's plain path (File Meta walked, dataset by _read_plain) gives what dcmread gives."""
+    fast, slow = _parsed_both_ways(path, monkeypatch)
+    if isinstance(slow, type) or isinstance(fast, type):
+        assert fast == slow
+        return
+    ours, theirs = fast.dataset, slow.dataset
+    assert list(ours.keys()) == list(theirs.keys())
+    for tag in theirs.keys():
+        a, b = ours.get_item(tag, keep_deferred=True), theirs.get_item(tag, keep_deferred=True)
+        assert type(a) is type(b) and type(a.tag) is type(b.tag)
+        if isinstance(a, pydicom.dataelem.RawDataElement):
+            assert tuple(a) == tuple(b), f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        else:  # converted as it was read (Specific Character Set)
+            assert (a.tag, a.VR, a.value) == (b.tag, b.VR, b.value)
+    assert ours.original_encoding == theirs.original_encoding
+    assert ours.original_character_set == theirs.original_character_set
+    assert ours._character_set == theirs._character_set
+    assert fast.transfer_syntax == slow.transfer_syntax
+    assert str(fast.dataset.file_meta.TransferSyntaxUID) == str(slow.dataset.file_meta.TransferSyntaxUID)
+    assert bytes(fast.pixel_element or b"") == bytes(slow.pixel_element or b"")
+    assert (fast.pixel_tag, fast.pixel_length, fast.fragments, fast.trailing_tags, fast.complete) == (
+        slow.pixel_tag, slow.pixel_length, slow.fragments, slow.trailing_tags, slow.complete)
+    assert bytes(fast.trailing) == bytes(slow.trailing)
+
+
+def test_most_part10_files_take_the_plain_path():
+    taken = sum(encoded._plain_file(p.read_bytes()) is not None for p in CORPUS)
+    assert taken > len(CORPUS) // 2
+
+
+def test_the_store_writes_the_same_bytes_from_a_part10_file_whichever_reader(home, monkeypatch):
+    store = Store(make_config(home))
+    files = CORPUS[:80]
+
+    def digests() -> list[str]:
+        out = []
+        for path in files:
+            try:
+                result = store.put_bytes(path.read_bytes(), source="import")
+            except StoreError as exc:
+                out.append(f"refused {exc.reason}")
+                continue
+            stored = store.root / result.record.path
+            out.append(hashlib.sha256(stored.read_bytes()).hexdigest())
+            store.index.delete(result.record.sop_instance_uid)
+            stored.unlink()
+        return out
+
+    fast = digests()
+    monkeypatch.setattr(encoded, "_plain_file", lambda data: None)
+    assert digests() == fast
+    assert sum(not d.startswith("refused") for d in fast) > 40

@@ -39,3 +39,21 @@ def test_qido_wado_and_stow_on_a_postgresql_index(home, pg_url):
         assert len(client.search_for_studies(search_filters={"PatientID": "P9"})) == 1
     finally:
         svc.close()
+
+
+def test_a_stow_request_of_several_instances_is_one_transaction_on_postgresql(home, pg_url):
+    """Store.put_batch adds a new patient, study, series and their instances in one PostgreSQL transaction."""
+    cfg = make_config(home, **{"deid.enabled": False, "store.index_url": pg_url, "store.duplicate_policy": "reject"})
+    svc = Service(cfg)
+    try:
+        study_uid, series_uid = generate_uid(), generate_uid()
+        sent = [phantom_dataset(32, 32, seed=20 + k, study_uid=study_uid, series_uid=series_uid, patient_id="P20",
+                                instance_number=k + 1) for k in range(4)]
+        clash = phantom_dataset(32, 32, seed=30, sop_uid=sent[0].SOPInstanceUID, study_uid=study_uid, series_uid=series_uid)
+        results = svc.store.put_batch([part10(ds) for ds in [*sent, clash]], source="dicomweb")
+        assert [getattr(r, "outcome", None) for r in results[:4]] == ["stored"] * 4
+        assert results[4].reason == "duplicate_rejected"
+        assert {svc.store.index.get(str(ds.SOPInstanceUID)).study_uid for ds in sent} == {str(study_uid)}
+        assert len(svc.client().search_for_instances(str(study_uid))) == 4
+    finally:
+        svc.close()
