@@ -60,6 +60,10 @@ test: deps venv
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: deps venv
+	@# Orthanc's PostgreSQL index plugin: the peer of bench_scaleout on PostgreSQL (skipped there without it).
+	@ls /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so >/dev/null 2>&1 \
+		|| { command -v apt-get >/dev/null && $(SUDO) apt-get install -y -qq orthanc-postgresql >/dev/null; } \
+		|| echo "warning: orthanc-postgresql could not be installed; bench_scaleout skips Orthanc on PostgreSQL"
 	$(BIN)/python -m bench
 
 # The prepared GPU run. On a GPU machine without this venv it runs the Python that holds torch there.
