@@ -123,7 +123,9 @@ def _synthpacs(processes: int, postgres: bool) -> Callable[[Path, str], Running]
         from service.archive.index import Index
 
         home = work / "home"
-        env = dict(os.environ, SYNTHPACS_METRICS_ENABLED="false", SYNTHPACS_DEID_SECRET="bench-scaleout")
+        # Every sender is on 127.0.0.1: one host opening 8 associations at once sits exactly at the default
+        # dicom.max_pending_per_host (8), and the readiness probe's connection could still count against it.
+        env = dict(os.environ, SYNTHPACS_METRICS_ENABLED="false", SYNTHPACS_DEID_SECRET="bench-scaleout", SYNTHPACS_DICOM_MAX_PENDING_PER_HOST="32")
         env.pop("SYNTHPACS_CONFIG", None)
         if postgres:
             env["SYNTHPACS_STORE_INDEX_URL"] = url
@@ -231,9 +233,12 @@ def measure(setup: Setup, folders: list[Path], expected: int, pg) -> float:
                 raise RuntimeError(f"{setup.name} holds {got} instances after the send, expected {expected}")
         finally:
             running.stop()
-        return expected / seconds
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    except Exception as exc:
+        # The peers' logs say why a sender was refused; the stored files are not needed for that.
+        shutil.rmtree(work / "home" / "store", ignore_errors=True)
+        raise RuntimeError(f"{exc} (the peers' logs are kept in {work})") from exc
+    shutil.rmtree(work, ignore_errors=True)
+    return expected / seconds
 
 
 def _median(values: list[float]) -> float:
