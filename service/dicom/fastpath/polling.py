@@ -27,6 +27,10 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import InvalidEventError, StateMachine
 
+from service.logs import get_logger, where
+
+log = get_logger("scp")
+
 FAST_POLL_S = 0.0001
 HANDED_OFF_POLL_S = 0.005
 BUSY_WINDOW_S = 0.5
@@ -80,7 +84,8 @@ class TolerantStateMachine(StateMachine):
             super().do_action(event)
         except InvalidEventError:
             pass
-        except Exception:
+        except Exception as exc:
+            log.warning("dul_action_failed", event=event, state=self.current_state, error=type(exc).__name__, where=where(exc))
             # An action failed on a PDU it could not convert (an A-ASSOCIATE-RQ whose presentation context
             # ID is even, ...). pynetdicom has logged it and stops the DUL's reactor, which would leave the
             # connection open and the association thread waiting for its ACSE timeout: A-ABORT
