@@ -56,11 +56,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60, log: Path | None = None) -> None:
+    """Until something listens on ``port``; a peer that exits first is an error (with its ``log``'s tail)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"peer exited with {proc.returncode} before listening on {port}")
+            tail = f": {log.read_text(errors='replace')[-1500:]}" if log is not None else ""
+            raise RuntimeError(f"peer exited with {proc.returncode} before listening on {port}{tail}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from typing import Callable
 
 from pydicom.uid import generate_uid
 
-from bench.bench_ingest import storescu
+from bench.bench_ingest import _free_port, _wait_port, storescu
 from bench.results import write_section
 
 REPEATS = int(os.environ.get("BENCH_SCALEOUT_REPEATS", "3"))
@@ -74,25 +73,6 @@ def make_corpus(root: Path, studies: int) -> list[Path]:
             ds.PatientID, ds.PatientName, ds.InstanceNumber = f"BENCH-{study:04d}", f"BENCH^{study}", k + 1
             ds.save_as(folders[study % ASSOCIATIONS] / f"{study:04d}-{k}.dcm", enforce_file_format=True)
     return folders
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}: {log.read_text(errors='replace')[-1500:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
 @dataclass
@@ -140,7 +120,7 @@ def _synthpacs(processes: int, postgres: bool) -> Callable[[Path, str], Running]
             logs.append(log)
             ports.append(port)
             # One at a time: the first makes the home folder and the schema, as a rollout's first replica would.
-            _wait_port(port, procs[-1], log_path)
+            _wait_port(port, procs[-1], timeout=120, log=log_path)
 
         def count() -> int:
             index = Index(url=url) if postgres else Index(home / "store" / "index.sqlite")
