@@ -163,6 +163,27 @@ class Admission:
             self.ticket.done()
 
 
+class AcceptorContexts(list):
+    """The presentation contexts a server accepts, cheap to copy for each association.
+
+    pynetdicom gives every association its own ``copy.deepcopy`` of the server's contexts
+    (``RequestHandler._create_association``). For the storage SCP's 171 contexts and 2,553 transfer syntax
+    UIDs that took 26 ms of CPU with the GIL held, per association: as much as storing four 512 x 512
+    radiographs, paid again by a PACS that opens one association per study. A context's only mutable
+    parts are its lists (the transfer syntaxes); its UIDs are immutable strings. Copying each context and
+    its lists isolates associations from one another and from the server exactly as the deep copy did,
+    in 0.25 ms.
+    """
+
+    def __deepcopy__(self, memo: dict) -> list:
+        copies = []
+        for context in self:
+            twin = object.__new__(type(context))
+            twin.__dict__ = {k: (list(v) if isinstance(v, list) else v) for k, v in context.__dict__.items()}
+            copies.append(twin)
+        return copies
+
+
 class FrontDoorServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with a listen backlog sized for bursts and a TLS handshake off the accept loop.
 
@@ -179,6 +200,7 @@ class FrontDoorServer(ThreadedAssociationServer):
         self.pending = pending
         self.negotiation_timeout = negotiation_timeout
         super().__init__(*args, **kwargs)
+        self.contexts = AcceptorContexts(self.contexts)
 
     def get_request(self):  # type: ignore[override]
         client, address = self.socket.accept()  # type: ignore[union-attr]
