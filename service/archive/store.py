@@ -522,7 +522,7 @@ class Store:
         Returns (the row it replaces or None, whether it replaces one, its digest where it was needed, the
         answer when nothing is to be written: an identical or kept copy). Raises StoreError under reject.
         """
-        existing = self.index.get(sop)
+        existing = self.index.get(sop) if self.index.has(sop) else None
         replace = False
         if existing is not None and not (self.root / existing.path).exists():
             # A row whose file is gone (a power loss before the folder's fsync landed, or a file
